@@ -1,0 +1,179 @@
+"""The `ar-ray` command line: flags become one RunConfig; the rest reads the ledger."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ar_ray import ledger as ledger_mod
+from ar_ray.config import ConfigError, RunConfig, default_target
+from ar_ray.driver import RunAborted
+from ar_ray.progress import STATUS_FILE, fmt_metric, fmt_seconds, render
+from ar_ray.target import TargetError
+
+USER_ERRORS = (ConfigError, TargetError, ledger_mod.LedgerError, RunAborted)
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90', '90s', '15m', '2h' -> seconds."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a duration; use seconds or a number with s, m or h (e.g. 15m)")
+    return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]
+
+
+@click.group()
+def main():
+    """ar-ray: autonomous ML research on a Ray cluster."""
+
+
+@main.command()
+@click.option("--target", type=click.Path(file_okay=False), default=None, help="Target folder (default: the bundled GPT target).")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None, help="Where the ledger and logs go (default: runs/<time>).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None, help="Continue the run in this run dir.")
+@click.option("--address", default=None, help="Ray cluster to join ('auto' or host:port); default: a local Ray on this machine.")
+@click.option("--proposer", type=click.Choice(["mutate", "llm"]), default="mutate", show_default=True)
+@click.option("--proposers", type=int, default=2, show_default=True, help="Proposer actors.")
+@click.option("--trainers", type=int, default=None, help="Trainer actors (default: one per GPU; on CPU, one per 2 CPUs).")
+@click.option("--gpus-per-trainer", type=float, default=1.0, show_default=True, help="GPUs per trainer; fractions share a GPU.")
+@click.option("--cpus-per-trainer", type=float, default=None, help="CPUs per trainer (default: 1 with GPUs, 2 on CPU).")
+@click.option("--queue-depth", type=int, default=None, help="Ready proposals kept queued (default: trainers + proposers).")
+@click.option("--max-experiments", type=int, default=None, help="Stop after this many experiments.")
+@click.option("--time-limit", default=None, help="Stop starting experiments after this long (e.g. 90s, 15m, 8h).")
+@click.option("--budget", type=float, default=None, help="Training budget in seconds per experiment (overrides the target).")
+@click.option("--timeout", type=float, default=None, help="Hard timeout per experiment in seconds (default: 2 x budget + 60).")
+@click.option("--command", "run_command", default=None, help="Override the target's run command.")
+@click.option("--metric", default=None, help="Override the target's metric name.")
+@click.option("--metric-pattern", default=None, help="Regex with one group; the last matching line wins.")
+@click.option("--direction", type=click.Choice(["min", "max"]), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--keep-files", is_flag=True, help="Keep each experiment's files, not just its log.")
+def run(target, run_dir, resume_dir, address, proposer, proposers, trainers, gpus_per_trainer, cpus_per_trainer,
+        queue_depth, max_experiments, time_limit, budget, timeout, run_command, metric, metric_pattern, direction,
+        seed, keep_files):
+    """Run the research loop: propose, train, keep what improves."""
+    from ar_ray.progress import Progress
+    from ar_ray.run import execute
+    from trainers.trainer import SetupError
+
+    if resume_dir and run_dir and Path(resume_dir).resolve() != Path(run_dir).resolve():
+        raise click.UsageError("--resume names the run dir to continue; do not also pass a different --run-dir")
+    run_dir = resume_dir or run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume_dir and target is None:
+        meta = Path(resume_dir) / "run.json"
+        if meta.exists():
+            target = json.loads(meta.read_text()).get("target")
+    overrides = {"command": run_command, "metric": metric, "metric_pattern": metric_pattern, "direction": direction,
+                 "timeout_seconds": timeout, "budget_seconds": budget}
+    config = RunConfig(target=target or str(default_target()), run_dir=run_dir, resume=bool(resume_dir),
+                       address=address, proposer=proposer, proposers=proposers, trainers=trainers,
+                       gpus_per_trainer=gpus_per_trainer, cpus_per_trainer=cpus_per_trainer, queue_depth=queue_depth,
+                       max_experiments=max_experiments, time_limit=parse_duration(time_limit), budget_seconds=budget,
+                       seed=seed, keep_files=keep_files, target_overrides=overrides)
+    console = Console()
+    console.print(f"run dir: {run_dir}")
+    try:
+        with Progress(Path(run_dir), console) as progress:
+            result = execute(config, on_event=progress)
+    except USER_ERRORS + (SetupError,) as e:
+        raise click.ClickException(str(e)) from None
+    print_summary(console, result)
+
+
+def print_summary(console: Console, s: dict) -> None:
+    head = "interrupted" if s["interrupted"] else "finished"
+    console.print(f"\n[bold]{head}[/bold] after {fmt_seconds(s['elapsed_seconds'])}: {s['experiments']} experiments, "
+                  f"{s['kept']} kept, {s['failed']} failed, {s['skipped']} skipped, {s['infra']} infrastructure retries")
+    console.print(f"best {s['metric']}: [bold green]{fmt_metric(s['best_metric'])}[/bold green] "
+                  f"({s['best_experiment'] or 'baseline'}, version {s['best_version']})")
+    if s["by_status"]:
+        console.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items())))
+
+
+def _load(run_dir: str):
+    try:
+        return ledger_mod.load(run_dir)
+    except ledger_mod.LedgerError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command("ledger")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--limit", type=int, default=50, show_default=True, help="Show the last N rows (0: all).")
+@click.option("--status", "status_filter", default=None, help="Only rows with this status.")
+def ledger_cmd(run_dir, limit, status_filter):
+    """A table of the experiments in a run."""
+    df = _load(run_dir)
+    if status_filter:
+        df = df[df["status"] == status_filter]
+    if limit:
+        df = df.tail(limit)
+    table = Table(box=None, header_style="bold")
+    for col in ("id", "status", "decision", "metric", "base", "best", "proposer", "run s", "description"):
+        table.add_column(col, justify="right" if col in ("metric", "base", "best", "run s") else "left")
+    for r in df.itertuples():
+        style = "bold green" if r.decision == "keep" else ("dim" if r.decision == "skip" else None)
+        table.add_row(r.experiment_id, str(r.status), str(r.decision), fmt_metric(None if r.metric != r.metric else r.metric),
+                      str(r.base_version), str(r.best_version), str(r.proposer),
+                      "-" if r.run_seconds != r.run_seconds else f"{r.run_seconds:.1f}",
+                      (r.description or r.error or "")[:80].replace("\n", " "), style=style)
+    Console().print(table)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None, help="Write the best files here.")
+def best(run_dir, export_dir):
+    """The best result, its lineage of kept changes, and its files."""
+    df = _load(run_dir)
+    kept = df[df["decision"].isin(["keep", "baseline"]) & df["files"].notna()]
+    if kept.empty:
+        raise click.ClickException(f"{run_dir} has no finished baseline yet; nothing to show")
+    top = kept.iloc[-1]
+    console = Console()
+    console.print(f"best {fmt_metric(top.metric)} from {top.experiment_id} (version {top.best_version})")
+    by_id = {r.experiment_id: r for r in kept.itertuples()}
+    chain, node = [], by_id.get(top.experiment_id)
+    while node is not None:
+        chain.append(node)
+        node = by_id.get(node.parent_id) if node.parent_id else None
+    console.print("lineage:")
+    for r in reversed(chain):
+        console.print(f"  {r.experiment_id}  {fmt_metric(r.metric)}  {r.description}")
+    if export_dir:
+        out = Path(export_dir)
+        for rel, text in dict(top.files).items():
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_text(text)
+        console.print(f"wrote {', '.join(sorted(dict(top.files)))} to {out}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--watch", is_flag=True, help="Refresh every second until the run ends.")
+def status(run_dir, watch):
+    """The state of a live or finished run."""
+    path = Path(run_dir) / STATUS_FILE
+    console = Console()
+    while True:
+        if not path.exists():
+            raise click.ClickException(f"{run_dir} has no {STATUS_FILE}: not a run dir, or the run has not started yet")
+        snap = json.loads(path.read_text())
+        state = snap["state"]
+        if state == "running" and time.time() - snap["updated_at"] > 60:
+            state = "not responding (driver gone? resume with `ar-ray run --resume RUN_DIR`)"
+        console.print(f"state: {state}")
+        console.print(render(snap))
+        console.print(f"throughput: {snap['throughput_per_hour']:.1f} experiments/hour; "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(snap["by_status"].items())))
+        if not watch or snap["state"] != "running":
+            return
+        time.sleep(1)

@@ -1,0 +1,94 @@
+"""Joining Ray and placing the actors: how many trainers, with which resources."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import ray
+
+from ar_ray.config import ConfigError, RunConfig
+from ar_ray.target import Target
+from proposers.actor import ProposerActor
+from trainers.actor import TrainerActor
+
+
+@dataclass(frozen=True)
+class Plan:
+    trainers: int
+    gpus: float  # per trainer
+    cpus: float  # per trainer
+
+
+def connect(address: str | None) -> bool:
+    """Start an embedded local Ray (address None) or join a cluster. Returns True if we started it."""
+    if ray.is_initialized():
+        return False
+    if address is None:
+        ray.init("local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+        return True
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except ConnectionError as e:
+        raise ConfigError(f"cannot join the Ray cluster at {address!r}: {e}. Start it with `ray start --head` "
+                          "(or `ray up cluster.yaml`), or leave out --address to run on this machine.") from None
+    return False
+
+
+def plan(config: RunConfig, resources: dict) -> Plan:
+    """Trainers and their resources from the flags and what the cluster has; contradictions are errors."""
+    total_gpus = resources.get("GPU", 0.0)
+    total_cpus = resources.get("CPU", 0.0)
+    if total_gpus > 0 and config.gpus_per_trainer > 0:
+        gpus = config.gpus_per_trainer
+        cpus = config.cpus_per_trainer if config.cpus_per_trainer is not None else 1.0
+        fits = math.floor(total_gpus / gpus + 1e-9)
+        n = config.trainers if config.trainers is not None else fits
+        if n * gpus > total_gpus + 1e-9:
+            raise ConfigError(f"--trainers {n} with --gpus-per-trainer {gpus:g} needs {n * gpus:g} GPUs; the cluster has "
+                              f"{total_gpus:g}. Lower --trainers (at most {fits}) or --gpus-per-trainer.")
+    else:
+        if config.gpus_per_trainer > 0 and config.trainers is not None and config.gpus_per_trainer != 1.0:
+            raise ConfigError(f"--gpus-per-trainer {config.gpus_per_trainer:g} was given but the cluster has no GPU; "
+                              "leave it out to train on CPUs.")
+        gpus = 0.0
+        cpus = config.cpus_per_trainer if config.cpus_per_trainer is not None else min(2.0, max(1.0, total_cpus))
+        fits = max(1, math.floor(total_cpus / cpus + 1e-9))
+        n = config.trainers if config.trainers is not None else fits
+    if n * cpus > total_cpus + 1e-9:
+        raise ConfigError(f"{n} trainers x {cpus:g} CPUs each needs {n * cpus:g} CPUs; the cluster has {total_cpus:g}. "
+                          "Lower --trainers or --cpus-per-trainer.")
+    return Plan(trainers=n, gpus=gpus, cpus=cpus)
+
+
+def start_trainers(p: Plan, target: Target, work_root: str, run_id: str, keep_files: bool) -> list:
+    cls = ray.remote(TrainerActor)
+    env = {"env_vars": {"AR_THREADS": str(max(1, int(p.cpus)))}}
+    actors = []
+    for i in range(p.trainers):
+        name = f"trainer-{i}"
+        actors.append(cls.options(
+            name=f"ar-ray:{run_id}:{name}", num_gpus=p.gpus, num_cpus=p.cpus, max_restarts=-1, max_task_retries=0,
+            max_concurrency=2,  # status() answers while run() is busy
+            scheduling_strategy="SPREAD", runtime_env=env,
+        ).remote(target, work_root, name, keep_files=keep_files))
+    return actors
+
+
+def start_proposers(config: RunConfig, target: Target, run_id: str) -> list:
+    cls = ray.remote(ProposerActor)
+    program = target.program_text()
+    return [cls.options(name=f"ar-ray:{run_id}:proposer-{i}", num_cpus=0, max_restarts=-1, max_task_retries=-1,
+                        max_concurrency=8)
+            .remote(config.proposer, f"{config.proposer}-{i}", target.editable, program, config.seed * 1000 + i,
+                    config.proposer_options)
+            for i in range(config.proposers)]
+
+
+def cluster_resources() -> dict:
+    return ray.cluster_resources()
+
+
+def node_id() -> str:
+    return os.uname().nodename

@@ -1,0 +1,63 @@
+"""One run's configuration: the CLI's flags become this object, checked once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """Flags that cannot work together; the message says which and what to do."""
+
+
+def default_target() -> Path:
+    import trainers
+    return Path(trainers.__file__).resolve().parent / "gpt"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    target: str = field(default_factory=lambda: str(default_target()))
+    run_dir: str = ""
+    resume: bool = False
+    address: str | None = None  # None: start an embedded local Ray
+    proposer: str = "mutate"
+    proposer_options: dict = field(default_factory=dict)
+    proposers: int = 2
+    trainers: int | None = None  # None: one per GPU, or one per `cpus_per_trainer` CPUs on a CPU-only cluster
+    gpus_per_trainer: float = 1.0
+    cpus_per_trainer: float | None = None  # None: 1 with GPUs, 2 on CPU
+    queue_depth: int | None = None  # None: trainers + proposers
+    max_experiments: int | None = None
+    time_limit: float | None = None  # seconds for the whole run
+    budget_seconds: float | None = None  # overrides the target's
+    seed: int = 0
+    keep_files: bool = False
+    max_skipped_in_a_row: int = 200
+    target_overrides: dict = field(default_factory=dict)
+
+    def check(self) -> "RunConfig":
+        if self.proposers < 1:
+            raise ConfigError(f"--proposers must be at least 1, got {self.proposers}")
+        if self.trainers is not None and self.trainers < 1:
+            raise ConfigError(f"--trainers must be at least 1, got {self.trainers}")
+        if self.gpus_per_trainer < 0:
+            raise ConfigError(f"--gpus-per-trainer must be >= 0, got {self.gpus_per_trainer}")
+        if self.gpus_per_trainer > 1 and self.gpus_per_trainer != int(self.gpus_per_trainer):
+            raise ConfigError(f"--gpus-per-trainer above 1 must be a whole number, got {self.gpus_per_trainer}")
+        if self.queue_depth is not None and self.queue_depth < 1:
+            raise ConfigError(f"--queue-depth must be at least 1, got {self.queue_depth}")
+        if self.max_experiments is not None and self.max_experiments < 1:
+            raise ConfigError(f"--max-experiments must be at least 1, got {self.max_experiments}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise ConfigError(f"--time-limit must be positive, got {self.time_limit}")
+        if self.budget_seconds is not None and self.budget_seconds <= 0:
+            raise ConfigError(f"--budget must be positive, got {self.budget_seconds}")
+        if not self.run_dir:
+            raise ConfigError("no run dir: pass --run-dir")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

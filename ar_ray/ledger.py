@@ -1,0 +1,219 @@
+"""The ledger: one row per attempt, append-only Parquet parts under `RUN_DIR/ledger/`.
+
+Durability: each append writes a new part to a temporary name, fsyncs it,
+renames it into place and fsyncs the directory, so a crash at any moment
+leaves every earlier row readable and never a half-written part. Appends cost
+the same whatever the ledger's size: small parts are merged in tiers (F parts
+of one level become one part of the next), like a log-structured merge tree.
+
+Part names carry the row range they hold: `part-L{level}-{first}-{last}.parquet`.
+A crash between writing a merged part and deleting its inputs leaves parts
+whose ranges overlap; `Ledger()` and `load()` drop the covered ones.
+
+Readers need nothing but pyarrow, pandas, polars or duckdb:
+    pd.read_parquet("RUN/ledger")    pl.read_parquet("RUN/ledger/*.parquet")
+    duckdb.sql("select * from 'RUN/ledger/*.parquet'")
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+FANOUT = 64  # parts of one level merged into one of the next
+PART = re.compile(r"^part-L(\d+)-(\d{12})-(\d{12})\.parquet$")
+
+_ts = pa.timestamp("us", tz="UTC")
+_str_map = pa.map_(pa.string(), pa.string())
+# Typed columns for the summary keys every autoresearch-style target prints; the rest go to `extra`.
+METRIC_COLUMNS = ("val_bpb", "peak_vram_mb", "mfu_percent", "num_steps", "total_tokens_M", "num_params_M",
+                  "training_seconds", "total_seconds", "depth")
+
+SCHEMA = pa.schema([
+    ("seq", pa.int64()),  # row number in the ledger, from 0
+    ("run_id", pa.string()),
+    ("experiment_id", pa.string()),
+    ("parent_id", pa.string()),  # experiment whose files this one edited (null: the target as shipped)
+    ("base_version", pa.int32()),  # baseline version the proposal was made from
+    ("best_version", pa.int32()),  # baseline version when the result was decided (> base_version: stale)
+    ("proposer", pa.string()),
+    ("description", pa.string()),
+    ("diff", pa.string()),
+    ("edit_hash", pa.string()),
+    ("lines_added", pa.int32()),
+    ("lines_removed", pa.int32()),
+    ("status", pa.string()),  # ok, crash, timeout, oom, diverged, no_metric, metric_mismatch, tampered, infra, invalid_edit, duplicate, proposer_error
+    ("decision", pa.string()),  # baseline, keep, discard, skip
+    ("metric", pa.float64()),  # the target's metric (named in the schema metadata)
+    ("best_metric", pa.float64()),  # best metric after this row was decided
+    *[(name, pa.float64()) for name in METRIC_COLUMNS],
+    ("extra", _str_map),  # every other `key: value` of the summary
+    ("seed", pa.int64()),
+    ("budget_seconds", pa.float64()),
+    ("knobs", _str_map),
+    ("trainer", pa.string()),
+    ("node", pa.string()),
+    ("gpu_model", pa.string()),
+    ("proposed_at", _ts),
+    ("started_at", _ts),
+    ("ended_at", _ts),
+    ("queue_seconds", pa.float64()),  # proposal ready -> dispatched
+    ("run_seconds", pa.float64()),  # the training child's own wall time
+    ("overhead_seconds", pa.float64()),  # trainer-side work outside the child
+    ("returncode", pa.int32()),
+    ("error", pa.string()),
+    ("log_path", pa.string()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("cost_usd", pa.float64()),
+    ("proposer_seconds", pa.float64()),
+    ("files", _str_map),  # full editable files, stored for baseline and kept rows only
+], metadata={"ar_ray_schema_version": str(SCHEMA_VERSION)})
+
+_TIMESTAMPS = {f.name for f in SCHEMA if f.type == _ts}
+_MAPS = {f.name for f in SCHEMA if f.type == _str_map}
+
+
+class LedgerError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class _Part:
+    level: int
+    first: int
+    last: int
+    path: Path
+
+
+def _parts(ledger_dir: Path) -> list[_Part]:
+    parts = []
+    for p in ledger_dir.iterdir():
+        m = PART.match(p.name)
+        if m:
+            parts.append(_Part(int(m[1]), int(m[2]), int(m[3]), p))
+    parts.sort(key=lambda q: (q.first, -q.last))
+    # a merged part and the inputs it replaced (left behind by a crash): keep the widest
+    live, covered_to = [], -1
+    for q in parts:
+        if q.last <= covered_to:
+            continue
+        if q.first <= covered_to:
+            raise LedgerError(f"ledger parts overlap partially at {q.path.name}; the ledger in {ledger_dir} was changed by hand")
+        live.append(q)
+        covered_to = q.last
+    return live
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_part(ledger_dir: Path, table: pa.Table, name: str) -> None:
+    tmp = ledger_dir / f"_tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ledger_dir / name)
+    _fsync_dir(ledger_dir)
+
+
+def _to_column(name: str, values: list):
+    if name in _TIMESTAMPS:
+        values = [datetime.fromtimestamp(v, timezone.utc) if isinstance(v, (int, float)) else v for v in values]
+    elif name in _MAPS:
+        values = [list(v.items()) if isinstance(v, dict) else v for v in values]
+    return pa.array(values, type=SCHEMA.field(name).type)
+
+
+def rows_to_table(rows: list[dict]) -> pa.Table:
+    """Rows (dicts keyed by column name; missing keys are null; times as epoch seconds) -> a table of SCHEMA."""
+    unknown = set().union(*(r.keys() for r in rows)) - set(SCHEMA.names)
+    if unknown:
+        raise LedgerError(f"unknown ledger column(s) {sorted(unknown)}")
+    return pa.table([_to_column(n, [r.get(n) for r in rows]) for n in SCHEMA.names], schema=SCHEMA)
+
+
+class Ledger:
+    """The writer. One per run: the driver owns it."""
+
+    def __init__(self, run_dir: str | os.PathLike, fanout: int = FANOUT):
+        self.dir = Path(run_dir) / "ledger"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.fanout = fanout
+        for tmp in self.dir.glob("_tmp-*"):  # a part that never got renamed into place
+            tmp.unlink()
+        live = _parts(self.dir)
+        live_paths = {q.path for q in live}
+        for p in self.dir.glob("part-*.parquet"):  # inputs of a merge that finished
+            if p not in live_paths:
+                p.unlink()
+        self._parts = live
+        self.next_seq = live[-1].last + 1 if live else 0
+
+    def __len__(self) -> int:
+        return self.next_seq
+
+    def append(self, rows: dict | list[dict]) -> list[int]:
+        """Write rows durably; returns their seq numbers. Earlier parts are never rewritten in place."""
+        rows = [rows] if isinstance(rows, dict) else list(rows)
+        if not rows:
+            return []
+        first = self.next_seq
+        seqs = list(range(first, first + len(rows)))
+        table = rows_to_table([{**r, "seq": s} for r, s in zip(rows, seqs)])
+        name = f"part-L0-{first:012d}-{seqs[-1]:012d}.parquet"
+        _write_part(self.dir, table, name)
+        self._parts.append(_Part(0, first, seqs[-1], self.dir / name))
+        self.next_seq = seqs[-1] + 1
+        self._maybe_merge()
+        return seqs
+
+    def _maybe_merge(self) -> None:
+        # merge the newest `fanout` parts when they share a level; cascade upwards
+        while len(self._parts) >= self.fanout:
+            tail = self._parts[-self.fanout:]
+            level = tail[0].level
+            if any(q.level != level for q in tail):
+                return
+            table = pa.concat_tables(pq.read_table(q.path, schema=SCHEMA) for q in tail)
+            name = f"part-L{level + 1}-{tail[0].first:012d}-{tail[-1].last:012d}.parquet"
+            _write_part(self.dir, table, name)
+            for q in tail:
+                q.path.unlink()
+            _fsync_dir(self.dir)
+            self._parts[-self.fanout:] = [_Part(level + 1, tail[0].first, tail[-1].last, self.dir / name)]
+
+    def read(self) -> pa.Table:
+        return read_table(self.dir.parent)
+
+
+def read_table(run_dir: str | os.PathLike) -> pa.Table:
+    ledger_dir = Path(run_dir) / "ledger"
+    if not ledger_dir.is_dir():
+        raise LedgerError(f"{run_dir} holds no ledger (no ledger/ folder); pass the folder given to `ar-ray run --run-dir`")
+    parts = _parts(ledger_dir)
+    if not parts:
+        return SCHEMA.empty_table()
+    return pa.concat_tables(pq.read_table(q.path, schema=SCHEMA) for q in parts)
+
+
+def load(run_dir: str | os.PathLike):
+    """The ledger as a pandas DataFrame: one row per attempt, in order, with categorical status/decision."""
+    df = read_table(run_dir).to_pandas(maps_as_pydicts="strict")
+    for col in ("status", "decision", "proposer", "trainer", "node", "gpu_model"):
+        df[col] = df[col].astype("category")
+    return df.set_index("seq", drop=False).rename_axis(None)

@@ -1,0 +1,113 @@
+"""What a run shows while it runs: a live panel on a terminal, a line per result otherwise,
+and `status.json` in the run dir for `ar-ray status` in another shell."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+STATUS_FILE = "status.json"
+STATUS_EVERY = 1.0  # seconds between status.json writes
+
+
+def snapshot(driver, state: str = "running") -> dict:
+    """The driver's state as plain JSON: what `ar-ray status` shows."""
+    now = time.time()
+    running = [{"trainer": f.trainer, "experiment_id": f.candidate.experiment_id, "description": f.proposal.description,
+                "elapsed": now - f.dispatched_at} for f in driver.running.values()]
+    c = driver.count
+    elapsed = now - driver.started_at
+    eta = None
+    if driver.max_experiments and c.ran:
+        eta = elapsed / max(c.ran - len(running), 1) * max(driver.max_experiments - c.ran + len(running), 0)
+    return {"state": state, "run_id": driver.run_id, "updated_at": now, "elapsed": elapsed, "eta": eta,
+            "metric": driver.target.metric, "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id,
+            "best_version": driver.best.version, "experiments": c.ran, "max_experiments": driver.max_experiments,
+            "kept": c.kept, "failed": c.failed, "skipped": c.skipped, "infra": c.infra,
+            "by_status": dict(c.by_status), "queued": len(driver.queue), "proposing": len(driver.proposing),
+            "trainers": len(driver.trainers), "running": sorted(running, key=lambda r: r["trainer"]),
+            "throughput_per_hour": 3600 * (c.ran - len(running)) / elapsed if elapsed > 0 else 0.0}
+
+
+def write_status(run_dir: Path, snap: dict) -> None:
+    tmp = run_dir / f".{STATUS_FILE}.tmp"
+    tmp.write_text(json.dumps(snap, indent=1))
+    os.replace(tmp, run_dir / STATUS_FILE)
+
+
+def fmt_metric(v) -> str:
+    return "-" if v is None else f"{v:.6f}"
+
+
+def fmt_seconds(s) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def render(snap: dict) -> Group:
+    head = Text.assemble(
+        ("best ", "bold"), (f"{snap['metric']} {fmt_metric(snap['best_metric'])}", "bold green"),
+        f" ({snap['best_experiment'] or 'baseline'}, v{snap['best_version']})   ",
+        f"done {snap['experiments'] - len(snap['running'])}"
+        + (f"/{snap['max_experiments']}" if snap["max_experiments"] else ""),
+        f"  running {len(snap['running'])}/{snap['trainers']}  queued {snap['queued']}",
+        f"  kept {snap['kept']}  failed {snap['failed']}  skipped {snap['skipped']}  infra {snap['infra']}",
+        f"   elapsed {fmt_seconds(snap['elapsed'])}  eta {fmt_seconds(snap['eta'])}",
+    )
+    table = Table(box=None, show_header=True, header_style="dim")
+    for col in ("trainer", "experiment", "elapsed", "change"):
+        table.add_column(col)
+    for r in snap["running"]:
+        table.add_row(str(r["trainer"]), r["experiment_id"], fmt_seconds(r["elapsed"]), r["description"][:70])
+    return Group(head, table)
+
+
+def row_line(row: dict) -> Text:
+    style = {"keep": "bold green", "baseline": "bold", "discard": "", "skip": "dim"}.get(row["decision"], "")
+    return Text(f"{row['experiment_id']}  {row['status']:<15} {fmt_metric(row.get('metric')):>10}  "
+                f"{row['decision']:<8} {(row.get('description') or '')[:70]}", style=style)
+
+
+class Progress:
+    """The driver's on_event callback."""
+
+    def __init__(self, run_dir: Path, console: Console | None = None, live: bool | None = None):
+        self.run_dir = Path(run_dir)
+        self.console = console or Console()
+        self.live = Live(console=self.console, refresh_per_second=4, transient=True) \
+            if (self.console.is_terminal if live is None else live) else None
+        self.last_write = 0.0
+
+    def __enter__(self):
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.__exit__(*exc)
+
+    def __call__(self, kind: str, driver, row: dict | None) -> None:
+        if kind == "row":
+            self.console.print(row_line(row))
+        elif kind in ("infra", "proposer_error"):
+            self.console.print(Text(f"infra: {row.get('experiment_id', '')} {row['error'][:200]}", style="yellow"))
+        if kind == "finished":
+            write_status(self.run_dir, snapshot(driver, row["state"]))
+            return
+        now = time.time()
+        if now - self.last_write >= STATUS_EVERY or kind == "row":
+            snap = snapshot(driver)
+            write_status(self.run_dir, snap)
+            self.last_write = now
+            if self.live:
+                self.live.update(render(snap))

@@ -1,0 +1,128 @@
+"""Start, resume and finish a run: the glue between the CLI, Ray and the driver loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import ray
+
+from ar_ray import cluster
+from ar_ray.config import ConfigError, RunConfig
+from ar_ray.driver import Counters, Driver
+from ar_ray.ledger import Ledger, read_table
+from ar_ray.target import load_target
+from ar_ray.types import Baseline
+
+RUN_FILE = "run.json"
+
+
+def prepare_run_dir(config: RunConfig) -> tuple[str, dict | None]:
+    """Create or reopen the run dir. Returns (run id, previous run.json when resuming)."""
+    run_dir = Path(config.run_dir)
+    meta_path = run_dir / RUN_FILE
+    has_ledger = (run_dir / "ledger").is_dir() and any((run_dir / "ledger").glob("part-*.parquet"))
+    if config.resume:
+        if not meta_path.exists():
+            raise ConfigError(f"--resume: {run_dir} holds no run ({RUN_FILE} missing); "
+                              "give the run dir of an earlier `ar-ray run`, or leave out --resume to start a new run")
+        meta = json.loads(meta_path.read_text())
+        return meta["run_id"], meta
+    if has_ledger or meta_path.exists():
+        raise ConfigError(f"{run_dir} already holds a run's ledger; pass --resume to continue it, "
+                          "or choose a new --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    return run_id, None
+
+
+def restore_from_ledger(run_dir: str):
+    """A function that puts a driver back where the ledger says the run was."""
+    table = read_table(run_dir)
+
+    def restore(driver: Driver) -> None:
+        if table.num_rows == 0:
+            return
+        cols = table.select(["experiment_id", "decision", "status", "edit_hash", "best_version", "metric", "files"]).to_pylist()
+        ids = [int(r["experiment_id"][1:]) for r in cols if r["experiment_id"] and r["experiment_id"][1:].isdigit()]
+        driver.next_id = max(ids) + 1 if ids else 0
+        driver.seen.update(r["edit_hash"] for r in cols if r["edit_hash"])
+        for r in cols:
+            if r["decision"] in ("keep", "baseline") and r["files"]:
+                driver.best = Baseline(r["best_version"], dict(r["files"]), r["experiment_id"], r["metric"])
+                driver.versions[r["best_version"]] = r["experiment_id"]
+        ran = [r for r in cols if r["decision"] in ("keep", "discard")]
+        driver.count.ran = len(ran)
+        driver.count.kept = sum(r["decision"] == "keep" for r in ran)
+
+    return restore
+
+
+def execute(config: RunConfig, on_event=None) -> dict:
+    """Run (or resume) one research run to its end; returns the summary."""
+    config.check()
+    target = load_target(config.target, **config.target_overrides)
+    run_id, previous = prepare_run_dir(config)
+    run_dir = Path(config.run_dir).resolve()
+    if previous is None:
+        (run_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id, "created_at": time.time(),
+                                                    "target": str(target.root), "metric": target.metric,
+                                                    "direction": target.direction,
+                                                    "config": json.loads(config.to_json())}, indent=2))
+    ledger = Ledger(run_dir)
+    started = cluster.connect(config.address)
+    trainers, proposers = [], []
+    try:
+        p = cluster.plan(config, cluster.cluster_resources())
+        work_root = str(run_dir / "experiments")
+        os.makedirs(work_root, exist_ok=True)
+        trainers = cluster.start_trainers(p, target, work_root, run_id, config.keep_files)
+        proposers = cluster.start_proposers(config, target, run_id)
+        ray.get([t.ping.remote() for t in trainers] + [q.baseline_version.remote() for q in proposers])
+        driver = Driver(target, ledger, run_id, trainers, proposers,
+                        queue_depth=config.queue_depth or (p.trainers + config.proposers),
+                        max_experiments=config.max_experiments, time_limit=config.time_limit, seed=config.seed,
+                        budget_seconds=config.budget_seconds, max_skipped_in_a_row=config.max_skipped_in_a_row,
+                        on_event=on_event, restore=restore_from_ledger(str(run_dir)) if previous else None)
+        state = "aborted"
+        try:
+            interrupted = _run_until_done(driver, trainers)
+            state = "interrupted" if interrupted else "finished"
+        finally:
+            driver.on_event("finished", driver, {"state": state})
+        return summary(driver.count, driver, interrupted)
+    finally:
+        for a in trainers + proposers:
+            ray.kill(a, no_restart=True)
+        if started:
+            ray.shutdown()
+
+
+def _run_until_done(driver: Driver, trainers: list) -> bool:
+    """Drive the loop; Ctrl-C or SIGTERM stops it cleanly: children killed, ledger consistent."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        driver.run()
+        return False
+    except KeyboardInterrupt:
+        driver.stop()
+        ray.get([t.stop.remote() for t in trainers], timeout=30)  # each kills its child's whole tree
+        return True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def summary(count: Counters, driver: Driver, interrupted: bool) -> dict:
+    elapsed = time.time() - driver.started_at
+    return {
+        "run_id": driver.run_id, "interrupted": interrupted, "elapsed_seconds": elapsed,
+        "experiments": count.ran, "kept": count.kept, "failed": count.failed, "skipped": count.skipped,
+        "infra": count.infra, "by_status": dict(count.by_status),
+        "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id,
+        "best_version": driver.best.version, "metric": driver.target.metric,
+        "in_flight_at_stop": len(driver.running),
+    }

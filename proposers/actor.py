@@ -1,0 +1,34 @@
+"""Host any proposer as a Ray actor. Proposers are plain classes; this file knows which kinds exist."""
+
+from __future__ import annotations
+
+from proposers.base import ProposerBase
+
+
+def make_proposer(kind: str, name: str, editable: tuple[str, ...], program: str = "", seed: int = 0,
+                  options: dict | None = None) -> ProposerBase:
+    options = dict(options or {})
+    if kind == "mutate":
+        from proposers.mutate import MutateProposer
+        return MutateProposer(name, editable, program, seed, **options)
+    if kind == "llm":
+        from proposers.llm import LLMProposer  # noqa: F401 - its own issue
+        return LLMProposer(name, editable, program, seed, **options)
+    raise ValueError(f"unknown proposer kind {kind!r}; choose 'mutate' or 'llm'")
+
+
+class ProposerActor:
+    """The Ray-facing shell: build the proposer inside the actor process, forward calls."""
+
+    def __init__(self, kind: str, name: str, editable: tuple[str, ...], program: str = "", seed: int = 0,
+                 options: dict | None = None):
+        self.proposer = make_proposer(kind, name, editable, program, seed, options)
+
+    def update(self, baseline):
+        return self.proposer.update(baseline)
+
+    def baseline_version(self) -> int:
+        return self.proposer.baseline_version()
+
+    def propose(self, history=(), in_flight=()):
+        return self.proposer.propose(history, in_flight)

@@ -1,0 +1,220 @@
+"""The trainer: run one candidate safely and report a Result.
+
+`Trainer` is plain Python (tests use it without Ray); `trainers.actor` wraps it
+as a Ray actor. CUDA never touches this process: the training child gets the
+GPUs through CUDA_VISIBLE_DEVICES and is the only one to initialize them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from ar_ray.target import Target, format_command, materialize, tampered_files
+from ar_ray.types import Candidate, Result
+from trainers import outcome
+
+REAPER = str(Path(__file__).with_name("reaper.py"))
+KEEP_AFTER_RUN = ("log.txt", "result.json")
+# Never handed to a candidate: it is code an LLM wrote.
+SECRET_MARKERS = ("API_KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AWS_", "GOOGLE_APPLICATION", "AZURE_")
+
+
+class SetupError(RuntimeError):
+    pass
+
+
+def child_env(target: Target, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not any(m in k.upper() for m in SECRET_MARKERS)}
+    env.update(target.env)
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"  # the log shows progress as it happens
+    return env
+
+
+def gpu_model(gpu_ids: list) -> str:
+    if not gpu_ids:
+        return "cpu"
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", str(gpu_ids[0])],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "gpu"
+    except (OSError, subprocess.SubprocessError):
+        return "gpu"
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> int:
+    """Popen.wait(timeout) polls with sleeps; a pidfd wakes us the moment the child exits."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return proc.wait(timeout=timeout)
+    try:
+        if not select.select([fd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        return proc.wait()
+    finally:
+        os.close(fd)
+
+
+class Trainer:
+    """Runs candidates one at a time; `status()` answers while a run is in flight."""
+
+    def __init__(self, target: Target, work_root: str, name: str = "trainer-0", gpu_ids: list | None = None,
+                 grace_seconds: float = 5.0, keep_files: bool = False):
+        self.target = target
+        self.work_root = Path(work_root)
+        self.name = name
+        self.gpu_ids = list(gpu_ids or [])
+        self.grace = grace_seconds
+        self.keep_files = keep_files
+        self.node = socket.gethostname()
+        self.gpu_model = gpu_model(self.gpu_ids)
+        self._lock = threading.Lock()
+        self._current: dict | None = None
+        self._proc: subprocess.Popen | None = None
+        self._stop = threading.Event()
+        self._setup_done = False
+        self.completed = 0
+
+    # -- status and control (called from another thread while run() is busy) --
+
+    def status(self) -> dict:
+        with self._lock:
+            cur = dict(self._current) if self._current else None
+        if cur:
+            cur["elapsed"] = time.time() - cur["started_at"]
+        return {"trainer": self.name, "node": self.node, "gpu_model": self.gpu_model, "running": cur,
+                "completed": self.completed}
+
+    def stop(self) -> None:
+        """Kill the running child (its whole tree); run() returns a 'timeout'-free crash result."""
+        self._stop.set()
+        proc = self._proc
+        if proc and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    # -- one experiment --
+
+    def setup(self) -> None:
+        """Run the target's setup command once per node (file lock + marker; other trainers wait)."""
+        if self._setup_done or not self.target.setup:
+            return
+        key = hashlib.sha256((str(self.target.root) + self.target.setup + "".join(sorted(self.target.readonly_hashes.values()))).encode()).hexdigest()[:16]
+        marker_dir = Path(tempfile.gettempdir()) / "ar-ray-setup"
+        marker_dir.mkdir(exist_ok=True)
+        marker = marker_dir / f"{self.target.name}-{key}.done"
+        with open(marker_dir / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not marker.exists():
+                setup_dir = self.work_root / f"setup-{self.node}-{key}"
+                materialize(self.target, self.target.read_editable(), setup_dir)
+                log = setup_dir / "log.txt"
+                argv = format_command(self.target.setup, run_dir=str(setup_dir), seed=0,
+                                      budget_seconds=self.target.budget_seconds or "", budget_tokens=self.target.budget_tokens or "",
+                                      result_file=str(setup_dir / "result.json"))
+                code, timed_out, _ = self._spawn(argv, setup_dir, child_env(self.target, {}), log, self.target.hard_timeout)
+                if code != 0 or timed_out:
+                    tail = outcome.error_tail(outcome.read_tail(log))
+                    raise SetupError(f"setup command {self.target.setup!r} failed (exit {code}{', timed out' if timed_out else ''}); "
+                                     f"log: {log}\n{tail}")
+                marker.touch()
+        self._setup_done = True
+
+    def run(self, cand: Candidate) -> Result:
+        t0 = time.time()
+        self._stop.clear()
+        with self._lock:
+            self._current = {"experiment_id": cand.experiment_id, "started_at": t0}
+        try:
+            return self._run(cand, t0)
+        finally:
+            with self._lock:
+                self._current = None
+            self.completed += 1
+
+    def _run(self, cand: Candidate, t0: float) -> Result:
+        self.setup()
+        run_dir = self.work_root / cand.experiment_id
+        if run_dir.exists():  # a re-queued experiment: start clean
+            shutil.rmtree(run_dir)
+        materialize(self.target, cand.files, run_dir)
+        log = run_dir / "log.txt"
+        result_file = run_dir / "result.json"
+        budget = cand.budget_seconds or self.target.budget_seconds
+        values = {"run_dir": str(run_dir), "seed": cand.seed, "budget_seconds": budget or "",
+                  "budget_tokens": self.target.budget_tokens or "", "result_file": str(result_file)}
+        env = {"AR_RUN_DIR": str(run_dir), "AR_SEED": str(cand.seed), "AR_RESULT_FILE": str(result_file),
+               "AR_EXPERIMENT_ID": cand.experiment_id, "CUDA_VISIBLE_DEVICES": ",".join(map(str, self.gpu_ids))}
+        if budget:
+            env["AR_BUDGET_SECONDS"] = str(budget)
+        if self.target.budget_tokens:
+            env["AR_BUDGET_TOKENS"] = str(self.target.budget_tokens)
+        env.update({f"AR_{k.upper()}": str(v) for k, v in cand.knobs.items()})
+        timeout = self.target.hard_timeout if cand.budget_seconds is None else 2 * cand.budget_seconds + 60
+        argv = format_command(self.target.command, **values)
+
+        code, timed_out, child_seconds = self._spawn(argv, run_dir, child_env(self.target, env), log, timeout)
+        text = outcome.read_tail(log)
+        metric = outcome.parse_metric(text, self.target.metric_pattern)
+        status = outcome.classify(code, timed_out, text, metric)
+        error = ""
+        if self._stop.is_set():
+            status, error = "infra", "stopped by the driver"
+        elif status == "ok":
+            bad = tampered_files(self.target, run_dir)
+            reported = outcome.read_result_file(result_file, self.target.metric) if self.target.result_file else metric
+            if bad:
+                status, error = "tampered", f"read-only files changed by the run: {', '.join(bad)}"
+            elif reported is None or abs(reported - metric) > 1e-6 * max(1.0, abs(reported)):
+                status = "metric_mismatch"
+                error = f"printed {self.target.metric}={metric} but the harness's result file says {reported}"
+        elif status == "timeout":
+            error = f"killed after the hard timeout of {timeout:.0f} s"
+        if status != "ok" and not error:
+            error = outcome.error_tail(text)
+        if not self.keep_files:
+            for p in run_dir.iterdir():
+                if p.name not in KEEP_AFTER_RUN:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        t1 = time.time()
+        return Result(
+            experiment_id=cand.experiment_id, status=status, metric=metric if status == "ok" else None,
+            metrics=outcome.parse_summary(text), returncode=code, error_tail=error, log_path=str(log),
+            trainer=self.name, node=self.node, gpu_model=self.gpu_model, started_at=t0, ended_at=t1,
+            child_seconds=child_seconds, overhead_seconds=(t1 - t0) - child_seconds,
+        )
+
+    def _spawn(self, argv: list[str], cwd: Path, env: dict, log: Path, timeout: float) -> tuple[int, bool, float]:
+        """Run argv under the reaper with output to `log`; returns (exit code, timed out?, seconds)."""
+        with open(log, "wb") as out:
+            start = time.monotonic()
+            proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, "--grace", str(self.grace), "--", *argv],
+                                    cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            self._proc = proc
+            timed_out = False
+            try:
+                code = _wait(proc, timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                proc.send_signal(signal.SIGTERM)  # the reaper TERMs the tree, then KILLs it after the grace period
+                try:
+                    code = proc.wait(timeout=self.grace + 10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    code = proc.wait()
+            finally:
+                self._proc = None
+            return code, timed_out, time.monotonic() - start

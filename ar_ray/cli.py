@@ -40,7 +40,8 @@ def main():
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None, help="Where the ledger and logs go (default: runs/<time>).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None, help="Continue the run in this run dir.")
 @click.option("--address", default=None, help="Ray cluster to join ('auto' or host:port); default: a local Ray on this machine.")
-@click.option("--proposer", type=click.Choice(["mutate", "llm"]), default="mutate", show_default=True)
+@click.option("--proposer", default="mutate", show_default=True,
+              help="mutate (LLM-free), llm, or package.module:Class for a proposer of your own.")
 @click.option("--proposers", type=int, default=2, show_default=True, help="Proposer actors.")
 @click.option("--trainers", type=int, default=None, help="Trainer actors (default: one per GPU; on CPU, one per 2 CPUs).")
 @click.option("--gpus-per-trainer", type=float, default=1.0, show_default=True, help="GPUs per trainer; fractions share a GPU.")

@@ -39,6 +39,7 @@ class Counters:
     failed: int = 0  # ran but did not produce a metric
     skipped: int = 0  # never ran: invalid, duplicate, proposer error
     infra: int = 0  # trainer or proposer lost; work re-queued
+    starved: int = 0  # times a trainer finished and found no ready proposal waiting (it idles on a proposer)
     by_status: collections.Counter = field(default_factory=collections.Counter)
 
 
@@ -77,6 +78,7 @@ class Driver:
         self.next_id = 0
         self.pending: list[tuple[Flight, Result]] = []  # landed before the baseline's metric was known
         self.skipped_in_a_row = 0
+        self.just_freed = 0
         self.stopping = False
         if restore:
             restore(self)
@@ -88,11 +90,15 @@ class Driver:
         self._broadcast()
         if self.best.metric is None:
             self._dispatch(self._baseline_proposal())
+            self.versions[0] = next(iter(self.running.values())).candidate.experiment_id
         while self.running or self.pending or not self._finished():
             if not self._finished():
                 self._top_up()
                 while self.free and self.queue and not self._finished():
                     self._dispatch(self.queue.popleft())
+                if self.free and not self._finished():
+                    self.count.starved += min(self.just_freed, len(self.free))
+            self.just_freed = 0
             for ref in self._wait():
                 if ref in self.running:
                     self._landed(ref)
@@ -131,7 +137,7 @@ class Driver:
             i = min(range(len(self.proposers)), key=lambda k: busy[k])
             busy[i] += 1
             in_flight = [f.proposal.description for f in self.running.values()]
-            self.proposing[self.proposers[i].propose.remote(list(self.history), in_flight)] = i
+            self.proposing[self.proposers[i].propose.remote(list(self.history), in_flight, self.best_ref)] = i
 
     def _proposed(self, ref) -> None:
         i = self.proposing.pop(ref)
@@ -140,9 +146,8 @@ class Driver:
         except (RayActorError, RayTaskError) as e:
             # a proposer died (it restarts by itself) or raised: nothing was queued, so nothing is lost
             self.count.infra += 1
-            self.proposers[i].update.remote(self.best)
-            self.on_event("proposer_error", self, {"error": str(e).splitlines()[0]})
-            self._skipped_again(f"proposer error: {e}")
+            self.on_event("proposer_error", self, {"error": _reason(e)})
+            self._skipped_again(f"proposer error: {_reason(e)}")
             return
         self.count.proposed += 1
         if p.status == "ok" and p.edit_hash in self.seen:
@@ -178,10 +183,11 @@ class Driver:
     def _landed(self, ref) -> None:
         flight = self.running.pop(ref)
         self.free.append(flight.trainer)
+        self.just_freed += 1
         try:
             result: Result = ray.get(ref)
         except (RayActorError, RayTaskError) as e:
-            self._requeue(flight, str(e).splitlines()[0])
+            self._requeue(flight, _reason(e))
             return
         if result.status == "infra" and not self.stopping:
             self._requeue(flight, result.error_tail)
@@ -240,9 +246,9 @@ class Driver:
 
     def _broadcast(self) -> None:
         self.seen.add(code_hash(self.best.files))
-        ref = ray.put(self.best)  # one copy in the object store, shared by every proposer
+        self.best_ref = ray.put(self.best)  # one copy in the object store, shared by every proposer
         for p in self.proposers:
-            p.update.remote(ref)
+            p.update.remote(self.best_ref)
 
     def _record(self, row: dict) -> None:
         self.ledger.append(row)
@@ -255,3 +261,12 @@ class Driver:
         return f"e{self.next_id - 1:05d}"
 
 
+
+
+def _reason(e: Exception) -> str:
+    """One readable line for a Ray error: the underlying exception when there is one."""
+    cause = getattr(e, "cause", None)
+    if cause is not None and cause is not e:
+        return f"{type(cause).__name__}: {cause}"
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__

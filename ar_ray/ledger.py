@@ -205,10 +205,27 @@ def read_table(run_dir: str | os.PathLike) -> pa.Table:
     ledger_dir = Path(run_dir) / "ledger"
     if not ledger_dir.is_dir():
         raise LedgerError(f"{run_dir} holds no ledger (no ledger/ folder); pass the folder given to `ar-ray run --run-dir`")
-    parts = _parts(ledger_dir)
-    if not parts:
-        return SCHEMA.empty_table()
-    return pa.concat_tables(pq.read_table(q.path, schema=SCHEMA) for q in parts)
+    # A writer may merge while we read: a listed part can be deleted before we open it, and a listing
+    # taken mid-merge can miss both a merged part and its inputs (a gap). List again until one reads whole;
+    # a gap seen twice in the same listing is the ledger's own (parts removed by hand), read as it is.
+    # Parts never change once named, so what was read survives a retry; the newest (most often merged) go first.
+    seen, read = None, {}
+    for _ in range(100):
+        parts = _parts(ledger_dir)
+        names = [q.path.name for q in parts]
+        gap = bool(parts) and (parts[0].first != 0 or any(b.first != a.last + 1 for a, b in zip(parts, parts[1:])))
+        if gap and names != seen:
+            seen = names
+            continue
+        try:
+            for q in reversed(parts):
+                if q.path.name not in read:
+                    read[q.path.name] = pq.read_table(q.path, schema=SCHEMA)
+        except FileNotFoundError:
+            seen = None
+            continue
+        return pa.concat_tables([read[n] for n in names]) if parts else SCHEMA.empty_table()
+    raise LedgerError(f"the ledger in {ledger_dir} kept changing while it was read; try again")
 
 
 def load(run_dir: str | os.PathLike):

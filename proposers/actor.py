@@ -14,7 +14,11 @@ def make_proposer(kind: str, name: str, editable: tuple[str, ...], program: str 
     if kind == "llm":
         from proposers.llm import LLMProposer  # noqa: F401 - its own issue
         return LLMProposer(name, editable, program, seed, **options)
-    raise ValueError(f"unknown proposer kind {kind!r}; choose 'mutate' or 'llm'")
+    if ":" in kind:  # "package.module:Class", a proposer of the user's own
+        import importlib
+        module, _, cls = kind.partition(":")
+        return getattr(importlib.import_module(module), cls)(name, editable, program, seed, **options)
+    raise ValueError(f"unknown proposer kind {kind!r}; choose 'mutate', 'llm' or 'package.module:Class'")
 
 
 class ProposerActor:
@@ -30,5 +34,5 @@ class ProposerActor:
     def baseline_version(self) -> int:
         return self.proposer.baseline_version()
 
-    def propose(self, history=(), in_flight=()):
-        return self.proposer.propose(history, in_flight)
+    def propose(self, history=(), in_flight=(), baseline=None):
+        return self.proposer.propose(history, in_flight, baseline)

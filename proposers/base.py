@@ -3,8 +3,8 @@
 A proposer turns the current best files (pushed to it whenever they change)
 and a compact history into the next experiment:
 
-    update(baseline)                          # broadcast: the new best
-    propose(history, in_flight) -> Proposal   # the full new editable files, or a failure status
+    update(baseline)                                    # broadcast: the new best
+    propose(history, in_flight, baseline) -> Proposal   # the full new editable files, or a failure status
 
 `ProposerBase` does the shared bookkeeping (current baseline, diff, hash,
 syntax check); a concrete proposer implements `make_edit`. Subclasses are
@@ -44,7 +44,11 @@ class ProposerBase:
     def baseline_version(self) -> int:
         return -1 if self.baseline is None else self.baseline.version
 
-    def propose(self, history: list[Attempt] = (), in_flight: list[str] = ()) -> Proposal:
+    def propose(self, history: list[Attempt] = (), in_flight: list[str] = (), baseline: Baseline | None = None) -> Proposal:
+        """The next experiment. `baseline`, when given, is the newest best the caller knows (a missed broadcast
+        or an actor restart cannot leave a proposer without one)."""
+        if baseline is not None:
+            self.update(baseline)
         if self.baseline is None:
             raise RuntimeError("propose() before update(): the driver must broadcast a baseline first")
         base = self.baseline

@@ -65,6 +65,8 @@ def find_knobs(path: str, source: str) -> list[Knob]:
             if not m:
                 continue
             choices = tuple(c.strip() for c in m.group(1).split(",") if c.strip())
+            if len(set(choices) - {v}) == 0:
+                continue
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             v = sign * v
         elif not isinstance(v, bool):

@@ -1,0 +1,21 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+# Ray workers inherit the environment of the process that starts Ray: let them import tests/toys.py.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+sys.path.insert(0, str(TESTS))
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A real local Ray with fake GPUs: 8 CPUs, 4 GPUs, whatever this machine really has."""
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init("local", num_cpus=8, num_gpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,143 @@
+"""The driver loop on a real local Ray with fake GPUs and real training subprocesses."""
+
+from __future__ import annotations
+
+import collections
+import textwrap
+
+import pytest
+import ray
+
+from ar_ray import ledger
+from ar_ray.config import RunConfig
+from ar_ray.run import execute
+from toys import make_toy, read_trace
+
+SCRIPT = "toys:ScriptedProposer"
+
+
+def run(tmp_path, monkeypatch, *, sleep=0.2, toml="", probe=None, **kw):
+    trace = tmp_path / "trace.jsonl"
+    # the child's environment comes from the trainer actor's, plus what the target declares
+    toml = f"[target]\nenv = {{ TOY_SLEEP = '{sleep}', TOY_TRACE = '{trace}' }}\n" + textwrap.dedent(toml)
+    target = make_toy(tmp_path / "target", toml)
+    seen = {}
+
+    def on_event(kind, driver, row):
+        if kind == "finished" and probe:
+            seen.update(probe(driver))
+
+    config = RunConfig(target=str(target), run_dir=str(tmp_path / "run"), **kw)
+    summary = execute(config, on_event=on_event)
+    return summary, ledger.load(tmp_path / "run"), read_trace(trace), seen
+
+
+def test_keeps_every_trainer_busy_on_its_own_gpu(ray_local, tmp_path, monkeypatch):
+    counters = {}
+    summary, df, trace, _ = run(tmp_path, monkeypatch, sleep=0.6, max_experiments=20, proposers=2,
+                                probe=lambda d: counters.update(starved=d.count.starved) or {})
+    ran = df[df.decision != "skip"]
+    assert len(ran) == 21 and set(ran.status) == {"ok"}  # the baseline + 20
+    assert ran.trainer.nunique() == 4  # one trainer per fake GPU
+    # every trainer ran several experiments, each child saw exactly one GPU, the trainer's own
+    by_trainer = ran.groupby("trainer", observed=True).size()
+    assert by_trainer.min() >= 3
+    ids_to_gpu = {t["id"]: t["gpus"] for t in trace}
+    gpus_per_trainer = ran.assign(gpu=ran.experiment_id.map(ids_to_gpu)).groupby("trainer", observed=True).gpu.unique()
+    assert all(len(g) == 1 for g in gpus_per_trainer)
+    assert sorted(g[0] for g in gpus_per_trainer) == ["0", "1", "2", "3"]
+    # four children really ran at once
+    events = sorted([(t["start"], 1) for t in trace] + [(t["end"], -1) for t in trace])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    assert peak == 4
+    # no trainer ever finished and found the proposal queue empty
+    assert counters["starved"] == 0
+
+
+def test_slow_proposers_are_seen_starving_trainers(ray_local, tmp_path, monkeypatch):
+    """The starvation counter above can fail: with proposers slower than training, trainers wait."""
+    counters = {}
+    run(tmp_path, monkeypatch, sleep=0.05, max_experiments=8, proposers=1, queue_depth=1, proposer=SCRIPT,
+        proposer_options={"delay": 0.5}, probe=lambda d: counters.update(starved=d.count.starved) or {})
+    assert counters["starved"] > 0
+
+
+def test_best_reaches_every_proposer_and_stale_work_is_visible(ray_local, tmp_path, monkeypatch):
+    script = [[{"LR": 0.4}, "LR 0.4"], [{"WIDTH": 10}, "WIDTH 10"], [{"USE_X": True}, "USE_X"],
+              [{"LR": 0.35}, "LR 0.35"], [{"WIDTH": 11}, "WIDTH 11"], [{"LR": 0.3}, "LR 0.3"]]
+
+    def probe(driver):
+        return {"versions": ray.get([p.baseline_version.remote() for p in driver.proposers]),
+                "best": driver.best.version}
+
+    summary, df, _, seen = run(tmp_path, monkeypatch, sleep=0.5, max_experiments=12, proposers=3, proposer=SCRIPT,
+                               proposer_options={"script": script}, probe=probe)
+    assert summary["kept"] >= 1 and seen["best"] == summary["best_version"] >= 1
+    assert seen["versions"] == [seen["best"]] * 3  # every proposer holds the newest best
+    ran = df[df.decision != "skip"]
+    # kept rows carry their files; the best's metric is the best of all ok rows
+    assert ran[ran.decision == "keep"].files.notna().all()
+    assert summary["best_metric"] == ran[ran.status == "ok"].metric.min()
+    # stale proposals: made from an older version than the one they were judged against
+    stale = ran[ran.base_version < ran.best_version]
+    assert len(stale) >= 1
+    # a row's parent is the experiment that produced its base version
+    version_owner = dict(zip(ran[ran.decision.isin(["keep", "baseline"])].best_version,
+                             ran[ran.decision.isin(["keep", "baseline"])].experiment_id))
+    for r in ran[ran.proposer != "baseline"].itertuples():
+        assert r.parent_id == version_owner[r.base_version]
+    # the best metric column never gets worse, row after row
+    best = ran.best_metric.tolist()
+    assert all(b <= a + 1e-12 for a, b in zip(best, best[1:]))
+
+
+def test_failures_are_recorded_and_the_run_goes_on(ray_local, tmp_path, monkeypatch):
+    base = make_toy(tmp_path / "src").joinpath("train.py").read_text()
+    script = [
+        [{"MODE": "crash"}, "crashes"],
+        [{"MODE": "nan"}, "diverges"],
+        [{"MODE": "silent"}, "prints no metric"],
+        [{"MODE": "hang"}, "hangs past the timeout"],
+        [{"__raw__": base.replace("LR = 0.5", "LR = (0.5")}, "syntax error"],
+        [{"__fail__": "the model refused"}, "refusal"],
+        [{"LR": 0.5}, "no change at all"],
+        [{"LR": 0.45}, "LR 0.45"],
+        [{"LR": 0.45}, "LR 0.45 again"],
+    ]
+    toml = "timeout_seconds = 3\n"
+    summary, df, _, _ = run(tmp_path, monkeypatch, toml=toml, sleep=0.05, max_experiments=6, proposers=1,
+                            proposer=SCRIPT, proposer_options={"script": script}, trainers=2)
+    status = dict(zip(df.description, df.status))
+    assert status["crashes"] == "crash"
+    assert status["diverges"] == "diverged"
+    assert status["prints no metric"] == "no_metric"
+    assert status["hangs past the timeout"] == "timeout"
+    assert status["LR 0.45"] == "ok" and status["LR 0.45 again"] == "duplicate"
+    skipped = df[df.decision == "skip"]
+    assert set(skipped.status) == {"invalid_edit", "proposer_error", "duplicate"}
+    assert skipped.trainer.isna().all() and skipped.started_at.isna().all()  # no trainer time spent on them
+    err = dict(zip(df.description.fillna(""), df.error.fillna("")))
+    assert "toy crash on purpose" in err["crashes"]
+    assert "the model refused" in df[df.status == "proposer_error"].error.iloc[0]
+    assert "line" in df[df.status == "invalid_edit"].error.iloc[0]
+    assert df[df.status == "crash"].decision.tolist() == ["discard"]
+    assert summary["experiments"] == 6
+
+
+def test_summary_keys_land_in_typed_and_extra_columns(ray_local, tmp_path, monkeypatch):
+    _, df, _, _ = run(tmp_path, monkeypatch, max_experiments=1, proposers=1, trainers=1)
+    row = df[df.decision == "baseline"].iloc[0]
+    assert row.num_steps == 10.0 and row.val_bpb == row.metric
+    assert row["extra"] == {"my_custom_key": "hello"}
+    assert row.run_seconds > 0 and row.overhead_seconds >= 0 and row.node and row.gpu_model == "gpu"
+    assert collections.Counter(df.decision)["baseline"] == 1
+
+
+def test_contradicting_resources_are_refused_before_anything_runs(ray_local, tmp_path, monkeypatch):
+    from ar_ray.config import ConfigError
+    with pytest.raises(ConfigError, match="needs 10 GPUs; the cluster has 4"):
+        run(tmp_path, monkeypatch, trainers=10, max_experiments=1)
+    assert not ledger.read_table(tmp_path / "run").num_rows

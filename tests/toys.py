@@ -1,0 +1,116 @@
+"""Small targets and scripted proposers for engine tests (importable by Ray workers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+from proposers.base import ProposalFailed, ProposerBase
+
+TOY_TRAIN = '''\
+import json, os, sys, time
+LR = 0.5
+WIDTH = 8
+USE_X = False
+MODE = "ok"  # choices: ok
+SLEEP = float(os.environ.get("TOY_SLEEP", "0.2"))
+log = os.environ.get("TOY_TRACE")
+start = time.time()
+if MODE == "crash":
+    raise RuntimeError("toy crash on purpose")
+if MODE == "hang":
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(3600)
+if MODE == "nan":
+    print("FAIL: loss diverged (nan) at step 3")
+    sys.exit(1)
+time.sleep(SLEEP)
+v = abs(LR - 0.3) + abs(WIDTH - 12) * 0.01 + (0.0 if USE_X else 0.05)
+if log:
+    with open(log, "a") as f:
+        f.write(json.dumps({"id": os.environ["AR_EXPERIMENT_ID"], "start": start, "end": time.time(),
+                            "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}) + "\\n")
+print("---")
+if MODE != "silent":
+    print(f"val_bpb: {v:.6f}")
+print("num_steps: 10")
+print("my_custom_key: hello")
+'''
+
+
+def make_toy(root: Path, toml: str | None = None, train: str = TOY_TRAIN) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train.py").write_text(train)
+    (root / "prepare.py").write_text("CONSTANT = 1\n")
+    if toml is not None:
+        (root / "ar-ray.toml").write_text(textwrap.dedent(toml))
+    return root
+
+
+def set_knob(source: str, name: str, value) -> str:
+    lines = source.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith(f"{name} = "):
+            comment = line[line.index("#"):] if "#" in line else ""
+            lines[i] = f"{name} = {value!r}" + (f"  {comment}" if comment else "")
+            return "\n".join(lines)
+    raise KeyError(name)
+
+
+class ScriptedProposer(ProposerBase):
+    """Proposes a fixed list of knob settings in order, then cycles LR over fresh values.
+
+    options: script = [[{"LR": 0.3}, "description"], ...]; a step {"__raw__": "text"} replaces train.py wholesale.
+    """
+
+    def __init__(self, name, editable, program="", seed=0, script=(), delay=0.0):
+        super().__init__(name, editable, program, seed)
+        self.script = [tuple(s) for s in script]
+        self.delay = delay
+        self.i = 0
+
+    def make_edit(self, base, history, in_flight, usage):
+        import time
+        if self.delay:
+            time.sleep(self.delay)
+        step = self.i
+        self.i += 1
+        if step < len(self.script):
+            changes, description = self.script[step]
+        else:
+            changes, description = {"LR": round(0.31 + 0.001 * (step + 1000 * self.seed), 6)}, f"LR step {step}"
+        if "__fail__" in changes:
+            raise ProposalFailed("proposer_error", changes["__fail__"])
+        if "__raw__" in changes:
+            return description, {"train.py": changes["__raw__"]}
+        src = base.files["train.py"]
+        for k, v in changes.items():
+            src = set_knob(src, k, v)
+        return description, {"train.py": src}
+
+
+def read_trace(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def marker_processes(marker: str) -> list[int]:
+    """Live processes whose environment carries `marker` (for orphan checks)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if marker.encode() in env and stat[stat.rindex(b")") + 2:][:1] != b"Z":
+            found.append(int(entry))
+    return found

@@ -178,3 +178,7 @@ def status(run_dir, watch):
         if not watch or snap["state"] != "running":
             return
         time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -99,6 +99,7 @@ class Progress:
     def __call__(self, kind: str, driver, row: dict | None) -> None:
         if kind == "row":
             self.console.print(row_line(row))
+            self.console.file.flush()  # a watcher of a piped log sees each row as soon as it is on disk
         elif kind in ("infra", "proposer_error"):
             self.console.print(Text(f"infra: {row.get('experiment_id', '')} {row['error'][:200]}", style="yellow"))
         if kind == "finished":

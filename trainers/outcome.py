@@ -69,7 +69,7 @@ def classify(returncode: int, timed_out: bool, text: str, metric: float | None) 
     """One status per run: timeout, oom, diverged, crash, no_metric or ok."""
     if timed_out:
         return "timeout"
-    tail = text[-20000:]
+    tail = "\n".join(text.rstrip().splitlines()[-30:])  # the end of the output says how it ended
     if returncode != 0:
         if OOM.search(tail) or returncode in (137, -9) and "Traceback" not in tail:
             return "oom"

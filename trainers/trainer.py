@@ -99,7 +99,7 @@ class Trainer:
                 "completed": self.completed}
 
     def stop(self) -> None:
-        """Kill the running child (its whole tree); run() returns a 'timeout'-free crash result."""
+        """Kill the running child (its whole tree); run() then returns status 'infra' (not the candidate's fault)."""
         self._stop.set()
         proc = self._proc
         if proc and proc.poll() is None:
@@ -145,6 +145,7 @@ class Trainer:
             self.completed += 1
 
     def _run(self, cand: Candidate, t0: float) -> Result:
+        m0 = time.monotonic()  # durations on the monotonic clock; timestamps on the wall clock
         self.setup()
         run_dir = self.work_root / cand.experiment_id
         if run_dir.exists():  # a re-queued experiment: start clean
@@ -162,7 +163,9 @@ class Trainer:
         if self.target.budget_tokens:
             env["AR_BUDGET_TOKENS"] = str(self.target.budget_tokens)
         env.update({f"AR_{k.upper()}": str(v) for k, v in cand.knobs.items()})
-        timeout = self.target.hard_timeout if cand.budget_seconds is None else 2 * cand.budget_seconds + 60
+        # an explicit timeout_seconds wins; otherwise 2 x the budget actually used + 60 s
+        timeout = (self.target.hard_timeout if self.target.timeout_seconds is not None or cand.budget_seconds is None
+                   else 2 * cand.budget_seconds + 60)
         argv = format_command(self.target.command, **values)
 
         code, timed_out, child_seconds = self._spawn(argv, run_dir, child_env(self.target, env), log, timeout)
@@ -188,12 +191,12 @@ class Trainer:
             for p in run_dir.iterdir():
                 if p.name not in KEEP_AFTER_RUN:
                     shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        t1 = time.time()
+        t1, m1 = time.time(), time.monotonic()
         return Result(
             experiment_id=cand.experiment_id, status=status, metric=metric if status == "ok" else None,
             metrics=outcome.parse_summary(text), returncode=code, error_tail=error, log_path=str(log),
             trainer=self.name, node=self.node, gpu_model=self.gpu_model, started_at=t0, ended_at=t1,
-            child_seconds=child_seconds, overhead_seconds=(t1 - t0) - child_seconds,
+            child_seconds=child_seconds, overhead_seconds=(m1 - m0) - child_seconds,
         )
 
     def _spawn(self, argv: list[str], cwd: Path, env: dict, log: Path, timeout: float) -> tuple[int, bool, float]:
@@ -204,6 +207,8 @@ class Trainer:
                                     cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
             self._proc = proc
+            if self._stop.is_set():  # stop() arrived while the run dir was being written
+                proc.send_signal(signal.SIGTERM)
             timed_out = False
             try:
                 code = _wait(proc, timeout)

@@ -1,0 +1,112 @@
+"""The `ar-ray` command line: bad input gets a clear error and loses nothing; reading commands work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ar_ray import ledger
+from ar_ray.cli import main
+from toys import make_toy
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def toy(tmp_path):
+    return make_toy(tmp_path / "target", "[target]\nenv = { TOY_SLEEP = '0.05' }\n")
+
+
+def test_a_target_without_its_editable_file_is_refused(tmp_path):
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "prepare.py").write_text("X = 1\n")
+    r = invoke("run", "--target", tmp_path / "target", "--run-dir", tmp_path / "run")
+    assert r.exit_code == 1
+    assert "editable file 'train.py' is missing" in r.output and "create it" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--proposers", "0"], "--proposers must be at least 1"),
+    (["--max-experiments", "0"], "--max-experiments must be at least 1"),
+    (["--time-limit", "soon"], "is not a duration"),
+    (["--direction", "sideways"], "'sideways' is not one of"),
+    (["--metric-pattern", "val_bpb: no group"], "needs one capture group"),
+    (["--metric-pattern", "val_bpb: ((("], "not a valid regular expression"),
+    (["--budget", "-5"], "must be positive"),
+])
+def test_bad_flags_say_what_is_wrong(tmp_path, toy, args, message):
+    r = invoke("run", "--target", toy, "--run-dir", tmp_path / "run", *args)
+    assert r.exit_code != 0
+    assert message in r.output
+    assert not (tmp_path / "run" / "ledger").exists()
+
+
+def test_resume_and_a_different_run_dir_contradict(tmp_path, toy):
+    r = invoke("run", "--target", toy, "--resume", tmp_path / "a", "--run-dir", tmp_path / "b")
+    assert r.exit_code == 2 and "do not also pass a different --run-dir" in r.output
+
+
+def test_resume_of_a_dir_without_a_run_is_refused(tmp_path, toy):
+    (tmp_path / "empty").mkdir()
+    r = invoke("run", "--target", toy, "--resume", tmp_path / "empty")
+    assert r.exit_code == 1 and "holds no run" in r.output
+
+
+def test_a_metric_pattern_that_never_matches_stops_the_run_with_the_log(ray_local, tmp_path, toy):
+    r = invoke("run", "--target", toy, "--run-dir", tmp_path / "run", "--metric-pattern", r"^loss:\s*(\S+)",
+               "--max-experiments", "3", "--trainers", "1")
+    assert r.exit_code == 1
+    assert "the unmodified target failed (no_metric)" in r.output and "log:" in r.output
+    rows = ledger.load(tmp_path / "run")  # nothing lost: the failed baseline is a row
+    assert rows[rows.decision == "baseline"].status.tolist() == ["no_metric"]
+
+
+def test_a_run_command_that_does_not_exist_is_reported(ray_local, tmp_path, toy):
+    r = invoke("run", "--target", toy, "--run-dir", tmp_path / "run", "--command", "no-such-program-xyz train.py",
+               "--trainers", "1")
+    assert r.exit_code == 1
+    assert "failed (crash)" in r.output and "cannot start 'no-such-program-xyz'" in r.output
+
+
+def test_too_many_trainers_for_the_cluster(ray_local, tmp_path, toy):
+    r = invoke("run", "--target", toy, "--run-dir", tmp_path / "run", "--trainers", "9", "--gpus-per-trainer", "0.5")
+    assert r.exit_code == 1 and "needs 4.5 GPUs; the cluster has 4" in r.output
+
+
+def test_run_then_ledger_best_status_and_a_refused_rerun(ray_local, tmp_path, toy):
+    run_dir = tmp_path / "run"
+    r = invoke("run", "--target", toy, "--run-dir", run_dir, "--max-experiments", "6", "--trainers", "2")
+    assert r.exit_code == 0, r.output
+    assert "finished after" in r.output and "best val_bpb:" in r.output
+    df = ledger.load(run_dir)
+    assert (df.decision != "skip").sum() == 7
+
+    r = invoke("ledger", run_dir)
+    assert r.exit_code == 0 and "baseline" in r.output and "e00000" in r.output
+
+    r = invoke("best", run_dir, "--export", tmp_path / "best")
+    assert r.exit_code == 0 and "lineage:" in r.output
+    best_row = df[df.decision.isin(["keep", "baseline"])].iloc[-1]
+    assert (tmp_path / "best" / "train.py").read_text() == best_row.files["train.py"]
+    assert f"{best_row.metric:.6f}" in r.output
+
+    r = invoke("status", run_dir)
+    assert r.exit_code == 0 and "state: finished" in r.output
+    snap = json.loads((run_dir / "status.json").read_text())
+    assert snap["experiments"] == 6 and snap["running"] == []
+
+    # the same run dir again, without --resume: refused, and the ledger is untouched
+    r = invoke("run", "--target", toy, "--run-dir", run_dir, "--max-experiments", "1")
+    assert r.exit_code == 1 and "already holds a run's ledger; pass --resume" in r.output
+    assert len(ledger.load(run_dir)) == len(df)
+
+
+def test_reading_commands_on_a_folder_that_is_no_run(tmp_path):
+    r = invoke("ledger", tmp_path)
+    assert r.exit_code == 1 and "holds no ledger" in r.output
+    r = invoke("status", tmp_path)
+    assert r.exit_code == 1 and "has no status.json" in r.output

@@ -1,0 +1,400 @@
+"""Tests for trainers.trainer: real children under the real reaper, real signals, outcomes, no survivors.
+
+Every toy target puts AR_TEST_MARK=<uuid> in its children's environment, so the
+tests can scan /proc for any process of a run that outlived it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ar_ray.target import load_target
+from helpers_targets import SLEEPER_FN, alive, candidate, make_target, marked_pids, new_mark, ppid_of, wait_for
+from trainers.trainer import SetupError, Trainer
+
+pytestmark = pytest.mark.timeout(60)
+
+OK_TRAIN = """
+print("val_bpb: 9.0")
+print("---")
+print("val_bpb: 1.25")
+"""
+
+
+def toy(tmp_path: Path, train: str, **overrides):
+    """(target, trainer, mark) for a toy target whose children carry a fresh marker."""
+    mark = new_mark()
+    grace = overrides.pop("grace", 0.3)
+    env = {"AR_TEST_MARK": mark, **overrides.pop("env", {})}
+    target = make_target(tmp_path / "target", train, env=env, **overrides)
+    trainer = Trainer(target, str(tmp_path / "work"), name="t-test", grace_seconds=grace)
+    return target, trainer, mark
+
+
+def run_toy(tmp_path: Path, train: str, **overrides):
+    target, trainer, mark = toy(tmp_path, train, **overrides)
+    res = trainer.run(candidate(target))
+    assert marked_pids(mark) == [], "a process of the run outlived run()"
+    return res
+
+
+# -- 1. ok ------------------------------------------------------------------------------------
+
+def test_ok_summary_metric_fields_cleanup_and_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-leak")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "tok-must-not-leak")
+    monkeypatch.setenv("AR_TEST_HARMLESS", "passes-through")
+    dump = tmp_path / "env.json"
+    train = f"""
+        import json, os
+        json.dump(dict(os.environ), open({str(dump)!r}, "w"))
+        os.makedirs("ckpt", exist_ok=True)
+        open("ckpt/model.bin", "wb").write(b"x" * 100)
+        open("scratch.txt", "w").write("junk")
+        open(os.environ["AR_RESULT_FILE"], "w").write('{{"val_bpb": 0.75}}')
+        print("step 1 loss 3.0")
+        print("val_bpb: 2.5")
+        print("early_key: 7")
+        print("---")
+        print("not a summary line")
+        print("val_bpb: 0.9")
+        print("train_loss: 1.5")
+        print("peak_vram_mb: 0.0")
+        print("val_bpb: 0.75")
+        """
+    target, trainer, mark = toy(tmp_path, train, budget_seconds=7)
+    cand = candidate(target, eid="exp-ok", seed=123)
+    res = trainer.run(cand)
+
+    assert res.status == "ok", res.error_tail
+    assert res.metric == 0.75  # the LAST matching line
+    assert res.metrics == {"val_bpb": "0.75", "train_loss": "1.5", "peak_vram_mb": "0.0"}
+    assert res.returncode == 0 and res.error_tail == ""
+    assert res.experiment_id == "exp-ok"
+    assert (res.trainer, res.gpu_model) == ("t-test", "cpu")
+    assert res.node == trainer.node and res.node
+    assert res.child_seconds > 0 and res.overhead_seconds >= 0
+    assert res.ended_at >= res.started_at
+    log = Path(res.log_path)
+    assert log.is_file() and "early_key: 7" in log.read_text() and "val_bpb: 0.75" in log.read_text()
+    assert sorted(p.name for p in log.parent.iterdir()) == ["log.txt", "result.json"]
+    assert trainer.status()["running"] is None and trainer.status()["completed"] == 1
+
+    env = json.loads(dump.read_text())
+    assert env["AR_SEED"] == "123"
+    assert env["AR_BUDGET_SECONDS"] == "7"
+    assert env["AR_RESULT_FILE"] == str(log.parent / "result.json")
+    assert env["AR_EXPERIMENT_ID"] == "exp-ok"
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert env["AR_TEST_MARK"] == mark  # target env reaches the child
+    assert env["AR_TEST_HARMLESS"] == "passes-through"  # the filter is not "drop everything"
+    assert "OPENAI_API_KEY" not in env and "RAY_AUTH_TOKEN" not in env
+    assert not any("must-not-leak" in v for v in env.values())
+
+
+def test_candidate_knobs_and_budget_reach_the_child(tmp_path):
+    dump = tmp_path / "env.json"
+    train = f"""
+        import json, os
+        json.dump(dict(os.environ), open({str(dump)!r}, "w"))
+        print("val_bpb: 1.0")
+        """
+    target, trainer, _ = toy(tmp_path, train)
+    res = trainer.run(candidate(target, budget_seconds=3, knobs={"depth": "4"}))
+    assert res.status == "ok", res.error_tail
+    env = json.loads(dump.read_text())
+    assert env["AR_BUDGET_SECONDS"] == "3" and env["AR_DEPTH"] == "4"
+
+
+# -- 2-6. child outcomes ------------------------------------------------------------------------
+
+def test_crash_error_tail_holds_the_exception(tmp_path):
+    res = run_toy(tmp_path, """
+        print("training...")
+        def inner():
+            raise ValueError("boom-7f3a in the model")
+        inner()
+        """)
+    assert res.status == "crash" and res.metric is None and res.returncode == 1
+    lines = res.error_tail.splitlines()
+    assert lines[0].startswith("Traceback (most recent call last)")
+    assert lines[-1] == "ValueError: boom-7f3a in the model"
+
+
+def test_timeout_kills_a_child_that_ignores_sigterm(tmp_path):
+    started = tmp_path / "started"
+    train = SLEEPER_FN + f"""
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+sleeper({str(tmp_path / 'gc.pid')!r})
+wait_file({str(tmp_path / 'gc.pid')!r})
+open({str(started)!r}, "w").close()
+while True:
+    time.sleep(3600)
+"""
+    res = run_toy(tmp_path, train, timeout_seconds=1.5)
+    assert started.exists(), "the child never got going: the test proves nothing"
+    assert res.status == "timeout" and res.metric is None
+    assert "hard timeout" in res.error_tail
+    assert not alive(int((tmp_path / "gc.pid").read_text()))
+
+
+def test_explicit_timeout_wins_over_the_candidate_budget(tmp_path):
+    # --timeout must hold even when the driver passes --budget on every candidate.
+    target, trainer, mark = toy(tmp_path, "import time\ntime.sleep(3600)\n", timeout_seconds=1.0)
+    res = trainer.run(candidate(target, budget_seconds=5))  # 2 x 5 + 60 s if the budget won
+    assert res.status == "timeout", res
+    assert marked_pids(mark) == []
+
+
+@pytest.mark.parametrize("train", [
+    "x = []\nraise MemoryError()\n",
+    "import sys\nprint('RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB')\nsys.exit(1)\n",
+], ids=["MemoryError", "cuda-oom"])
+def test_oom(tmp_path, train):
+    res = run_toy(tmp_path, train)
+    assert res.status == "oom" and res.metric is None and res.returncode == 1
+
+
+@pytest.mark.parametrize("train,code", [
+    ("import sys\nprint('step 10 loss 3.2')\nprint('FAIL: loss diverged (nan)')\nsys.exit(1)\n", 1),
+    ("print('---')\nprint('val_bpb: nan')\n", 0),
+], ids=["fail-line", "nan-metric"])
+def test_diverged(tmp_path, train, code):
+    res = run_toy(tmp_path, train)
+    assert res.status == "diverged" and res.metric is None and res.returncode == code
+
+
+def test_no_metric_when_the_line_is_missing(tmp_path):
+    res = run_toy(tmp_path, "print('---')\nprint('train_loss: 1.0')\n")
+    assert res.status == "no_metric" and res.metric is None and res.returncode == 0
+    assert "train_loss: 1.0" in res.error_tail
+
+
+def test_no_metric_when_the_pattern_never_matches(tmp_path):
+    res = run_toy(tmp_path, OK_TRAIN, metric="score", metric_pattern=r"^score=(\S+)")
+    assert res.status == "no_metric" and res.metric is None
+    assert res.metrics["val_bpb"] == "1.25"  # the summary is still parsed
+
+
+# -- 7-9. trainer-side checks -----------------------------------------------------------------
+
+def test_metric_mismatch_with_result_file(tmp_path):
+    train = """
+        import json, os
+        json.dump({"val_bpb": 1.5}, open(os.environ["AR_RESULT_FILE"], "w"))
+        print("val_bpb: 0.1")
+        """
+    res = run_toy(tmp_path, train, result_file=True)
+    assert res.status == "metric_mismatch" and res.metric is None
+    assert "1.5" in res.error_tail and "0.1" in res.error_tail
+
+
+def test_result_file_agreeing_is_ok_and_missing_is_mismatch(tmp_path):
+    good = """
+        import json, os
+        json.dump({"val_bpb": 0.5}, open(os.environ["AR_RESULT_FILE"], "w"))
+        print("val_bpb: 0.5")
+        """
+    target, trainer, _ = toy(tmp_path, good, result_file=True)
+    assert trainer.run(candidate(target)).metric == 0.5
+    res = trainer.run(candidate(target, train="print('val_bpb: 0.5')\n"))
+    assert res.status == "metric_mismatch" and res.metric is None
+
+
+def test_tampered_readonly_file(tmp_path):
+    train = """
+        open("prepare.py", "w").write("VOCAB = 1  # easier eval\\n")
+        print("val_bpb: 0.01")
+        """
+    res = run_toy(tmp_path, train)
+    assert res.status == "tampered" and res.metric is None
+    assert "prepare.py" in res.error_tail
+
+
+def test_missing_command_is_a_crash_naming_it(tmp_path):
+    res = run_toy(tmp_path, OK_TRAIN, command="definitely-not-a-command-xyz --flag")
+    assert res.status == "crash" and res.metric is None and res.returncode == 127
+    assert "definitely-not-a-command-xyz" in res.error_tail
+    assert "No such file" in res.error_tail
+
+
+# -- 10. no descendant survives -----------------------------------------------------------------
+
+def test_grandchildren_and_setsid_double_fork_are_killed(tmp_path):
+    gc, ggc = str(tmp_path / "gc.pid"), str(tmp_path / "ggc.pid")
+    # child -> grandchild (plain fork, ignores TERM) -> great-grandchild (setsid + double fork, ignores TERM)
+    train = SLEEPER_FN + f"""
+if os.fork() == 0:  # the grandchild
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sleeper({ggc!r}, setsid_double_fork=True)
+        open({gc!r} + ".tmp", "w").write(str(os.getpid()))
+        os.rename({gc!r} + ".tmp", {gc!r})
+        while True:
+            time.sleep(3600)
+    finally:
+        os._exit(0)
+wait_file({gc!r})
+wait_file({ggc!r})
+print("---")
+print("val_bpb: 1.0")
+"""
+    target, trainer, mark = toy(tmp_path, train)
+    res = trainer.run(candidate(target))
+    assert res.status == "ok", res.error_tail
+    pids = [int(Path(p).read_text()) for p in (gc, ggc)]
+    assert ppid_of(os.getpid())  # /proc is readable here
+    assert not any(alive(p) for p in pids), f"descendants survived run(): {pids}"
+    assert marked_pids(mark) == []
+
+
+# -- 11-12. status() and stop() from another thread ---------------------------------------------
+
+def _blocking_train(tmp_path: Path, ignore_term: bool) -> str:
+    return f"""
+import os, signal, time
+{"signal.signal(signal.SIGTERM, signal.SIG_IGN)" if ignore_term else ""}
+open({str(tmp_path / 'started')!r}, "w").close()
+while not os.path.exists({str(tmp_path / 'go')!r}):
+    time.sleep(0.01)
+print("val_bpb: 2.0")
+"""
+
+
+def _run_in_thread(trainer, cand):
+    box = {}
+    th = threading.Thread(target=lambda: box.setdefault("res", trainer.run(cand)), daemon=True)
+    th.start()
+    return th, box
+
+
+def test_status_answers_while_run_is_in_flight(tmp_path):
+    target, trainer, mark = toy(tmp_path, _blocking_train(tmp_path, ignore_term=False))
+    assert trainer.status()["running"] is None
+    th, box = _run_in_thread(trainer, candidate(target, eid="exp-inflight"))
+    wait_for((tmp_path / "started").exists, what="the child to start")
+    st = trainer.status()
+    assert st["trainer"] == "t-test" and st["gpu_model"] == "cpu" and st["completed"] == 0
+    assert st["running"]["experiment_id"] == "exp-inflight" and st["running"]["elapsed"] >= 0
+    (tmp_path / "go").touch()
+    th.join(30)
+    assert not th.is_alive()
+    assert box["res"].status == "ok" and box["res"].metric == 2.0
+    st = trainer.status()
+    assert st["running"] is None and st["completed"] == 1
+    assert marked_pids(mark) == []
+
+
+def test_stop_kills_the_child_and_reports_infra(tmp_path):
+    target, trainer, mark = toy(tmp_path, _blocking_train(tmp_path, ignore_term=True), grace=0.3)
+    th, box = _run_in_thread(trainer, candidate(target))
+    wait_for((tmp_path / "started").exists, what="the child to start")
+    assert marked_pids(mark), "the marker scan cannot see the running child"
+    trainer.stop()
+    th.join(15)  # grace is 0.3 s: run() returns long before this unless stop() failed
+    assert not th.is_alive(), "run() did not return after stop()"
+    res = box["res"]
+    assert res.status == "infra" and res.metric is None and "stopped" in res.error_tail
+    assert marked_pids(mark) == []
+    # the next run is not affected by the earlier stop
+    (tmp_path / "go").touch()
+    assert trainer.run(candidate(target)).status == "ok"
+
+
+# -- 13. setup ------------------------------------------------------------------------------------
+
+def _setup_target(tmp_path: Path, prepare_body: str):
+    counter = tmp_path / "counter.txt"
+    prepare = f"# {uuid.uuid4().hex}\nimport sys\nopen({str(counter)!r}, 'a').write('ran\\n')\n{prepare_body}"
+    toml = '[target]\nsetup = "{python} prepare.py"\n'
+    return make_target(tmp_path / "target", OK_TRAIN, prepare=prepare, toml=toml), counter
+
+
+def test_setup_runs_once_per_node(tmp_path):
+    target, counter = _setup_target(tmp_path, "print('prepared')\n")
+    trainers = [Trainer(target, str(tmp_path / f"work{i}"), name=f"t{i}") for i in range(2)]
+    threads = [threading.Thread(target=t.setup) for t in trainers]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert counter.read_text() == "ran\n"
+    res = trainers[1].run(candidate(target))  # run() calls setup() again: still once
+    assert res.status == "ok" and counter.read_text() == "ran\n"
+
+
+def test_failing_setup_raises_with_the_log_tail(tmp_path):
+    target, counter = _setup_target(tmp_path, "print('no data at /nowhere-5c1d')\nsys.exit(3)\n")
+    trainer = Trainer(target, str(tmp_path / "work"))
+    with pytest.raises(SetupError) as err:
+        trainer.setup()
+    assert "no data at /nowhere-5c1d" in str(err.value) and "exit 3" in str(err.value)
+    with pytest.raises(SetupError):  # not marked done: a run retries it and fails the same way
+        trainer.run(candidate(target))
+    assert counter.read_text() == "ran\nran\n"
+
+
+# -- 14. as a Ray actor ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init("local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_actor_run_status_and_actor_kill(tmp_path, ray_local):
+    ray = ray_local
+    from trainers.actor import TrainerActor
+
+    mark = new_mark()
+    target = make_target(tmp_path / "target", OK_TRAIN, env={"AR_TEST_MARK": mark})
+    actor = ray.remote(TrainerActor).options(max_concurrency=2, max_restarts=-1, max_task_retries=0) \
+        .remote(target, str(tmp_path / "work"), "t-ray", grace_seconds=0.5)
+
+    res = ray.get(actor.run.remote(candidate(target)), timeout=60)
+    assert res.status == "ok" and res.metric == 1.25 and res.trainer == "t-ray" and res.gpu_model == "cpu"
+
+    # status() answers while run() is in flight
+    ref = actor.run.remote(candidate(target, train=_blocking_train(tmp_path, ignore_term=False), eid="exp-ray"))
+    wait_for((tmp_path / "started").exists, 30, "the child to start")
+    st = ray.get(actor.status.remote(), timeout=10)
+    assert st["running"]["experiment_id"] == "exp-ray" and st["running"]["elapsed"] >= 0
+    (tmp_path / "go").touch()
+    assert ray.get(ref, timeout=30).status == "ok"
+
+    # kill -9 the actor process while a TERM-ignoring child (with a TERM-ignoring grandchild) runs
+    child_pid, gc_pid = tmp_path / "child.pid", tmp_path / "gc.pid"
+    train = SLEEPER_FN + f"""
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+sleeper({str(gc_pid)!r})
+wait_file({str(gc_pid)!r})
+open({str(child_pid)!r} + ".tmp", "w").write(str(os.getpid()))
+os.rename({str(child_pid)!r} + ".tmp", {str(child_pid)!r})
+while True:
+    time.sleep(3600)
+"""
+    ref = actor.run.remote(candidate(target, train=train))
+    wait_for(child_pid.exists, 30, "the child to start")
+    child = int(child_pid.read_text())
+    reaper = ppid_of(child)
+    actor_pid = ppid_of(reaper)
+    assert b"reaper.py" in Path(f"/proc/{reaper}/cmdline").read_bytes()
+    assert actor_pid != os.getpid() and mark.encode() not in Path(f"/proc/{actor_pid}/environ").read_bytes()
+    victims = marked_pids(mark)
+    assert {child, reaper, int(gc_pid.read_text())} <= set(victims)
+
+    os.kill(actor_pid, signal.SIGKILL)
+    wait_for(lambda: marked_pids(mark) == [], 15, f"the run's processes {victims} to go after the actor died")
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(ref, timeout=30)
+    assert ray.get(actor.ping.remote(), timeout=60) == "t-ray"  # restarted (max_restarts=-1)

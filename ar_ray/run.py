@@ -110,7 +110,10 @@ def _run_until_done(driver: Driver, trainers: list) -> bool:
         return False
     except KeyboardInterrupt:
         driver.stop()
-        ray.get([t.stop.remote() for t in trainers], timeout=30)  # each kills its child's whole tree
+        try:
+            ray.get([t.stop.remote() for t in trainers], timeout=30)  # each kills its child's whole tree
+        except (ray.exceptions.RayError, TimeoutError):
+            pass  # a trainer already gone took its children with it (the reaper dies with its parent)
         return True
     finally:
         signal.signal(signal.SIGTERM, previous)

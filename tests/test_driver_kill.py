@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -74,3 +75,27 @@ def test_sigkill_of_the_driver_loses_no_row_and_resume_continues(tmp_path, ray_l
     assert new.best_metric.max() <= best_before
     # the resumed proposals were made from the restored best, not from the target as shipped
     assert (new[new.decision != "skip"].base_version >= before.best_version.max()).all()
+
+
+def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path):
+    """Ctrl-C at a terminal signals the whole foreground process group: the driver and everything it started."""
+    mark = f"toy-{uuid.uuid4().hex}"
+    target = make_toy(tmp_path / "target", f"[target]\nenv = {{ TOY_SLEEP = '30', TOY_MARK = '{mark}' }}\n")
+    run_dir = tmp_path / "run"
+    driver = subprocess.Popen([sys.executable, "-m", "ar_ray.cli", "run", "--target", str(target), "--run-dir",
+                               str(run_dir), "--max-experiments", "50", "--trainers", "2", "--cpus-per-trainer", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                              env={**os.environ, "RAY_ADDRESS": ""})
+    try:
+        wait_for(lambda: len(marker_processes(mark)) >= 2, 180, "two training children in flight")
+        os.killpg(driver.pid, signal.SIGINT)
+        output = driver.communicate(timeout=120)[0]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, output
+    assert "interrupted after" in output and "best val_bpb:" in output
+    assert not marker_processes(mark)  # the run's children are already gone when the driver exits
+    df = ledger.load(run_dir)  # consistent: nothing half-written, no row for the killed experiments
+    assert not (df.status == "infra").any()
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"

@@ -43,6 +43,12 @@ def main():
 @click.option("--proposer", default="mutate", show_default=True,
               help="mutate (LLM-free), llm, or package.module:Class for a proposer of your own.")
 @click.option("--proposers", type=int, default=2, show_default=True, help="Proposer actors.")
+@click.option("--model", default=None, help="LLM model name (--proposer llm).")
+@click.option("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (--proposer llm).")
+@click.option("--api-key-env", default=None, help="Environment variable holding the API key (default OPENAI_API_KEY).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Run config TOML: LLM endpoints with weights, sampling, prices, rate limits.")
+@click.option("--max-cost", type=float, default=None, help="Stop asking for proposals once proposer spend reaches this (USD).")
 @click.option("--trainers", type=int, default=None, help="Trainer actors (default: one per GPU; on CPU, one per 2 CPUs).")
 @click.option("--gpus-per-trainer", type=float, default=1.0, show_default=True, help="GPUs per trainer; fractions share a GPU.")
 @click.option("--cpus-per-trainer", type=float, default=None, help="CPUs per trainer (default: 1 with GPUs, 2 on CPU).")
@@ -57,7 +63,8 @@ def main():
 @click.option("--direction", type=click.Choice(["min", "max"]), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--keep-files", is_flag=True, help="Keep each experiment's files, not just its log.")
-def run(target, run_dir, resume_dir, address, proposer, proposers, trainers, gpus_per_trainer, cpus_per_trainer,
+def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_url, api_key_env, config_file, max_cost,
+        trainers, gpus_per_trainer, cpus_per_trainer,
         queue_depth, max_experiments, time_limit, budget, timeout, run_command, metric, metric_pattern, direction,
         seed, keep_files):
     """Run the research loop: propose, train, keep what improves."""
@@ -72,10 +79,20 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, trainers, gpu
         meta = Path(resume_dir) / "run.json"
         if meta.exists():
             target = json.loads(meta.read_text()).get("target")
+    options = {}
+    if proposer == "llm":
+        from proposers.llm_config import LLMConfigError, build_options
+        try:
+            options = build_options(model=model, base_url=base_url, api_key_env=api_key_env, config_file=config_file)
+        except LLMConfigError as e:
+            raise click.ClickException(str(e)) from None
+    elif model or base_url or api_key_env or config_file:
+        raise click.UsageError("--model, --base-url, --api-key-env and --config are for --proposer llm")
     overrides = {"command": run_command, "metric": metric, "metric_pattern": metric_pattern, "direction": direction,
                  "timeout_seconds": timeout, "budget_seconds": budget}
     config = RunConfig(target=target or str(default_target()), run_dir=run_dir, resume=bool(resume_dir),
-                       address=address, proposer=proposer, proposers=proposers, trainers=trainers,
+                       address=address, proposer=proposer, proposer_options=options, proposers=proposers,
+                       max_cost=max_cost, trainers=trainers,
                        gpus_per_trainer=gpus_per_trainer, cpus_per_trainer=cpus_per_trainer, queue_depth=queue_depth,
                        max_experiments=max_experiments, time_limit=parse_duration(time_limit), budget_seconds=budget,
                        seed=seed, keep_files=keep_files, target_overrides=overrides)
@@ -95,6 +112,9 @@ def print_summary(console: Console, s: dict) -> None:
                   f"{s['kept']} kept, {s['failed']} failed, {s['skipped']} skipped, {s['infra']} infrastructure retries")
     console.print(f"best {s['metric']}: [bold green]{fmt_metric(s['best_metric'])}[/bold green] "
                   f"({s['best_experiment'] or 'baseline'}, version {s['best_version']})")
+    if s.get("cost_usd"):
+        per = f", ${s['cost_per_kept']:.4f} per kept improvement" if s.get("cost_per_kept") else ""
+        console.print(f"proposer spend: ${s['cost_usd']:.4f}{per}")
     if s["by_status"]:
         console.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items())))
 

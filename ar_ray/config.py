@@ -35,6 +35,7 @@ class RunConfig:
     budget_seconds: float | None = None  # overrides the target's
     seed: int = 0
     keep_files: bool = False
+    max_cost: float | None = None  # USD of proposer spend; stop asking for proposals once reached
     max_skipped_in_a_row: int = 200
     target_overrides: dict = field(default_factory=dict)
 
@@ -55,6 +56,8 @@ class RunConfig:
             raise ConfigError(f"--time-limit must be positive, got {self.time_limit}")
         if self.budget_seconds is not None and self.budget_seconds <= 0:
             raise ConfigError(f"--budget must be positive, got {self.budget_seconds}")
+        if self.max_cost is not None and self.max_cost <= 0:
+            raise ConfigError(f"--max-cost must be positive, got {self.max_cost}")
         if not self.run_dir:
             raise ConfigError("no run dir: pass --run-dir")
         return self

@@ -39,6 +39,7 @@ class Counters:
     failed: int = 0  # ran but did not produce a metric
     skipped: int = 0  # never ran: invalid, duplicate, proposer error
     infra: int = 0  # trainer or proposer lost; work re-queued
+    cost_usd: float = 0.0  # proposer spend (LLM tokens)
     starved: int = 0  # times a trainer finished and found no ready proposal waiting (it idles on a proposer)
     by_status: collections.Counter = field(default_factory=collections.Counter)
 
@@ -57,6 +58,7 @@ class Driver:
     def __init__(self, target: Target, ledger: Ledger, run_id: str, trainers: list, proposers: list, *,
                  queue_depth: int, max_experiments: int | None = None, time_limit: float | None = None,
                  seed: int = 0, budget_seconds: float | None = None, max_skipped_in_a_row: int = 200,
+                 max_cost: float | None = None,
                  on_event=None, restore=None):
         self.target, self.ledger, self.run_id = target, ledger, run_id
         self.trainers, self.proposers = trainers, proposers
@@ -64,6 +66,7 @@ class Driver:
         self.deadline = time.time() + time_limit if time_limit else None
         self.seed, self.budget = seed, budget_seconds
         self.max_skipped_in_a_row = max_skipped_in_a_row
+        self.max_cost = max_cost
         self.on_event = on_event or (lambda kind, driver, row: None)
         self.started_at = time.time()
         self.count = Counters()
@@ -123,14 +126,21 @@ class Driver:
         self.stopping = True
 
     def _finished(self) -> bool:
+        """No new experiment may start."""
         return (self.stopping
                 or (self.max_experiments is not None and self.count.ran >= self.max_experiments)
-                or (self.deadline is not None and time.time() >= self.deadline))
+                or (self.deadline is not None and time.time() >= self.deadline)
+                or (self._over_budget() and not self.queue and not self.proposing))
+
+    def _over_budget(self) -> bool:
+        return self.max_cost is not None and self.count.cost_usd >= self.max_cost
 
     # ---- proposals ----
 
     def _top_up(self) -> None:
         """Keep queued + requested proposals at the queue depth, spread over the proposers."""
+        if self._over_budget():
+            return  # --max-cost reached: what is queued still runs, nothing new is asked for
         want = self.queue_depth - len(self.queue) - len(self.proposing)
         busy = collections.Counter(self.proposing.values())
         for _ in range(max(0, want)):
@@ -150,6 +160,7 @@ class Driver:
             self._skipped_again(f"proposer error: {_reason(e)}")
             return
         self.count.proposed += 1
+        self.count.cost_usd += p.usage.get("cost_usd", 0.0)
         if p.status == "ok" and p.edit_hash in self.seen:
             p = dataclasses.replace(p, status="duplicate", error="identical code was already tried or is queued")
         if p.status != "ok":

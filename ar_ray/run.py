@@ -58,6 +58,8 @@ def restore_from_ledger(run_dir: str):
         ran = [r for r in cols if r["decision"] in ("keep", "discard")]
         driver.count.ran = len(ran)
         driver.count.kept = sum(r["decision"] == "keep" for r in ran)
+        costs = table.column("cost_usd").to_pylist()
+        driver.count.cost_usd = sum(c for c in costs if c)
 
     return restore
 
@@ -86,7 +88,7 @@ def execute(config: RunConfig, on_event=None) -> dict:
         driver = Driver(target, ledger, run_id, trainers, proposers,
                         queue_depth=config.queue_depth or (p.trainers + config.proposers),
                         max_experiments=config.max_experiments, time_limit=config.time_limit, seed=config.seed,
-                        budget_seconds=config.budget_seconds, max_skipped_in_a_row=config.max_skipped_in_a_row,
+                        budget_seconds=config.budget_seconds, max_skipped_in_a_row=config.max_skipped_in_a_row, max_cost=config.max_cost,
                         on_event=on_event, restore=restore_from_ledger(str(run_dir)) if previous else None)
         state = "aborted"
         try:
@@ -124,7 +126,8 @@ def summary(count: Counters, driver: Driver, interrupted: bool) -> dict:
     return {
         "run_id": driver.run_id, "interrupted": interrupted, "elapsed_seconds": elapsed,
         "experiments": count.ran, "kept": count.kept, "failed": count.failed, "skipped": count.skipped,
-        "infra": count.infra, "by_status": dict(count.by_status),
+        "infra": count.infra, "by_status": dict(count.by_status), "cost_usd": count.cost_usd,
+        "cost_per_kept": count.cost_usd / count.kept if count.kept else None,
         "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id,
         "best_version": driver.best.version, "metric": driver.target.metric,
         "in_flight_at_stop": len(driver.running),

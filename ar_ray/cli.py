@@ -61,12 +61,20 @@ def main():
 @click.option("--metric", default=None, help="Override the target's metric name.")
 @click.option("--metric-pattern", default=None, help="Regex with one group; the last matching line wins.")
 @click.option("--direction", type=click.Choice(["min", "max"]), default=None)
+@click.option("--acceptance", type=click.Choice(["confirm", "greedy"]), default="confirm", show_default=True,
+              help="confirm: beat the best by k x noise, then survive re-runs; greedy: any better run is kept.")
+@click.option("--baseline-repeats", type=int, default=3, show_default=True, help="Runs of each best (noise floor).")
+@click.option("--confirm-runs", type=int, default=2, show_default=True, help="Re-runs of a screened candidate.")
+@click.option("--k", "k", type=float, default=1.0, show_default=True, help="Screen: a run's gain must exceed k x noise.")
+@click.option("--k-confirm", type=float, default=2.0, show_default=True,
+              help="Accept: the confirmed mean gain must exceed k-confirm standard errors.")
+@click.option("--sanity-gain", type=float, default=None, help="Gains above this get twice the confirmation runs.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--keep-files", is_flag=True, help="Keep each experiment's files, not just its log.")
 def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_url, api_key_env, config_file, max_cost,
         trainers, gpus_per_trainer, cpus_per_trainer,
         queue_depth, max_experiments, time_limit, budget, timeout, run_command, metric, metric_pattern, direction,
-        seed, keep_files):
+        acceptance, baseline_repeats, confirm_runs, k, k_confirm, sanity_gain, seed, keep_files):
     """Run the research loop: propose, train, keep what improves."""
     from ar_ray.progress import Progress
     from ar_ray.run import execute
@@ -95,7 +103,8 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
                        max_cost=max_cost, trainers=trainers,
                        gpus_per_trainer=gpus_per_trainer, cpus_per_trainer=cpus_per_trainer, queue_depth=queue_depth,
                        max_experiments=max_experiments, time_limit=parse_duration(time_limit), budget_seconds=budget,
-                       seed=seed, keep_files=keep_files, target_overrides=overrides)
+                       seed=seed, keep_files=keep_files, target_overrides=overrides, acceptance=acceptance,
+                       baseline_repeats=baseline_repeats, confirm_runs=confirm_runs, k=k, k_confirm=k_confirm, sanity_gain=sanity_gain)
     console = Console()
     console.print(f"run dir: {run_dir}")
     try:

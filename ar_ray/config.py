@@ -35,6 +35,12 @@ class RunConfig:
     budget_seconds: float | None = None  # overrides the target's
     seed: int = 0
     keep_files: bool = False
+    acceptance: str = "confirm"  # or "greedy" (upstream's rule)
+    baseline_repeats: int = 3
+    confirm_runs: int = 2
+    k: float = 1.0
+    k_confirm: float = 2.0
+    sanity_gain: float | None = None
     max_cost: float | None = None  # USD of proposer spend; stop asking for proposals once reached
     max_skipped_in_a_row: int = 200
     target_overrides: dict = field(default_factory=dict)
@@ -58,9 +64,21 @@ class RunConfig:
             raise ConfigError(f"--budget must be positive, got {self.budget_seconds}")
         if self.max_cost is not None and self.max_cost <= 0:
             raise ConfigError(f"--max-cost must be positive, got {self.max_cost}")
+        if self.acceptance not in ("confirm", "greedy"):
+            raise ConfigError(f"--acceptance must be 'confirm' or 'greedy', got {self.acceptance!r}")
+        if self.acceptance == "confirm" and self.baseline_repeats < 2:
+            raise ConfigError("--acceptance confirm needs --baseline-repeats of at least 2 to measure the noise; "
+                              "use --acceptance greedy for single runs")
+        if self.confirm_runs < 1 or self.k < 0 or self.k_confirm < 0:
+            raise ConfigError("--confirm-runs must be at least 1, and --k and --k-confirm must not be negative")
         if not self.run_dir:
             raise ConfigError("no run dir: pass --run-dir")
         return self
+
+    def policy(self):
+        from ar_ray.policy import PolicyConfig
+        return PolicyConfig(acceptance=self.acceptance, baseline_repeats=self.baseline_repeats,
+                            confirm_runs=self.confirm_runs, k=self.k, k_confirm=self.k_confirm, sanity_gain=self.sanity_gain)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -1,10 +1,10 @@
 """The driver: one process, one `ray.wait` loop.
 
 It keeps a bounded queue of ready proposals so no trainer waits on a
-proposer, dispatches to free trainers, records every attempt in the ledger,
-decides against the best known when a result lands, and broadcasts a new best
-to every proposer. It holds no research logic (that is `policy`) and knows
-nothing of how proposals are made or how training runs.
+proposer, dispatches to free trainers (the policy's follow-up runs first),
+records every attempt in the ledger, hands each result to the policy, and
+broadcasts a new best to every proposer. It holds no research logic (that is
+`policy`) and knows nothing of how proposals are made or how training runs.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from ar_ray import policy, rows
+from ar_ray import rows
 from ar_ray.ledger import Ledger
+from ar_ray.policy import Policy, RunSpec, Verdict
 from ar_ray.target import Target
 from ar_ray.types import Attempt, Baseline, Candidate, Proposal, Result
 from proposers.base import code_hash
@@ -34,81 +35,108 @@ class RunAborted(RuntimeError):
 @dataclass
 class Counters:
     proposed: int = 0
-    ran: int = 0
+    ran: int = 0  # new candidates run (follow-up runs not counted)
+    runs: int = 0  # every run on a trainer
     kept: int = 0
     failed: int = 0  # ran but did not produce a metric
     skipped: int = 0  # never ran: invalid, duplicate, proposer error
     infra: int = 0  # trainer or proposer lost; work re-queued
     cost_usd: float = 0.0  # proposer spend (LLM tokens)
-    starved: int = 0  # times a trainer finished and found no ready proposal waiting (it idles on a proposer)
+    starved: int = 0  # times a trainer finished and found no ready work (it idles on a proposer)
     by_status: collections.Counter = field(default_factory=collections.Counter)
+
+
+@dataclass
+class Job:
+    """One run to dispatch: a fresh proposal (role 'screen') or a follow-up the policy asked for."""
+
+    proposal: Proposal
+    role: str = "screen"
+    group: str | None = None
+    parent_id: str | None = None
+    experiment_id: str | None = None
 
 
 @dataclass
 class Flight:
     trainer: int
+    job: Job
     candidate: Candidate
-    proposal: Proposal
-    parent_id: str | None
     dispatched_at: float
     retries: int = 0
 
 
 class Driver:
-    def __init__(self, target: Target, ledger: Ledger, run_id: str, trainers: list, proposers: list, *,
-                 queue_depth: int, max_experiments: int | None = None, time_limit: float | None = None,
+    def __init__(self, target: Target, ledger: Ledger, run_id: str, trainers: list, proposers: list, policy: Policy,
+                 *, queue_depth: int, max_experiments: int | None = None, time_limit: float | None = None,
                  seed: int = 0, budget_seconds: float | None = None, max_skipped_in_a_row: int = 200,
-                 max_cost: float | None = None,
-                 on_event=None, restore=None):
-        self.target, self.ledger, self.run_id = target, ledger, run_id
+                 max_cost: float | None = None, on_event=None):
+        self.target, self.ledger, self.run_id, self.policy = target, ledger, run_id, policy
         self.trainers, self.proposers = trainers, proposers
         self.queue_depth, self.max_experiments = queue_depth, max_experiments
         self.deadline = time.time() + time_limit if time_limit else None
         self.seed, self.budget = seed, budget_seconds
-        self.max_skipped_in_a_row = max_skipped_in_a_row
-        self.max_cost = max_cost
+        self.max_skipped_in_a_row, self.max_cost = max_skipped_in_a_row, max_cost
         self.on_event = on_event or (lambda kind, driver, row: None)
         self.started_at = time.time()
         self.count = Counters()
-        self.queue: collections.deque[Proposal] = collections.deque()
+        self.queue: collections.deque[Proposal] = collections.deque()  # ready proposals
+        self.followups: collections.deque[Job] = collections.deque()  # the policy's runs go first
         self.proposing: dict = {}  # ref -> proposer index
         self.running: dict = {}  # ref -> Flight
         self.free = list(range(len(trainers)))
-        self.seen: set[str] = set()  # edit hashes tried, queued or in flight
+        self.seen: set[str] = set()  # code hashes tried, queued or in flight
         self.history: collections.deque[Attempt] = collections.deque(maxlen=HISTORY)
-        self.versions: dict[int, str | None] = {}  # baseline version -> experiment that made it
+        self.versions: dict[int, str | None] = {0: None}  # best version -> experiment that made it
         self.best = Baseline(version=0, files=target.read_editable())
+        self.seeds: collections.Counter = collections.Counter()  # runs per group: each gets its own seed
         self.next_id = 0
-        self.pending: list[tuple[Flight, Result]] = []  # landed before the baseline's metric was known
-        self.skipped_in_a_row = 0
-        self.just_freed = 0
+        self.pending: list[tuple[Flight, Result]] = []  # landed before the best's metric was known
+        self.unwritten: list[dict] = []  # rows of the current round, appended together
+        self.skipped_in_a_row = self.just_freed = 0
         self.stopping = False
-        if restore:
-            restore(self)
-        self.versions.setdefault(self.best.version, self.best.experiment_id)
 
     # ---- the loop ----
 
     def run(self) -> Counters:
+        """Run to the end. Rows are appended once per round, after the freed trainers got new work."""
         self._broadcast()
-        if self.best.metric is None:
-            self._dispatch(self._baseline_proposal())
-            self.versions[0] = next(iter(self.running.values())).candidate.experiment_id
-        while self.running or self.pending or not self._finished():
-            if not self._finished():
-                self._top_up()
-                while self.free and self.queue and not self._finished():
-                    self._dispatch(self.queue.popleft())
-                if self.free and not self._finished():
-                    self.count.starved += min(self.just_freed, len(self.free))
-            self.just_freed = 0
-            for ref in self._wait():
-                if ref in self.running:
-                    self._landed(ref)
-                else:
-                    self._proposed(ref)
+        if not self.policy.ready:
+            first = self._new_id()
+            self.versions[0] = first
+            for i, spec in enumerate(self.policy.start(self.best.files, first)):
+                self.followups.append(self._job(spec, experiment_id=first if i == 0 else None))
+        while self.running or self.pending or self._more_to_dispatch():
+            self._fill_trainers()
+            ready = self._wait()
+            landed = [(ref, self.running.pop(ref)) for ref in ready if ref in self.running]
+            self.free += [flight.trainer for _, flight in landed]
+            self.just_freed = len(landed)
+            self._fill_trainers()  # freed trainers start on queued work before any bookkeeping
+            try:
+                for ref, flight in landed:
+                    self._landed(ref, flight)
+                for ref in ready:
+                    if ref in self.proposing:
+                        self._proposed(ref)
+            finally:
+                self._flush()
             self.on_event("tick", self, None)
         return self.count
+
+    def _fill_trainers(self) -> None:
+        if self._out_of_time():
+            return
+        self._top_up()
+        while self.free and (job := self._next_job()):
+            self._dispatch(job)
+        if self.free and self._more_to_dispatch():
+            self.count.starved += min(self.just_freed, len(self.free))
+        self.just_freed = 0
+
+    def stop(self) -> None:
+        """Start nothing new; running experiments finish (or are killed by the trainers' stop())."""
+        self.stopping = True
 
     def _wait(self) -> list:
         """Block until something lands (or a tick passes), then take everything that is ready."""
@@ -121,32 +149,41 @@ class Driver:
             ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         return ready
 
-    def stop(self) -> None:
-        """Stop dispatching; running experiments finish (or are killed by stop_trainers)."""
-        self.stopping = True
+    def _out_of_time(self) -> bool:
+        return self.stopping or (self.deadline is not None and time.time() >= self.deadline)
 
-    def _finished(self) -> bool:
-        """No new experiment may start."""
-        return (self.stopping
-                or (self.max_experiments is not None and self.count.ran >= self.max_experiments)
-                or (self.deadline is not None and time.time() >= self.deadline)
-                or (self._over_budget() and not self.queue and not self.proposing))
+    def _may_start_new(self) -> bool:
+        """A new candidate may start (follow-ups of started ones always may, until time is out)."""
+        return not self._out_of_time() and (self.max_experiments is None or self.count.ran < self.max_experiments)
 
-    def _over_budget(self) -> bool:
-        return self.max_cost is not None and self.count.cost_usd >= self.max_cost
+    def _may_ask(self) -> bool:
+        """New proposals may be asked for (after --max-cost, what is queued still runs)."""
+        return self._may_start_new() and (self.max_cost is None or self.count.cost_usd < self.max_cost)
+
+    def _more_to_dispatch(self) -> bool:
+        if self._out_of_time():
+            return False
+        return bool(self.followups) or (self._may_start_new() and bool(self.queue or self.proposing or self._may_ask()))
+
+    def _next_job(self) -> Job | None:
+        if self.followups:
+            return self.followups.popleft()
+        if self.queue and self._may_start_new():
+            return Job(self.queue.popleft())
+        return None
 
     # ---- proposals ----
 
     def _top_up(self) -> None:
         """Keep queued + requested proposals at the queue depth, spread over the proposers."""
-        if self._over_budget():
-            return  # --max-cost reached: what is queued still runs, nothing new is asked for
+        if not self._may_ask():
+            return
         want = self.queue_depth - len(self.queue) - len(self.proposing)
         busy = collections.Counter(self.proposing.values())
+        in_flight = [f.job.proposal.description for f in self.running.values()]
         for _ in range(max(0, want)):
             i = min(range(len(self.proposers)), key=lambda k: busy[k])
             busy[i] += 1
-            in_flight = [f.proposal.description for f in self.running.values()]
             self.proposing[self.proposers[i].propose.remote(list(self.history), in_flight, self.best_ref)] = i
 
     def _proposed(self, ref) -> None:
@@ -163,6 +200,8 @@ class Driver:
         self.count.cost_usd += p.usage.get("cost_usd", 0.0)
         if p.status == "ok" and p.edit_hash in self.seen:
             p = dataclasses.replace(p, status="duplicate", error="identical code was already tried or is queued")
+        if p.status == "ok" and (why := self.policy.check_proposal(self.best.files, p.files)):
+            p = dataclasses.replace(p, status="integrity", error=why)
         if p.status != "ok":
             self._record(rows.proposal_row(self.run_id, self._new_id(), self.versions.get(p.base_version), p,
                                            self.best.version, self.best.metric))
@@ -181,79 +220,94 @@ class Driver:
 
     # ---- training ----
 
-    def _dispatch(self, p: Proposal, flight: Flight | None = None) -> None:
+    def _dispatch(self, job: Job, flight: Flight | None = None) -> None:
         t = self.free.pop(0)
         if flight is None:
-            cand = Candidate(experiment_id=self._new_id(), base_version=p.base_version, files=p.files,
-                             seed=self.seed, budget_seconds=self.budget)
-            flight = Flight(t, cand, p, self.versions.get(p.base_version), time.time())
-            self.count.ran += p.proposer != "baseline"
+            if job.experiment_id is None:
+                job.experiment_id = self._new_id()
+            if job.role == "screen":
+                self.count.ran += 1
+                job.parent_id = self.versions.get(job.proposal.base_version)
+            group = job.group or job.experiment_id
+            seed = self.seed + (self.seeds[group] if self.policy.config.acceptance != "greedy" else 0)
+            self.seeds[group] += 1
+            cand = Candidate(experiment_id=job.experiment_id, base_version=job.proposal.base_version,
+                             files=job.proposal.files, seed=seed, budget_seconds=self.budget)
+            flight = Flight(t, job, cand, time.time())
+            self.count.runs += 1
         flight.trainer = t
         self.running[self.trainers[t].run.remote(flight.candidate)] = flight
 
-    def _landed(self, ref) -> None:
-        flight = self.running.pop(ref)
-        self.free.append(flight.trainer)
-        self.just_freed += 1
+    def _landed(self, ref, flight: Flight) -> None:
         try:
             result: Result = ray.get(ref)
         except (RayActorError, RayTaskError) as e:
-            self._requeue(flight, _reason(e))
-            return
+            return self._requeue(flight, _reason(e))
         if result.status == "infra" and not self.stopping:
-            self._requeue(flight, result.error_tail)
-            return
-        if self.best.metric is None and flight.proposal.proposer != "baseline":
+            return self._requeue(flight, result.error_tail)
+        if not self.policy.ready and flight.job.role == "screen":
             self.pending.append((flight, result))
             return
         self._decide(flight, result)
-        if flight.proposal.proposer == "baseline":
-            for f, r in self.pending:
+        if self.policy.ready and self.pending:
+            held, self.pending = self.pending, []
+            for f, r in held:
                 self._decide(f, r)
-            self.pending.clear()
 
     def _requeue(self, flight: Flight, why: str) -> None:
         """The trainer was lost, not the candidate's fault: run it again elsewhere, up to 3 times."""
         self.count.infra += 1
         self.on_event("infra", self, {"experiment_id": flight.candidate.experiment_id, "error": why})
-        if flight.retries < 3 and not self.stopping and self.free:
+        if flight.retries < 3 and not self.stopping:
             flight.retries += 1
-            self._dispatch(flight.proposal, flight)
-        elif flight.retries < 3 and not self.stopping:
-            self.queue.appendleft(flight.proposal)  # a fresh flight later; the id is reassigned
-            self.count.ran -= flight.proposal.proposer != "baseline"
+            if self.free:
+                self._dispatch(flight.job, flight)
+            else:
+                self.followups.appendleft(flight.job)  # same experiment id, next free trainer
+                self.count.ran -= flight.job.role == "screen"
+                self.count.runs -= 1
+                self.seeds[flight.job.group or flight.job.experiment_id] -= 1
         else:
-            r = Result(flight.candidate.experiment_id, "infra", error_tail=why)
-            self._decide(flight, r)
+            self._decide(flight, Result(flight.candidate.experiment_id, "infra", error_tail=why))
 
     def _decide(self, flight: Flight, r: Result) -> None:
-        is_baseline = flight.proposal.proposer == "baseline"
-        if is_baseline and r.status != "ok":
-            self._record(self._row(flight, r, "baseline"))
+        job = flight.job
+        if job.role == "baseline" and job.proposal.base_version == 0 and r.status != "ok":
+            self._record(self._row(flight, r, Verdict("baseline")))
             raise RunAborted(f"the unmodified target failed ({r.status}): {r.error_tail.strip()[-1500:]}\n"
                              f"log: {r.log_path}. Fix the target (command, metric_pattern, files) and run again.")
-        decision = "baseline" if is_baseline else policy.decide(self.target, self.best.metric, r)
-        if decision in ("keep", "baseline"):
-            version = self.best.version + (decision == "keep")
-            self.best = Baseline(version, flight.candidate.files, flight.candidate.experiment_id, r.metric)
-            self.versions[version] = flight.candidate.experiment_id
-            self.count.kept += decision == "keep"
+        verdict = self.policy.on_result(r.experiment_id, job.role, job.group, job.proposal.base_version,
+                                        job.proposal.files, job.parent_id, r.status, r.metric)
+        if verdict.new_best:
+            version, files, exp_id, metric = verdict.new_best
+            self.best = Baseline(version, files, exp_id, metric)
+            self.versions[version] = exp_id
+            self.count.kept += 1
             self._broadcast()
+        elif self.policy.ready and self.best.metric != self.policy.best_mean:
+            self.best = dataclasses.replace(self.best, metric=self.policy.best_mean)  # more repeats of the best
+        self.followups.extend(self._job(spec, source=job.proposal) for spec in verdict.runs)
         self.count.failed += r.status != "ok"
         self.count.by_status[r.status] += 1
-        self._record(self._row(flight, r, decision))
+        self._record(self._row(flight, r, verdict))
 
-    def _row(self, flight: Flight, r: Result, decision: str) -> dict:
-        return rows.result_row(self.run_id, flight.parent_id, flight.proposal, flight.candidate, r, decision,
-                               self.best.version, self.best.metric, flight.dispatched_at,
-                               self.budget or self.target.budget_seconds)
+    def _row(self, flight: Flight, r: Result, verdict: Verdict) -> dict:
+        row = rows.result_row(self.run_id, flight.job.parent_id, flight.job.proposal, flight.candidate, r,
+                              verdict.decision, self.best.version, self.best.metric, flight.dispatched_at,
+                              self.budget or self.target.budget_seconds)
+        return rows.with_policy(row, flight.job.role, flight.job.group or flight.candidate.experiment_id,
+                                verdict.numbers)
+
+    def _job(self, spec: RunSpec, source: Proposal | None = None, experiment_id: str | None = None) -> Job:
+        what = source.description if source else "the target as shipped"
+        p = Proposal(proposer="policy" if source else "baseline", base_version=spec.base_version,
+                     description=f"{spec.role} of {spec.group}: {what}"[:500], files=spec.files,
+                     edit_hash=code_hash(spec.files))
+        if spec.role == "rebase" and source is not None:
+            p = dataclasses.replace(p, diff=rows.diff_of(self.best.files, spec.files))
+        return Job(p, spec.role, spec.group, spec.parent_id, experiment_id)
 
     # ---- bookkeeping ----
-
-    def _baseline_proposal(self) -> Proposal:
-        self.count.proposed += 1
-        return Proposal(proposer="baseline", base_version=self.best.version, description="baseline",
-                        files=self.best.files, edit_hash=code_hash(self.best.files))
 
     def _broadcast(self) -> None:
         self.seen.add(code_hash(self.best.files))
@@ -262,16 +316,21 @@ class Driver:
             p.update.remote(self.best_ref)
 
     def _record(self, row: dict) -> None:
-        self.ledger.append(row)
+        self.unwritten.append(row)
         self.history.append(Attempt(row["experiment_id"], row["description"] or "", row["status"], row["decision"],
                                     row.get("metric"), row.get("diff") or "", row.get("error") or ""))
-        self.on_event("row", self, row)
+
+    def _flush(self) -> None:
+        """Write the rows of one round in one durable append, then report them."""
+        if self.unwritten:
+            batch, self.unwritten = self.unwritten, []
+            self.ledger.append(batch)
+            for row in batch:
+                self.on_event("row", self, row)
 
     def _new_id(self) -> str:
         self.next_id += 1
         return f"e{self.next_id - 1:05d}"
-
-
 
 
 def _reason(e: Exception) -> str:

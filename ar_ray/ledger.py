@@ -50,8 +50,15 @@ SCHEMA = pa.schema([
     ("edit_hash", pa.string()),
     ("lines_added", pa.int32()),
     ("lines_removed", pa.int32()),
-    ("status", pa.string()),  # ok, crash, timeout, oom, diverged, no_metric, metric_mismatch, tampered, infra, invalid_edit, duplicate, proposer_error
-    ("decision", pa.string()),  # baseline, keep, discard, skip
+    ("status", pa.string()),  # ok, crash, timeout, oom, diverged, no_metric, metric_mismatch, tampered, infra, invalid_edit, duplicate, integrity, proposer_error
+    ("decision", pa.string()),  # baseline, keep, discard, skip; confirm mode adds screened, confirming, reject, conflict
+    ("role", pa.string()),  # screen (a new candidate), baseline (a run of the best), confirm, rebase
+    ("group_id", pa.string()),  # the candidate a confirmation or rebase run belongs to
+    ("noise", pa.float64()),  # run-to-run spread estimate used for the decision
+    ("gain", pa.float64()),  # improvement over the best's mean (positive = better)
+    ("threshold", pa.float64()),  # the gain needed
+    ("group_mean", pa.float64()),  # mean metric of the candidate's runs, when its group concluded
+    ("group_n", pa.int32()),
     ("metric", pa.float64()),  # the target's metric (named in the schema metadata)
     ("best_metric", pa.float64()),  # best metric after this row was decided
     *[(name, pa.float64()) for name in METRIC_COLUMNS],

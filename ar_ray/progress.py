@@ -20,7 +20,7 @@ STATUS_EVERY = 1.0  # seconds between status.json writes
 def snapshot(driver, state: str = "running") -> dict:
     """The driver's state as plain JSON: what `ar-ray status` shows."""
     now = time.time()
-    running = [{"trainer": f.trainer, "experiment_id": f.candidate.experiment_id, "description": f.proposal.description,
+    running = [{"trainer": f.trainer, "experiment_id": f.candidate.experiment_id, "description": f.job.proposal.description, "role": f.job.role,
                 "elapsed": now - f.dispatched_at} for f in driver.running.values()]
     c = driver.count
     elapsed = now - driver.started_at
@@ -29,9 +29,10 @@ def snapshot(driver, state: str = "running") -> dict:
         eta = elapsed / max(c.ran - len(running), 1) * max(driver.max_experiments - c.ran + len(running), 0)
     return {"state": state, "run_id": driver.run_id, "updated_at": now, "elapsed": elapsed, "eta": eta,
             "metric": driver.target.metric, "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id,
-            "best_version": driver.best.version, "experiments": c.ran, "max_experiments": driver.max_experiments,
+            "best_version": driver.best.version, "noise": driver.policy.noise(),
+            "acceptance": driver.policy.config.acceptance, "experiments": c.ran, "max_experiments": driver.max_experiments,
             "kept": c.kept, "failed": c.failed, "skipped": c.skipped, "infra": c.infra,
-            "by_status": dict(c.by_status), "queued": len(driver.queue), "proposing": len(driver.proposing),
+            "by_status": dict(c.by_status), "queued": len(driver.queue), "followups": len(driver.followups), "proposing": len(driver.proposing),
             "trainers": len(driver.trainers), "running": sorted(running, key=lambda r: r["trainer"]),
             "throughput_per_hour": 3600 * (c.ran - len(running)) / elapsed if elapsed > 0 else 0.0}
 
@@ -59,7 +60,8 @@ def render(snap: dict) -> Group:
         f" ({snap['best_experiment'] or 'baseline'}, v{snap['best_version']})   ",
         f"done {snap['experiments'] - len(snap['running'])}"
         + (f"/{snap['max_experiments']}" if snap["max_experiments"] else ""),
-        f"  running {len(snap['running'])}/{snap['trainers']}  queued {snap['queued']}",
+        f"  running {len(snap['running'])}/{snap['trainers']}  queued {snap['queued']}+{snap['followups']}",
+        f"  noise {fmt_metric(snap['noise'])}",
         f"  kept {snap['kept']}  failed {snap['failed']}  skipped {snap['skipped']}  infra {snap['infra']}",
         f"   elapsed {fmt_seconds(snap['elapsed'])}  eta {fmt_seconds(snap['eta'])}",
     )

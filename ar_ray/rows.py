@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ar_ray import edits
 from ar_ray.ledger import METRIC_COLUMNS
 from ar_ray.types import Candidate, Proposal, Result
 
@@ -45,3 +46,17 @@ def result_row(run_id: str, parent_id: str | None, p: Proposal, c: Candidate, r:
         "files": c.files if decision in ("keep", "baseline") else None,
     })
     return row
+
+
+def with_policy(row: dict, role: str, group: str, numbers: dict) -> dict:
+    """The policy's numbers behind a decision, as columns."""
+    row.update(role=role, group_id=group, noise=numbers.get("noise"), gain=numbers.get("gain"),
+               threshold=numbers.get("threshold"), group_mean=numbers.get("group_mean"),
+               group_n=numbers.get("group_n"))
+    if numbers.get("reason"):
+        row["error"] = numbers["reason"]
+    return row
+
+
+def diff_of(old: dict[str, str], new: dict[str, str]) -> str:
+    return edits.unified_diff(old, new)

@@ -15,8 +15,10 @@ from ar_ray import cluster
 from ar_ray.config import ConfigError, RunConfig
 from ar_ray.driver import Counters, Driver
 from ar_ray.ledger import Ledger, read_table
+from ar_ray.policy import Policy
 from ar_ray.target import load_target
 from ar_ray.types import Baseline
+from proposers.base import code_hash
 
 RUN_FILE = "run.json"
 
@@ -40,28 +42,43 @@ def prepare_run_dir(config: RunConfig) -> tuple[str, dict | None]:
     return run_id, None
 
 
-def restore_from_ledger(run_dir: str):
-    """A function that puts a driver back where the ledger says the run was."""
+def restore(driver: Driver, run_dir: str) -> None:
+    """Put a fresh driver and its policy back where the ledger says the run was.
+
+    Completed experiments are not re-run; the best, its runs and the noise pool come back.
+    Confirmations that were in flight when the driver died are abandoned (their rows stay).
+    """
     table = read_table(run_dir)
-
-    def restore(driver: Driver) -> None:
-        if table.num_rows == 0:
-            return
-        cols = table.select(["experiment_id", "decision", "status", "edit_hash", "best_version", "metric", "files"]).to_pylist()
-        ids = [int(r["experiment_id"][1:]) for r in cols if r["experiment_id"] and r["experiment_id"][1:].isdigit()]
-        driver.next_id = max(ids) + 1 if ids else 0
-        driver.seen.update(r["edit_hash"] for r in cols if r["edit_hash"])
-        for r in cols:
-            if r["decision"] in ("keep", "baseline") and r["files"]:
-                driver.best = Baseline(r["best_version"], dict(r["files"]), r["experiment_id"], r["metric"])
-                driver.versions[r["best_version"]] = r["experiment_id"]
-        ran = [r for r in cols if r["decision"] in ("keep", "discard")]
-        driver.count.ran = len(ran)
-        driver.count.kept = sum(r["decision"] == "keep" for r in ran)
-        costs = table.column("cost_usd").to_pylist()
-        driver.count.cost_usd = sum(c for c in costs if c)
-
-    return restore
+    if table.num_rows == 0:
+        return
+    rows = table.select(["experiment_id", "decision", "status", "role", "edit_hash", "best_version", "metric",
+                         "files", "cost_usd"]).to_pylist()
+    ids = [int(r["experiment_id"][1:]) for r in rows if r["experiment_id"][1:].isdigit()]
+    driver.next_id = max(ids) + 1 if ids else 0
+    driver.seen.update(r["edit_hash"] for r in rows if r["edit_hash"])
+    ran = [r for r in rows if r["decision"] != "skip"]
+    driver.count.ran = sum(r["role"] == "screen" for r in ran)
+    driver.count.runs = len(ran)
+    driver.count.kept = sum(r["decision"] == "keep" for r in ran)
+    driver.count.cost_usd = sum(r["cost_usd"] or 0.0 for r in rows)
+    spread: dict[str, list[float]] = {}
+    for r in ran:
+        if r["status"] == "ok" and r["metric"] is not None:
+            spread.setdefault(r["edit_hash"], []).append(r["metric"])
+    versions, best = {}, None
+    for r in ran:
+        if r["decision"] in ("keep", "baseline") and r["files"]:
+            versions.setdefault(r["best_version"], (dict(r["files"]), r["experiment_id"]))
+            if r["decision"] == "keep" or best is None:
+                best = r
+    if best is None:
+        return  # the baseline never finished: it runs again
+    files = dict(best["files"])
+    metrics = spread.get(code_hash(files), [])
+    driver.policy.restore(best["best_version"], {v: f for v, (f, _) in versions.items()}, best["experiment_id"],
+                          metrics, spread)
+    driver.versions.update({v: e for v, (_, e) in versions.items()})
+    driver.best = Baseline(best["best_version"], files, best["experiment_id"], driver.policy.best_mean)
 
 
 def execute(config: RunConfig, on_event=None) -> dict:
@@ -85,11 +102,13 @@ def execute(config: RunConfig, on_event=None) -> dict:
         trainers = cluster.start_trainers(p, target, work_root, run_id, config.keep_files)
         proposers = cluster.start_proposers(config, target, run_id)
         ray.get([t.ping.remote() for t in trainers] + [q.baseline_version.remote() for q in proposers])
-        driver = Driver(target, ledger, run_id, trainers, proposers,
+        driver = Driver(target, ledger, run_id, trainers, proposers, Policy(config.policy(), target.direction),
                         queue_depth=config.queue_depth or (p.trainers + config.proposers),
                         max_experiments=config.max_experiments, time_limit=config.time_limit, seed=config.seed,
                         budget_seconds=config.budget_seconds, max_skipped_in_a_row=config.max_skipped_in_a_row, max_cost=config.max_cost,
-                        on_event=on_event, restore=restore_from_ledger(str(run_dir)) if previous else None)
+                        on_event=on_event)
+        if previous:
+            restore(driver, str(run_dir))
         state = "aborted"
         try:
             interrupted = _run_until_done(driver, trainers)

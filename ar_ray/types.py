@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass, field
 
 # Outcome of one attempt. The first group never reached a trainer.
-PROPOSAL_STATUSES = ("invalid_edit", "duplicate", "proposer_error")
+PROPOSAL_STATUSES = ("invalid_edit", "duplicate", "integrity", "proposer_error")
 RUN_STATUSES = ("ok", "crash", "timeout", "oom", "diverged", "no_metric", "metric_mismatch", "tampered", "infra")
 STATUSES = PROPOSAL_STATUSES + RUN_STATUSES
 
 # What the driver did with it.
-DECISIONS = ("baseline", "keep", "discard", "skip")
+DECISIONS = ("baseline", "keep", "discard", "skip", "screened", "confirming", "reject", "conflict")
 
 
 @dataclass(frozen=True)

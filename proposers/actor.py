@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from proposers.base import ProposerBase
 
 
@@ -12,7 +14,7 @@ def make_proposer(kind: str, name: str, editable: tuple[str, ...], program: str 
         from proposers.mutate import MutateProposer
         return MutateProposer(name, editable, program, seed, **options)
     if kind == "llm":
-        from proposers.llm import LLMProposer  # noqa: F401 - its own issue
+        from proposers.llm import LLMProposer
         return LLMProposer(name, editable, program, seed, **options)
     if ":" in kind:  # "package.module:Class", a proposer of the user's own
         import importlib
@@ -22,7 +24,11 @@ def make_proposer(kind: str, name: str, editable: tuple[str, ...], program: str 
 
 
 class ProposerActor:
-    """The Ray-facing shell: build the proposer inside the actor process, forward calls."""
+    """The Ray-facing shell: build the proposer inside the actor process, forward calls.
+
+    An async actor: a proposer with `async apropose` (the LLM proposer) runs on the actor's event loop,
+    many proposals at once; a plain proposer's `propose` runs in a worker thread, so a slow one blocks
+    nothing. `max_concurrency` of the actor bounds the proposals in progress either way."""
 
     def __init__(self, kind: str, name: str, editable: tuple[str, ...], program: str = "", seed: int = 0,
                  options: dict | None = None):
@@ -34,5 +40,8 @@ class ProposerActor:
     def baseline_version(self) -> int:
         return self.proposer.baseline_version()
 
-    def propose(self, history=(), in_flight=(), baseline=None):
-        return self.proposer.propose(history, in_flight, baseline)
+    async def propose(self, history=(), in_flight=(), baseline=None):
+        apropose = getattr(self.proposer, "apropose", None)
+        if apropose is not None:
+            return await apropose(history, in_flight, baseline)
+        return await asyncio.to_thread(self.proposer.propose, history, in_flight, baseline)

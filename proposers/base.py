@@ -47,15 +47,28 @@ class ProposerBase:
     def propose(self, history: list[Attempt] = (), in_flight: list[str] = (), baseline: Baseline | None = None) -> Proposal:
         """The next experiment. `baseline`, when given, is the newest best the caller knows (a missed broadcast
         or an actor restart cannot leave a proposer without one)."""
-        if baseline is not None:
-            self.update(baseline)
-        if self.baseline is None:
-            raise RuntimeError("propose() before update(): the driver must broadcast a baseline first")
-        base = self.baseline
+        base = self._begin(baseline)
         t0 = time.time()
         usage: dict[str, float] = {}
         try:
             description, new_files = self.make_edit(base, list(history), list(in_flight), usage)
+        except ProposalFailed as e:
+            return self._failed(base, e.status, str(e), usage, t0)
+        except edits.EditError as e:
+            return self._failed(base, "invalid_edit", str(e), usage, t0)
+        return self._conclude(base, description, new_files, usage, t0)
+
+    def _begin(self, baseline: Baseline | None) -> Baseline:
+        if baseline is not None:
+            self.update(baseline)
+        if self.baseline is None:
+            raise RuntimeError("propose() before update(): the driver must broadcast a baseline first")
+        return self.baseline
+
+    def _conclude(self, base: Baseline, description: str, new_files: dict[str, str], usage: dict,
+                  t0: float) -> Proposal:
+        """The Proposal for an edit of `base` (shared by sync and async proposers)."""
+        try:
             files = {**base.files, **new_files}
             if files == base.files:
                 raise ProposalFailed("invalid_edit", "the edit leaves every file unchanged")

@@ -16,7 +16,7 @@ from toys import make_toy, read_trace
 SCRIPT = "toys:ScriptedProposer"
 
 
-def run(tmp_path, monkeypatch, *, sleep=0.2, toml="", probe=None, **kw):
+def run(tmp_path, monkeypatch, *, sleep=0.2, toml="", probe=None, acceptance="greedy", **kw):
     trace = tmp_path / "trace.jsonl"
     # the child's environment comes from the trainer actor's, plus what the target declares
     toml = f"[target]\nenv = {{ TOY_SLEEP = '{sleep}', TOY_TRACE = '{trace}' }}\n" + textwrap.dedent(toml)
@@ -27,7 +27,7 @@ def run(tmp_path, monkeypatch, *, sleep=0.2, toml="", probe=None, **kw):
         if kind == "finished" and probe:
             seen.update(probe(driver))
 
-    config = RunConfig(target=str(target), run_dir=str(tmp_path / "run"), **kw)
+    config = RunConfig(target=str(target), run_dir=str(tmp_path / "run"), acceptance=acceptance, **kw)
     summary = execute(config, on_event=on_event)
     return summary, ledger.load(tmp_path / "run"), read_trace(trace), seen
 

@@ -1,35 +1,20 @@
 """
-Fixed part of the `gpt` research target: presets, corpus, BPE tokenizer,
-dataloader and the evaluation.  READ-ONLY for proposers.
+Fixed part of the `gpt` research target: presets, built-in corpus, BPE tokenizer,
+dataloader and evaluation. READ-ONLY for proposers; train.py imports it.
 
     python prepare.py     # build the data + tokenizer cache (idempotent, lock-protected)
 
-train.py imports this module. Everything that defines *what* val_bpb means
-lives here, so every candidate is scored identically:
-  - the validation tokens (separate documents, never in the training stream),
-  - the context length (SEQ_LEN) and the number of evaluated tokens,
-  - the metric itself: summed cross-entropy (nats) of the model's logits
-    divided by ln(2) x the UTF-8 bytes of the target tokens (BOS excluded).
+Everything that defines what val_bpb means lives here, identical for every
+candidate: the validation documents (never in the training stream), SEQ_LEN,
+the number of evaluated tokens, and the metric itself: summed cross-entropy
+(nats) of the model's logits / (ln 2 x UTF-8 bytes of the targets), BOS excluded.
 
-Environment (all optional):
-  AR_CACHE_DIR   cache root (default ~/.cache/ar-ray/gpt), shared by processes
-  AR_DATA        opt-in real data: a .txt file, or a directory/glob of parquet
-                 shards with a `text` column. Default: the built-in corpus.
-  AR_PRESET      cpu | gpu (default: gpu if CUDA is available)
-  AR_VOCAB_SIZE  override the preset's BPE vocabulary size (tests use it)
-  AR_SEED, AR_THREADS, AR_BUDGET_SECONDS, AR_BUDGET_TOKENS, AR_RESULT_FILE
+Environment (all optional): AR_CACHE_DIR (default ~/.cache/ar-ray/gpt), AR_DATA
+(opt-in real data: a text file, or a directory/glob of parquet shards with a
+`text` column), AR_PRESET (cpu|gpu), AR_VOCAB_SIZE (override the preset's),
+AR_SEED, AR_THREADS, AR_BUDGET_SECONDS, AR_BUDGET_TOKENS, AR_RESULT_FILE.
 """
-import fcntl
-import glob
-import hashlib
-import heapq
-import json
-import math
-import os
-import random
-import re
-import sys
-import time
+import fcntl, functools, glob, hashlib, heapq, itertools, json, math, os, random, re, sys, time  # noqa: E401
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -126,16 +111,14 @@ class _Lexicon:
         self.places = [word(rng.choice((2, 3))).capitalize() for _ in range(24)]
 
 
+@functools.lru_cache(maxsize=None)
+def _zipf_weights(n, s):
+    return list(itertools.accumulate(1.0 / (i + 1) ** s for i in range(n)))
+
+
 def _zipf(rng, seq, s=1.0):
     """Pick from seq with probability proportional to 1/(rank+1)^s (rank = position)."""
-    n = len(seq)
-    cum = _zipf.cache.get((n, s))
-    if cum is None:
-        cum = _zipf.cache[(n, s)] = list(np.cumsum([1.0 / (i + 1) ** s for i in range(n)]))
-    return rng.choices(seq, cum_weights=cum)[0]
-
-
-_zipf.cache = {}
+    return rng.choices(seq, cum_weights=_zipf_weights(len(seq), s))[0]
 
 
 def _story(lex, rng):
@@ -433,30 +416,26 @@ def ensure_cache(verbose=False):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(os.path.join(d, "meta.json")):
             return d                                      # another process built it meanwhile
-        t0 = time.time()
+        t0, log = time.time(), (print if verbose else lambda *a: None)
         val_bytes = EVAL_TOKENS * 5 + 100_000             # comfortably more text than the eval needs
         if os.environ.get("AR_DATA"):
             train_docs, val_docs = _read_documents(os.environ["AR_DATA"], PRESET["max_data_mb"] * 2**20, val_bytes)
         else:
             train_docs = generate_corpus(PRESET["corpus_mb"] * 2**20, TRAIN_SEED)
             val_docs = generate_corpus(val_bytes, VAL_SEED)
-        if verbose:
-            print(f"documents: {len(train_docs)} train, {len(val_docs)} val ({time.time() - t0:.1f}s)")
+        log(f"documents: {len(train_docs)} train, {len(val_docs)} val ({time.time() - t0:.1f}s)")
         sample = _take(train_docs, PRESET["tokenizer_sample_mb"] * 2**20)  # tokenizer trains on a prefix
         tok = Tokenizer.train("\n\n".join(sample), PRESET["vocab_size"])
-        if verbose:
-            print(f"tokenizer: {tok.vocab_size} tokens ({time.time() - t0:.1f}s)")
+        log(f"tokenizer: {tok.vocab_size} tokens ({time.time() - t0:.1f}s)")
+        meta = dict(source=os.environ.get("AR_DATA") or "builtin", vocab_size=tok.vocab_size)
         for split, docs in (("train", train_docs), ("val", val_docs)):
             arr = _tokenize_docs(tok, docs)
             _atomic_write(os.path.join(d, f"{split}.npy"), lambda f: np.save(f, arr))
+            meta[f"{split}_tokens"] = len(arr)
         _atomic_write(os.path.join(d, "tokenizer.json"), lambda f: f.write(json.dumps({"merges": tok.merges}).encode()))
-        meta = dict(source=os.environ.get("AR_DATA") or "builtin", vocab_size=tok.vocab_size,
-                    train_tokens=int(np.load(os.path.join(d, "train.npy"), mmap_mode="r").shape[0]),
-                    val_tokens=int(np.load(os.path.join(d, "val.npy"), mmap_mode="r").shape[0]),
-                    build_seconds=round(time.time() - t0, 2))
+        meta["build_seconds"] = round(time.time() - t0, 2)
         _atomic_write(os.path.join(d, "meta.json"), lambda f: f.write(json.dumps(meta).encode()))
-        if verbose:
-            print(f"cache: {d} {meta}")
+        log(f"cache: {d} {meta}")
     return d
 
 
@@ -493,12 +472,6 @@ def train_batches(batch_size, device="cpu", seed=None, seq_len=SEQ_LEN):
 # ---------------------------------------------------------------------------
 # Evaluation (fixed; do not change).
 
-def write_result(path, result):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    _atomic_write(path, lambda f: f.write(json.dumps(result).encode()))
-
-
 @torch.no_grad()
 def evaluate_bpb(model, batch_size=16, device="cpu"):
     """Bits per byte of `model` on the pinned validation tokens.
@@ -525,13 +498,13 @@ def evaluate_bpb(model, batch_size=16, device="cpu"):
             raise ValueError(f"evaluate_bpb: expected logits (B, T, >={len(token_bytes)}), got {tuple(logits.shape)}")
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
         b = token_bytes[y.flatten()]
-        nats += torch.where(b > 0, loss, 0.0).sum().double()
+        nats += torch.where(b > 0, loss.double(), 0.0).sum()
         nbytes += b.sum()
     model.train(was_training)
     bpb = (nats / (math.log(2) * nbytes)).item()
     if os.environ.get("AR_RESULT_FILE"):
-        write_result(os.environ["AR_RESULT_FILE"],
-                     {"val_bpb": bpb, "eval_tokens": n_rows * SEQ_LEN, "eval_bytes": int(nbytes.item())})
+        result = {"val_bpb": bpb, "eval_tokens": n_rows * SEQ_LEN, "eval_bytes": int(nbytes.item())}
+        _atomic_write(os.environ["AR_RESULT_FILE"], lambda f: f.write(json.dumps(result).encode()))
     return bpb
 
 

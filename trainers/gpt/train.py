@@ -56,8 +56,8 @@ WARMDOWN_FRAC = 0.4            # fraction of the budget for the final linear dec
 FINAL_LR_FRAC = 0.0            # LR multiplier at the end of warmdown
 
 # Batch: TOTAL_BATCH_TOKENS per optimizer step, reached by gradient accumulation.
-DEVICE_BATCH_SIZE = 16         # sequences per forward pass, CPU preset
-TOTAL_BATCH_TOKENS = 4096      # tokens per optimizer step, CPU preset
+DEVICE_BATCH_SIZE = 8          # sequences per forward pass, CPU preset
+TOTAL_BATCH_TOKENS = 2048      # tokens per optimizer step, CPU preset
 GPU_DEVICE_BATCH_SIZE = 64     # sequences per forward pass, GPU preset
 GPU_TOTAL_BATCH_TOKENS = 524288  # tokens per optimizer step, GPU preset
 
@@ -227,7 +227,7 @@ def build_optimizers(model):
                    dict(params=[model.lm_head.weight], lr=UNEMBEDDING_LR * scale),
                    dict(params=[model.resid_lambdas, model.x0_lambdas], lr=SCALAR_LR)]
     adamw = torch.optim.AdamW(adam_groups, betas=(ADAM_BETA1, ADAM_BETA2), eps=1e-10, weight_decay=0.0,
-                              fused=torch.cuda.is_available())
+                              fused=model.wte.weight.is_cuda)
     muon = Muon(matrices, lr=MATRIX_LR, momentum=MUON_MOMENTUM, ns_steps=NS_STEPS, weight_decay=WEIGHT_DECAY)
     optimizers = [adamw, muon]
     for opt in optimizers:
@@ -307,7 +307,8 @@ def main():
         print(f"FAIL: val_bpb is {val_bpb} (diverged)", flush=True)
         sys.exit(1)
     peak_flops = 989.5e12 if device == "cuda" else 0.0          # H100 bf16 dense
-    mfu = 100 * model.flops_per_token(seq_len) * tokens / train_time / peak_flops if peak_flops and train_time else 0.0
+    timed_tokens = tokens - min(step, prepare.UNTIMED_STEPS) * tokens_per_step
+    mfu = 100 * model.flops_per_token(seq_len) * timed_tokens / train_time / peak_flops if peak_flops and train_time else 0.0
     peak_vram = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0
     print("---")
     print(f"val_bpb:          {val_bpb:.6f}")

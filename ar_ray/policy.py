@@ -229,6 +229,9 @@ class Policy:
         mean = sum(group.metrics) / len(group.metrics) if group.metrics else None
         nums = self._numbers(mean, n=len(group.metrics))
         nums.update(group_mean=mean, group_n=len(group.metrics))
+        parent_mean = self._version_mean(group.base_version) if group.base_version != self.best_version else None
+        if parent_mean is not None and mean is not None:  # judged against the code it edited, as at the screen
+            nums.update(gain=self._gain(mean, parent_mean), parent_mean=parent_mean)
         if group.failed or mean is None or nums.get("threshold") is None or nums["gain"] <= nums["threshold"]:
             del self.groups[gid]
             return Verdict("reject", numbers=nums)

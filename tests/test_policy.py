@@ -1,0 +1,181 @@
+"""The research policy: noise floor, confirmation, rebase, combination, integrity, and greedy for comparison."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from ar_ray.config import default_target
+from ar_ray.policy import Policy, PolicyConfig
+from ar_ray.simulate import simulate, switched_on, switches
+
+BASE = {"train.py": "LR = 0.5\nWIDTH = 8\nDEPTH = 2\nSEED = 1\n"}
+
+
+def edited(files, **changes):
+    text = files["train.py"]
+    for name, value in changes.items():
+        lines = [f"{name} = {value}" if line.startswith(f"{name} = ") else line for line in text.splitlines()]
+        text = "\n".join(lines) + "\n"
+    return {"train.py": text}
+
+
+def started(config=PolicyConfig(), metrics=(1.000, 1.002, 0.998)):
+    p = Policy(config, "min")
+    specs = p.start(BASE, "e0")
+    repeats = 1 if config.acceptance == "greedy" else config.baseline_repeats
+    assert [s.role for s in specs] == ["baseline"] * repeats
+    for i, m in enumerate(metrics[: len(specs)]):
+        v = p.on_result(f"e{i}", "baseline", "e0", 0, BASE, None, "ok", m)
+        assert v.decision == "baseline"
+    return p
+
+
+def test_noise_is_pooled_over_groups_of_identical_code():
+    p = Policy(PolicyConfig())
+    p.spread = {"a": [1.0, 2.0, 3.0], "b": [2.0, 4.0], "c": [7.0]}
+    assert p.noise() == pytest.approx(math.sqrt((2.0 + 2.0) / 3))
+    assert Policy(PolicyConfig()).noise() is None
+
+
+def test_the_best_is_judged_only_after_its_repeats():
+    p = Policy(PolicyConfig())
+    p.start(BASE, "e0")
+    assert not p.ready
+    p.on_result("e0", "baseline", "e0", 0, BASE, None, "ok", 1.0)
+    p.on_result("e1", "baseline", "e0", 0, BASE, None, "ok", 1.002)
+    assert not p.ready
+    p.on_result("e2", "baseline", "e0", 0, BASE, None, "ok", 0.998)
+    assert p.ready and p.best_mean == pytest.approx(1.0) and p.noise() == pytest.approx(0.002)
+
+
+def test_a_screened_candidate_is_confirmed_then_kept_and_the_new_best_gets_its_repeats():
+    p = started()
+    cand = edited(BASE, LR=0.3)
+    v = p.on_result("e3", "screen", None, 0, cand, "e0", "ok", 0.990)
+    assert v.decision == "screened" and v.numbers["gain"] == pytest.approx(0.010)
+    assert [r.role for r in v.runs] == ["confirm", "confirm"] and all(r.group == "e3" for r in v.runs)
+    assert p.on_result("e4", "confirm", "e3", 0, cand, "e0", "ok", 0.991).decision == "confirming"
+    v = p.on_result("e5", "confirm", "e3", 0, cand, "e0", "ok", 0.989)
+    assert v.decision == "keep" and v.new_best[0] == 1 and v.new_best[1] == cand
+    assert v.numbers["group_mean"] == pytest.approx(0.990) and v.numbers["group_n"] == 2  # the lucky screen run is not counted
+    assert [r.role for r in v.runs] == ["baseline"]  # R=3, two confirmation runs: one more
+    assert p.best_version == 1 and p.best_mean == pytest.approx(0.990)
+
+
+def test_noise_is_rejected_at_the_screen_or_at_confirmation():
+    p = started()
+    assert p.on_result("e3", "screen", None, 0, edited(BASE, LR=0.4), "e0", "ok", 0.999).decision == "discard"
+    cand = edited(BASE, LR=0.45)
+    assert p.on_result("e4", "screen", None, 0, cand, "e0", "ok", 0.996).decision == "screened"
+    p.on_result("e5", "confirm", "e4", 0, cand, "e0", "ok", 1.001)
+    v = p.on_result("e6", "confirm", "e4", 0, cand, "e0", "ok", 0.999)
+    assert v.decision == "reject" and v.new_best is None and p.best_version == 0
+    # a failed confirmation run rejects too
+    cand = edited(BASE, LR=0.35)
+    p.on_result("e7", "screen", None, 0, cand, "e0", "ok", 0.99)
+    p.on_result("e8", "confirm", "e7", 0, cand, "e0", "crash", None)
+    assert p.on_result("e9", "confirm", "e7", 0, cand, "e0", "ok", 0.98).decision == "reject"
+
+
+def test_greedy_keeps_any_better_run():
+    p = started(PolicyConfig(acceptance="greedy"), metrics=(1.0,))
+    v = p.on_result("e1", "screen", None, 0, edited(BASE, LR=0.4), "e0", "ok", 0.9999)
+    assert v.decision == "keep" and v.runs == () and p.best_version == 1
+
+
+def test_a_suspiciously_large_gain_needs_twice_the_confirmation():
+    p = started(PolicyConfig(sanity_gain=0.05))
+    v = p.on_result("e3", "screen", None, 0, edited(BASE, LR=0.1), "e0", "ok", 0.5)
+    assert v.decision == "screened" and len(v.runs) == 4
+
+
+def test_edits_that_only_touch_seeds_or_evaluation_are_refused():
+    p = Policy(PolicyConfig())
+    assert "seeds or the evaluation" in p.check_proposal(BASE, edited(BASE, SEED=2))
+    ev = {"train.py": BASE["train.py"] + "EVAL_TOKENS = 10\n"}
+    assert p.check_proposal(ev, {"train.py": ev["train.py"].replace("EVAL_TOKENS = 10", "EVAL_TOKENS = 1")})
+    assert p.check_proposal(BASE, edited(BASE, LR=0.1)) is None
+    assert p.check_proposal(BASE, edited(BASE, LR=0.1, SEED=3)) is None  # a real change that also moves the seed
+
+
+def test_two_concurrent_winners_are_combined_and_a_conflicting_one_is_recorded():
+    """On the real GPT target: A and B both improve over v0; A lands first; B is rebased onto A (A+B);
+    C changes the same line as A in another way: a conflict."""
+    source = (default_target() / "train.py").read_text()
+    assert "MATRIX_LR = 0.02 " in source and "WARMDOWN_FRAC = 0.4 " in source
+    base = {"train.py": source}
+    a = {"train.py": source.replace("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.03 ")}
+    b = {"train.py": source.replace("WARMDOWN_FRAC = 0.4 ", "WARMDOWN_FRAC = 0.5 ")}
+    c = {"train.py": source.replace("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.01 ")}
+    p = Policy(PolicyConfig())
+    p.start(base, "e0")
+    for i, m in enumerate((1.500, 1.502, 1.498)):
+        p.on_result(f"e{i}", "baseline", "e0", 0, base, None, "ok", m)
+    # all three were proposed from v0 and screened well
+    for eid, files, m in (("a", a, 1.480), ("b", b, 1.485), ("c", c, 1.484)):
+        assert p.on_result(eid, "screen", None, 0, files, "e0", "ok", m).decision == "screened"
+    p.on_result("a1", "confirm", "a", 0, a, "e0", "ok", 1.481)
+    assert p.on_result("a2", "confirm", "a", 0, a, "e0", "ok", 1.479).decision == "keep"
+    # B's confirmation concludes after the best moved to A: it is re-applied onto A and re-run
+    p.on_result("b1", "confirm", "b", 0, b, "e0", "ok", 1.486)
+    v = p.on_result("b2", "confirm", "b", 0, b, "e0", "ok", 1.484)
+    assert v.decision == "screened" and {r.role for r in v.runs} == {"rebase"} and len(v.runs) == 3
+    merged = v.runs[0].files["train.py"]
+    assert "MATRIX_LR = 0.03 " in merged and "WARMDOWN_FRAC = 0.5 " in merged  # the combination
+    assert v.runs[0].base_version == 1 and v.runs[0].parent_id == "a"
+    compile(merged, "train.py", "exec")
+    # C touches MATRIX_LR too: re-applying it onto A conflicts, and that is a decision of its own
+    p.on_result("c1", "confirm", "c", 0, c, "e0", "ok", 1.484)
+    v = p.on_result("c2", "confirm", "c", 0, c, "e0", "ok", 1.485)
+    assert v.decision == "conflict" and "rebase conflict in train.py" in v.numbers["reason"] and not v.runs
+    # the combination confirms against A's mean and becomes the best
+    combined = {"train.py": merged}
+    p.on_result("r1", "rebase", "b", 1, combined, "a", "ok", 1.470)
+    p.on_result("r2", "rebase", "b", 1, combined, "a", "ok", 1.471)
+    v = p.on_result("r3", "rebase", "b", 1, combined, "a", "ok", 1.469)
+    assert v.decision == "keep" and v.new_best[1] == combined and p.best_version == 2
+
+
+def test_a_stale_candidate_is_screened_against_the_code_it_edited():
+    p = started()
+    a = edited(BASE, LR=0.3)
+    p.on_result("a", "screen", None, 0, a, "e0", "ok", 0.990)
+    p.on_result("a1", "confirm", "a", 0, a, "e0", "ok", 0.990)
+    assert p.on_result("a2", "confirm", "a", 0, a, "e0", "ok", 0.990).decision == "keep"
+    # B was made from v0 and improves it by 0.006, though it is worse than the new best A
+    b = edited(BASE, WIDTH=12)
+    v = p.on_result("b", "screen", None, 0, b, "e0", "ok", 0.994)
+    assert v.numbers["parent_mean"] == pytest.approx(1.0) and v.numbers["gain"] == pytest.approx(0.006)
+    assert v.decision == "screened" and v.runs[0].role == "rebase"
+    assert "LR = 0.3" in v.runs[0].files["train.py"] and "WIDTH = 12" in v.runs[0].files["train.py"]
+
+
+def problem(seed: int, n: int = 200, n_real: int = 5):
+    rng = random.Random(seed)
+    real = set(rng.sample(range(n), n_real))
+    effects = [-0.006 if i in real else rng.choice([0.0, 0.0, 0.0005, 0.001, 0.002, 0.004]) for i in range(n)]
+    return effects, real
+
+
+def test_with_16_parallel_noisy_trainers_the_policy_finds_real_gains_and_greedy_accepts_noise():
+    """200 candidates, 5 real improvements of 3 x noise, noise sd 0.002, 16 trainers, 5 problem seeds."""
+    totals = {"confirm": [0, 0], "greedy": [0, 0]}
+    for seed in range(5):
+        effects, real = problem(seed)
+        for mode in totals:
+            r = simulate(PolicyConfig(acceptance=mode), effects, trainers=16, noise=0.002, seed=seed)
+            totals[mode][0] += len([c for c in r.accepted if c not in real])
+            totals[mode][1] += len(real & r.final_on)
+    print(f"\nfalse accepts / real gains kept (of 25): confirm {totals['confirm']}, greedy {totals['greedy']}")
+    false_confirm, real_confirm = totals["confirm"]
+    false_greedy, _ = totals["greedy"]
+    assert false_confirm <= 2  # at most 2 false accepts over 1,000 candidates
+    assert real_confirm >= 15  # most real gains found (each is only 3 noise-sigmas)
+    assert false_greedy >= 20 * max(1, false_confirm)
+
+
+def test_simulated_switches_roundtrip():
+    assert switched_on(switches(5, {1, 3})) == {1, 3}

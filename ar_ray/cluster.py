@@ -14,6 +14,9 @@ from proposers.actor import ProposerActor
 from trainers.actor import TrainerActor
 
 
+NAMESPACE = "ar-ray"  # runs on one cluster share named actors here, e.g. an LLM endpoint's rate limiter
+
+
 @dataclass(frozen=True)
 class Plan:
     trainers: int
@@ -26,10 +29,10 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address is None:
-        ray.init("local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init("local", include_dashboard=False, log_to_driver=False, configure_logging=False, namespace=NAMESPACE)
         return True
     try:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, namespace=NAMESPACE)
     except ConnectionError as e:
         raise ConfigError(f"cannot join the Ray cluster at {address!r}: {e}. Start it with `ray start --head` "
                           "(or `ray up cluster.yaml`), or leave out --address to run on this machine.") from None
@@ -79,8 +82,14 @@ def start_trainers(p: Plan, target: Target, work_root: str, run_id: str, keep_fi
 def start_proposers(config: RunConfig, target: Target, run_id: str) -> list:
     cls = ray.remote(ProposerActor)
     program = target.program_text()
+    env = {}
+    if config.proposer == "llm":
+        # on other nodes, workers see that node's environment, not the driver's: hand the API key over
+        # (to proposer actors only; trainers strip credentials from what candidates see)
+        from proposers.llm_config import key_env_vars
+        env = {v: os.environ[v] for v in key_env_vars(config.proposer_options) if v in os.environ}
     return [cls.options(name=f"ar-ray:{run_id}:proposer-{i}", num_cpus=0, max_restarts=-1, max_task_retries=-1,
-                        max_concurrency=8)
+                        max_concurrency=8, runtime_env={"env_vars": env} if env else None)
             .remote(config.proposer, f"{config.proposer}-{i}", target.editable, program, config.seed * 1000 + i,
                     config.proposer_options)
             for i in range(config.proposers)]
@@ -89,6 +98,3 @@ def start_proposers(config: RunConfig, target: Target, run_id: str) -> list:
 def cluster_resources() -> dict:
     return ray.cluster_resources()
 
-
-def node_id() -> str:
-    return os.uname().nodename

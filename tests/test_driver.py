@@ -141,3 +141,39 @@ def test_contradicting_resources_are_refused_before_anything_runs(ray_local, tmp
     with pytest.raises(ConfigError, match="needs 10 GPUs; the cluster has 4"):
         run(tmp_path, monkeypatch, trainers=10, max_experiments=1)
     assert not ledger.read_table(tmp_path / "run").num_rows
+
+
+NOISY_TRAIN = '''\
+import os, random
+LR = 0.5
+WIDTH = 8
+rng = random.Random(int(os.environ["AR_SEED"]) * 7919 + 1)
+true = 1.0 + abs(LR - 0.3) + abs(WIDTH - 8) * 0.001
+print("---")
+print(f"val_bpb: {true + rng.gauss(0, 0.002):.6f}")
+'''
+
+
+def test_confirm_mode_end_to_end_on_a_noisy_target(ray_local, tmp_path):
+    """Seeds differ per repeat, so runs of one code differ: the noise is measured, a real gain is confirmed
+    and kept, a neutral change (WIDTH 8 -> 9 costs 0.001, well inside the noise) is not."""
+    make_toy(tmp_path / "target", "", train=NOISY_TRAIN)
+    script = [[{"WIDTH": 9}, "neutral"], [{"LR": 0.3}, "real gain"]]
+    summary = execute(RunConfig(target=str(tmp_path / "target"), run_dir=str(tmp_path / "run"), proposer=SCRIPT,
+                                proposer_options={"script": script}, proposers=1, trainers=2, max_experiments=2,
+                                queue_depth=1))
+    df = ledger.load(tmp_path / "run")
+    ran = df[df.decision != "skip"]
+    base = ran[(ran.role == "baseline") & (ran.base_version == 0)]
+    assert len(base) == 3 and base.seed.nunique() == 3 and base.metric.nunique() == 3
+    real = ran[ran.description == "real gain"].iloc[0]
+    group = ran[ran.group_id == real.experiment_id]
+    assert real.decision == "screened" and real.gain > real.threshold
+    assert set(group.role) == {"screen", "confirm"} and len(group) == 3 and group.seed.nunique() == 3
+    assert group.decision.iloc[-1] == "keep" and group.group_n.iloc[-1] == 2
+    assert summary["kept"] == 1 and summary["best_version"] == 1
+    # the new best got its third run, and the neutral change was never kept
+    assert ((ran.role == "baseline") & (ran.base_version == 1)).sum() == 1
+    assert not (ran[ran.description == "neutral"].decision == "keep").any()
+    # the noise is known from the second run of the baseline on, and recorded with every decision after
+    assert ran.noise.isna().sum() == 1 and (ran.noise.dropna() > 0).all()

@@ -18,6 +18,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from ar_ray import rows
+from ar_ray.journal import Journal
 from ar_ray.ledger import Ledger
 from ar_ray.policy import Policy, RunSpec, Verdict
 from ar_ray.target import Target
@@ -72,6 +73,7 @@ class Driver:
                  seed: int = 0, budget_seconds: float | None = None, max_skipped_in_a_row: int = 200,
                  max_cost: float | None = None, on_event=None):
         self.target, self.ledger, self.run_id, self.policy = target, ledger, run_id, policy
+        self.journal = Journal(ledger.dir.parent)
         self.trainers, self.proposers = trainers, proposers
         self.queue_depth, self.max_experiments = queue_depth, max_experiments
         self.deadline = time.time() + time_limit if time_limit else None
@@ -235,6 +237,9 @@ class Driver:
                              files=job.proposal.files, seed=seed, budget_seconds=self.budget)
             flight = Flight(t, job, cand, time.time())
             self.count.runs += 1
+            if job.role == "screen":
+                self.journal.add(job.experiment_id, {"experiment_id": job.experiment_id,
+                                                     "proposal": dataclasses.asdict(job.proposal)})
         flight.trainer = t
         self.running[self.trainers[t].run.remote(flight.candidate)] = flight
 
@@ -298,6 +303,20 @@ class Driver:
         return rows.with_policy(row, flight.job.role, flight.job.group or flight.candidate.experiment_id,
                                 verdict.numbers)
 
+    def requeue_journal(self) -> int:
+        """After a crash: run again, under their own ids, the new candidates that were in flight."""
+        recorded = set(self.ledger.read().column("experiment_id").to_pylist())
+        entries = []
+        for e in self.journal.entries():
+            if e["experiment_id"] in recorded:  # its row made it to disk just before the crash
+                self.journal.remove(e["experiment_id"])
+                continue
+            entries.append(e)
+            p = Proposal(**e["proposal"])
+            self.seen.add(p.edit_hash)
+            self.followups.append(Job(p, experiment_id=e["experiment_id"]))
+        return len(entries)
+
     def _job(self, spec: RunSpec, source: Proposal | None = None, experiment_id: str | None = None) -> Job:
         what = source.description if source else "the target as shipped"
         p = Proposal(proposer="policy" if source else "baseline", base_version=spec.base_version,
@@ -326,6 +345,7 @@ class Driver:
             batch, self.unwritten = self.unwritten, []
             self.ledger.append(batch)
             for row in batch:
+                self.journal.remove(row["experiment_id"])
                 self.on_event("row", self, row)
 
     def _new_id(self) -> str:

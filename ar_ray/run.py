@@ -14,6 +14,7 @@ import ray
 from ar_ray import cluster
 from ar_ray.config import ConfigError, RunConfig
 from ar_ray.driver import Counters, Driver
+from ar_ray.journal import Journal
 from ar_ray.ledger import Ledger, read_table
 from ar_ray.policy import Policy
 from ar_ray.target import load_target
@@ -45,15 +46,17 @@ def prepare_run_dir(config: RunConfig) -> tuple[str, dict | None]:
 def restore(driver: Driver, run_dir: str) -> None:
     """Put a fresh driver and its policy back where the ledger says the run was.
 
-    Completed experiments are not re-run; the best, its runs and the noise pool come back.
-    Confirmations that were in flight when the driver died are abandoned (their rows stay).
+    Completed experiments are not re-run; the best, its runs and the noise pool come back; new candidates
+    that were in flight are re-queued from the journal. Confirmations in flight when the driver died are
+    abandoned (the rows they had stay).
     """
     table = read_table(run_dir)
     if table.num_rows == 0:
         return
     rows = table.select(["experiment_id", "decision", "status", "role", "edit_hash", "best_version", "metric",
                          "files", "cost_usd"]).to_pylist()
-    ids = [int(r["experiment_id"][1:]) for r in rows if r["experiment_id"][1:].isdigit()]
+    journal = [e["experiment_id"] for e in Journal(run_dir).entries()]
+    ids = [int(x[1:]) for x in [r["experiment_id"] for r in rows] + journal if x[1:].isdigit()]
     driver.next_id = max(ids) + 1 if ids else 0
     driver.seen.update(r["edit_hash"] for r in rows if r["edit_hash"])
     ran = [r for r in rows if r["decision"] != "skip"]
@@ -109,6 +112,7 @@ def execute(config: RunConfig, on_event=None) -> dict:
                         on_event=on_event)
         if previous:
             restore(driver, str(run_dir))
+            driver.requeue_journal()
         state = "aborted"
         try:
             interrupted = _run_until_done(driver, trainers)

@@ -60,7 +60,11 @@ def test_sigkill_of_the_driver_loses_no_row_and_resume_continues(tmp_path, ray_l
     # the experiments in flight died with it: no training child outlives the run
     wait_for(lambda: not marker_processes(mark), 60, "the orphaned training children to be gone")
 
-    # resume: completed work is not re-run, the best is restored, no duplicate rows
+    # what was in flight is in the journal, with no row yet
+    in_flight = {p.stem for p in (run_dir / "inflight").glob("e*.json")}  # new candidates (not confirmations)
+    assert not in_flight & set(before.experiment_id)
+
+    # resume: completed work is not re-run, in-flight work is re-queued, the best is restored, no duplicate rows
     def screens(df):
         return int(((df.role == "screen") & (df.decision != "skip")).sum())
 
@@ -76,6 +80,8 @@ def test_sigkill_of_the_driver_loses_no_row_and_resume_continues(tmp_path, ray_l
     assert first_baselines(after) == first_baselines(before) == 3  # the baseline was not re-run
     assert after.iloc[: len(before)].experiment_id.tolist() == before.experiment_id.tolist()  # nothing rewritten
     assert screens(after) == done_before + 4
+    assert in_flight <= set(after.experiment_id)  # re-run under their own ids
+    assert not list((run_dir / "inflight").glob("e*.json"))
     new = after.iloc[len(before):]
     # the resumed run went on from the restored best and noise estimate, not from the target as shipped
     assert (new[new.decision != "skip"].base_version >= before.best_version.max()).all()

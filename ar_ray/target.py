@@ -49,6 +49,9 @@ class Target:
     result_file: bool = False  # the harness writes the metric to $AR_RESULT_FILE as JSON
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the child
     readonly_hashes: dict[str, str] = field(default_factory=dict)
+    # the content of every editable and read-only file, read once by the driver: trainers on other nodes
+    # materialize runs from it and never need the target folder itself
+    contents: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def hard_timeout(self) -> float:
@@ -63,7 +66,7 @@ class Target:
         return a < b if self.direction == "min" else a > b
 
     def read_editable(self) -> dict[str, str]:
-        return {p: (self.root / p).read_text() for p in self.editable}
+        return {p: self.contents[p].decode() for p in self.editable}
 
     def program_text(self) -> str:
         return (self.root / self.program).read_text() if self.program else ""
@@ -109,7 +112,7 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
             decl = tomllib.loads(config_path.read_text()).get("target", {})
         except tomllib.TOMLDecodeError as e:
             raise TargetError(f"{config_path} is not valid TOML: {e}") from None
-    known = {f.name for f in dataclasses.fields(Target)} - {"root", "readonly_hashes"}
+    known = {f.name for f in dataclasses.fields(Target)} - {"root", "readonly_hashes", "contents"}
     unknown = set(decl) - known
     if unknown:
         raise TargetError(f"{config_path}: unknown key(s) {sorted(unknown)} under [target]; known keys: {sorted(known)}")
@@ -155,8 +158,9 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
 
     target = Target(root=root, name=decl.pop("name", root.name), editable=editable, readonly=readonly,
                      command=command, metric_pattern=pattern, direction=direction, program=program, **decl)
-    hashes = {rel: file_hash(root / rel) for rel in readonly}
-    return dataclasses.replace(target, readonly_hashes=hashes)
+    contents = {rel: (root / rel).read_bytes() for rel in editable + readonly}
+    hashes = {rel: hashlib.sha256(contents[rel]).hexdigest() for rel in readonly}
+    return dataclasses.replace(target, readonly_hashes=hashes, contents=contents)
 
 
 def format_command(command: str, **values) -> list[str]:
@@ -174,7 +178,7 @@ def materialize(target: Target, files: dict[str, str], run_dir: Path) -> None:
     for rel in target.readonly:
         dst = run_dir / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_bytes((target.root / rel).read_bytes())
+        dst.write_bytes(target.contents[rel])
     for rel in target.editable:
         dst = run_dir / rel
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -177,3 +177,21 @@ def test_confirm_mode_end_to_end_on_a_noisy_target(ray_local, tmp_path):
     assert not (ran[ran.description == "neutral"].decision == "keep").any()
     # the noise is known from the second run of the baseline on, and recorded with every decision after
     assert ran.noise.isna().sum() == 1 and (ran.noise.dropna() > 0).all()
+
+
+def test_a_trainer_with_two_gpus_runs_the_target_under_torchrun(ray_local, tmp_path):
+    two_gpu_train = (
+        "import os\nLR = 0.5\n"
+        "if os.environ.get('RANK', '0') == '0':\n"
+        "    print('---')\n"
+        "    print(f\"val_bpb: {1 + LR:.6f}\")\n"
+        "    print('world_size:', os.environ.get('WORLD_SIZE', '1'))\n"
+        "    print('gpus:', os.environ['CUDA_VISIBLE_DEVICES'])\n")
+    make_toy(tmp_path / "target", "", train=two_gpu_train)
+    execute(RunConfig(target=str(tmp_path / "target"), run_dir=str(tmp_path / "run"), trainers=2, gpus_per_trainer=2,
+                      max_experiments=1, proposers=1, acceptance="greedy"))
+    df = ledger.load(tmp_path / "run")
+    ran = df[df.decision != "skip"]
+    assert len(ran) == 2 and set(ran.status) == {"ok"}
+    assert all(e["world_size"] == "2" for e in ran["extra"])
+    assert all(len(e["gpus"].split(",")) == 2 for e in ran["extra"])  # each child saw its trainer's two GPUs

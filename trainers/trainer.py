@@ -54,6 +54,13 @@ def gpu_model(gpu_ids: list) -> str:
         return "gpu"
 
 
+def distributed(argv: list[str], gpus: int) -> list[str]:
+    """A trainer with several GPUs runs a `{python} script.py` target under torchrun, one process per GPU."""
+    if gpus > 1 and argv[0] == sys.executable and len(argv) > 1 and argv[1].endswith(".py"):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", *argv[1:]]
+    return argv
+
+
 def _wait(proc: subprocess.Popen, timeout: float) -> int:
     """Popen.wait(timeout) polls with sleeps; a pidfd wakes us the moment the child exits."""
     try:
@@ -111,7 +118,8 @@ class Trainer:
         """Run the target's setup command once per node (file lock + marker; other trainers wait)."""
         if self._setup_done or not self.target.setup:
             return
-        key = hashlib.sha256((str(self.target.root) + self.target.setup + "".join(sorted(self.target.readonly_hashes.values()))).encode()).hexdigest()[:16]
+        key = hashlib.sha256((str(self.target.root) + self.target.setup
+                              + "".join(sorted(self.target.readonly_hashes.values()))).encode()).hexdigest()[:16]
         marker_dir = Path(tempfile.gettempdir()) / "ar-ray-setup"
         marker_dir.mkdir(exist_ok=True)
         marker = marker_dir / f"{self.target.name}-{key}.done"
@@ -166,7 +174,7 @@ class Trainer:
         # an explicit timeout_seconds wins; otherwise 2 x the budget actually used + 60 s
         timeout = (self.target.hard_timeout if self.target.timeout_seconds is not None or cand.budget_seconds is None
                    else 2 * cand.budget_seconds + 60)
-        argv = format_command(self.target.command, **values)
+        argv = distributed(format_command(self.target.command, **values), len(self.gpu_ids))
 
         code, timed_out, child_seconds = self._spawn(argv, run_dir, child_env(self.target, env), log, timeout)
         text = outcome.read_tail(log)

@@ -6,9 +6,11 @@ leaves every earlier row readable and never a half-written part. Appends cost
 the same whatever the ledger's size: small parts are merged in tiers (F parts
 of one level become one part of the next), like a log-structured merge tree.
 
-Part names carry the row range they hold: `part-L{level}-{first}-{last}.parquet`.
-A crash between writing a merged part and deleting its inputs leaves parts
-whose ranges overlap; `Ledger()` and `load()` drop the covered ones.
+Part names carry the row range they hold, `part-{first}-{last}-L{level}.parquet`,
+so plain readers that list the directory get the rows in order. A crash between
+writing a merged part and deleting its inputs leaves parts whose ranges overlap:
+`Ledger()` and `load()` drop the covered ones, while a plain reader sees those
+rows twice until the next `Ledger()` open (or `ar-ray run --resume`) cleans up.
 
 Readers need nothing but pyarrow, pandas, polars or duckdb:
     pd.read_parquet("RUN/ledger")    pl.read_parquet("RUN/ledger/*.parquet")
@@ -24,12 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
 FANOUT = 64  # parts of one level merged into one of the next
-PART = re.compile(r"^part-L(\d+)-(\d{12})-(\d{12})\.parquet$")
+PART = re.compile(r"^part-(?P<first>\d{12})-(?P<last>\d{12})-L(?P<level>\d+)\.parquet$")
 
 _ts = pa.timestamp("us", tz="UTC")
 _str_map = pa.map_(pa.string(), pa.string())
@@ -106,7 +109,7 @@ def _parts(ledger_dir: Path) -> list[_Part]:
     for p in ledger_dir.iterdir():
         m = PART.match(p.name)
         if m:
-            parts.append(_Part(int(m[1]), int(m[2]), int(m[3]), p))
+            parts.append(_Part(int(m["level"]), int(m["first"]), int(m["last"]), p))
     parts.sort(key=lambda q: (q.first, -q.last))
     # a merged part and the inputs it replaced (left behind by a crash): keep the widest
     live, covered_to = [], -1
@@ -118,6 +121,10 @@ def _parts(ledger_dir: Path) -> list[_Part]:
         live.append(q)
         covered_to = q.last
     return live
+
+
+def _name(first: int, last: int, level: int) -> str:
+    return f"part-{first:012d}-{last:012d}-L{level}.parquet"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -169,6 +176,7 @@ class Ledger:
             if p not in live_paths:
                 p.unlink()
         self._parts = live
+        self._recent: dict[Path, pa.Table] = {}  # level-0 parts written by this process, for the next merge
         self.next_seq = live[-1].last + 1 if live else 0
 
     def __len__(self) -> int:
@@ -182,9 +190,10 @@ class Ledger:
         first = self.next_seq
         seqs = list(range(first, first + len(rows)))
         table = rows_to_table([{**r, "seq": s} for r, s in zip(rows, seqs)])
-        name = f"part-L0-{first:012d}-{seqs[-1]:012d}.parquet"
+        name = _name(first, seqs[-1], 0)
         _write_part(self.dir, table, name)
         self._parts.append(_Part(0, first, seqs[-1], self.dir / name))
+        self._recent[self.dir / name] = table
         self.next_seq = seqs[-1] + 1
         self._maybe_merge()
         return seqs
@@ -196,8 +205,10 @@ class Ledger:
             level = tail[0].level
             if any(q.level != level for q in tail):
                 return
-            table = pa.concat_tables(pq.read_table(q.path, schema=SCHEMA) for q in tail)
-            name = f"part-L{level + 1}-{tail[0].first:012d}-{tail[-1].last:012d}.parquet"
+            # rows this writer appended are still in memory: only older levels are read back
+            table = pa.concat_tables(self._recent.pop(q.path, None) or pq.read_table(q.path, schema=SCHEMA)
+                                     for q in tail)
+            name = _name(tail[0].first, tail[-1].last, level + 1)
             _write_part(self.dir, table, name)
             for q in tail:
                 q.path.unlink()
@@ -235,9 +246,11 @@ def read_table(run_dir: str | os.PathLike) -> pa.Table:
     raise LedgerError(f"the ledger in {ledger_dir} kept changing while it was read; try again")
 
 
-def load(run_dir: str | os.PathLike):
+def load(run_dir: str | os.PathLike) -> "pd.DataFrame":
     """The ledger as a pandas DataFrame: one row per attempt, in order, with categorical status/decision."""
-    df = read_table(run_dir).to_pandas(maps_as_pydicts="strict")
+    # integer columns keep their type when they hold nulls (pandas' nullable Int32/Int64)
+    nullable = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
+    df = read_table(run_dir).to_pandas(maps_as_pydicts="strict", types_mapper=nullable.get)
     for col in ("status", "decision", "proposer", "trainer", "node", "gpu_model"):
         df[col] = df[col].astype("category")
     return df.set_index("seq", drop=False).rename_axis(None)

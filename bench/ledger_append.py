@@ -112,7 +112,7 @@ def seed_parts(run_dir: Path, n: int, fanout: int, rng: random.Random, block: pa
             seqs = pa.array(np.arange(first, first + size, dtype=np.int64))
             t = t.set_column(0, "seq", seqs)
             t = t.set_column(2, "experiment_id", pa.array([f"exp-{s:08d}" for s in range(first, first + size)]))
-            lm._write_part(d, t, f"part-L{level}-{first:012d}-{first + size - 1:012d}.parquet")
+            lm._write_part(d, t, lm._name(first, first + size - 1, level))
             first += size
     return block
 

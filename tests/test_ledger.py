@@ -173,11 +173,11 @@ def test_merges_keep_parts_few_and_all_readers_agree(tmp_path, fanout, n):
         m //= fanout
     names = [p.name for p in part_files(tmp_path)]
     assert len(names) == sum(digits), names
-    levels = sorted(int(PART.match(x)[1]) for x in names)
+    levels = sorted(int(PART.match(x)["level"]) for x in names)
     assert levels == sorted(k for k, d in enumerate(digits) for _ in range(d))
     assert not list((tmp_path / "ledger").glob("_tmp-*"))
     # parts tile 0..n-1 exactly
-    ranges = sorted((int(PART.match(x)[2]), int(PART.match(x)[3])) for x in names)
+    ranges = sorted((int(PART.match(x)["first"]), int(PART.match(x)["last"])) for x in names)
     assert ranges[0][0] == 0 and ranges[-1][1] == n - 1
     assert all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:]))
     # reopening a merged ledger changes nothing on disk and continues
@@ -208,8 +208,8 @@ def test_merge_inputs_left_behind_are_read_once_and_deleted_on_open(tmp_path, re
     saved.mkdir()
     for p in part_files(tmp_path):
         shutil.copy2(p, saved / p.name)
-    led.append(make_row(3))  # merges 4 L0 parts into part-L1-0-3
-    assert [p.name for p in part_files(tmp_path)] == ["part-L1-000000000000-000000000003.parquet"]
+    led.append(make_row(3))  # merges 4 L0 parts into one L1 part holding rows 0-3
+    assert [p.name for p in part_files(tmp_path)] == ["part-000000000000-000000000003-L1.parquet"]
     # a crash after the merged part was renamed in but before (all) its inputs were deleted
     inputs = sorted(saved.iterdir())
     for p in inputs if restore == "all" else inputs[:2]:
@@ -218,7 +218,7 @@ def test_merge_inputs_left_behind_are_read_once_and_deleted_on_open(tmp_path, re
     assert list(df["seq"]) == [0, 1, 2, 3]
     led2 = Ledger(tmp_path, fanout=4)
     assert len(led2) == 4
-    assert [p.name for p in part_files(tmp_path)] == ["part-L1-000000000000-000000000003.parquet"]
+    assert [p.name for p in part_files(tmp_path)] == ["part-000000000000-000000000003-L1.parquet"]
     assert_readers_agree(tmp_path, 4)
     led2.append(make_row(4))
     assert_readers_agree(tmp_path, 5)
@@ -227,7 +227,7 @@ def test_merge_inputs_left_behind_are_read_once_and_deleted_on_open(tmp_path, re
 def test_partial_overlap_is_reported(tmp_path):
     led = Ledger(tmp_path)
     led.append([make_row(0), make_row(1), make_row(2)])
-    shutil.copy2(part_files(tmp_path)[0], tmp_path / "ledger" / "part-L0-000000000002-000000000004.parquet")
+    shutil.copy2(part_files(tmp_path)[0], tmp_path / "ledger" / "part-000000000002-000000000004-L0.parquet")
     with pytest.raises(LedgerError, match="overlap"):
         load(tmp_path)
 
@@ -236,7 +236,7 @@ def test_part_removed_by_hand_is_read_around(tmp_path):
     led = Ledger(tmp_path, fanout=4)
     for i in range(6):
         led.append(make_row(i))
-    (tmp_path / "ledger" / "part-L0-000000000004-000000000004.parquet").unlink()
+    (tmp_path / "ledger" / "part-000000000004-000000000004-L0.parquet").unlink()
     assert list(load(tmp_path)["seq"]) == [0, 1, 2, 3, 5]  # a gap that stays is not a merge in flight
 
 
@@ -304,7 +304,7 @@ def test_sigkill_at_random_points_loses_no_acknowledged_row(tmp_path):
         assert got == list(range(len(printed), len(printed) + len(got))), seed
         printed += got
         led_dir = tmp_path / "ledger"
-        on_disk = sum(int(PART.match(p.name)[3]) - int(PART.match(p.name)[2]) + 1 for p in part_files(tmp_path))
+        on_disk = sum(int(PART.match(p.name)["last"]) - int(PART.match(p.name)["first"]) + 1 for p in part_files(tmp_path))
         leftovers += bool(list(led_dir.glob("_tmp-*"))) or on_disk != len(load(tmp_path))
         # before any cleanup: every part on disk is whole, and load() sees each acknowledged row once
         _every_part_readable(tmp_path)
@@ -340,7 +340,7 @@ def test_concurrent_reader_never_sees_a_partial_part(tmp_path):
                 except FileNotFoundError:
                     continue
                 m = PART.match(p.name)
-                assert t["seq"].to_pylist() == list(range(int(m[2]), int(m[3]) + 1))
+                assert t["seq"].to_pylist() == list(range(int(m["first"]), int(m["last"]) + 1))
         assert proc.poll() is None, proc.stderr.read()
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -161,29 +161,36 @@ def ledger_cmd(run_dir, limit, status_filter):
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None, help="Write the best files here.")
-def best(run_dir, export_dir):
+@click.option("--git", "git_branch", default=None,
+              help="Write the kept changes as commits on this new branch of the target's git repository.")
+@click.option("--repo", type=click.Path(file_okay=False), default=None, help="With --git: another repository.")
+def best(run_dir, export_dir, git_branch, repo):
     """The best result, its lineage of kept changes, and its files."""
+    from ar_ray import analysis
     df = _load(run_dir)
-    kept = df[df["decision"].isin(["keep", "baseline"]) & df["files"].notna()]
-    if kept.empty:
+    info = analysis.run_info(run_dir, df)
+    path = analysis.best_path(df, info["direction"])
+    if path.empty or not isinstance(path["files"].iloc[-1], dict):
         raise click.ClickException(f"{run_dir} has no finished baseline yet; nothing to show")
-    top = kept.iloc[-1]
+    top = path.iloc[-1]
     console = Console()
-    console.print(f"best {fmt_metric(top.metric)} from {top.experiment_id} (version {top.best_version})")
-    by_id = {r.experiment_id: r for r in kept.itertuples()}
-    chain, node = [], by_id.get(top.experiment_id)
-    while node is not None:
-        chain.append(node)
-        node = by_id.get(node.parent_id) if node.parent_id else None
+    console.print(f"best {info['metric']} {fmt_metric(top.metric)} from {top.node} (version {top.version})")
     console.print("lineage:")
-    for r in reversed(chain):
-        console.print(f"  {r.experiment_id}  {fmt_metric(r.metric)}  {r.description}")
+    for r in path.itertuples():
+        console.print(f"  {r.node}  {fmt_metric(r.metric)}  {r.description}")
     if export_dir:
         out = Path(export_dir)
-        for rel, text in dict(top.files).items():
+        for rel, text in top.files.items():
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             (out / rel).write_text(text)
-        console.print(f"wrote {', '.join(sorted(dict(top.files)))} to {out}")
+        console.print(f"wrote {', '.join(sorted(top.files))} to {out}")
+    if git_branch:
+        from ar_ray.lineage import GitExportError, export_git
+        try:
+            commits = export_git(run_dir, git_branch, repo=repo, df=df)
+        except GitExportError as e:
+            raise click.ClickException(str(e)) from None
+        console.print(f"branch {git_branch}: {len(commits)} commit(s), one per kept change")
 
 
 @main.command()
@@ -207,6 +214,13 @@ def status(run_dir, watch):
         if not watch or snap["state"] != "running":
             return
         time.sleep(1)
+
+
+from ar_ray.cli_report import export_git_cmd, report, show  # noqa: E402  (after main: cli_report does not import cli)
+
+main.add_command(report)
+main.add_command(show)
+main.add_command(export_git_cmd)
 
 
 if __name__ == "__main__":

@@ -189,7 +189,7 @@ class Driver:
             self.proposing[self.proposers[i].propose.remote(list(self.history), in_flight, self.best_ref)] = i
 
     def _proposed(self, ref) -> None:
-        i = self.proposing.pop(ref)
+        self.proposing.pop(ref)
         try:
             p: Proposal = ray.get(ref)
         except (RayActorError, RayTaskError) as e:

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
+RUN_FILE = "run.json"  # beside ledger/: the run's id, target, metric and configuration
 FANOUT = 64  # parts of one level merged into one of the next
 PART = re.compile(r"^part-(?P<first>\d{12})-(?P<last>\d{12})-L(?P<level>\d+)\.parquet$")
 

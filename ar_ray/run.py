@@ -15,13 +15,12 @@ from ar_ray import cluster
 from ar_ray.config import ConfigError, RunConfig
 from ar_ray.driver import Counters, Driver
 from ar_ray.journal import Journal
-from ar_ray.ledger import Ledger, read_table
+from ar_ray.ledger import RUN_FILE, Ledger, read_table
 from ar_ray.policy import Policy
 from ar_ray.target import load_target
 from ar_ray.types import Baseline
 from proposers.base import code_hash
 
-RUN_FILE = "run.json"
 
 
 def prepare_run_dir(config: RunConfig) -> tuple[str, dict | None]:

@@ -39,7 +39,6 @@ import argparse
 import collections
 import functools
 import json
-import math
 import os
 import platform
 import re

@@ -92,9 +92,9 @@ def test_run_then_ledger_best_status_and_a_refused_rerun(ray_local, tmp_path, to
 
     r = invoke("best", run_dir, "--export", tmp_path / "best")
     assert r.exit_code == 0 and "lineage:" in r.output
-    best_row = df[df.decision.isin(["keep", "baseline"])].iloc[-1]
-    assert (tmp_path / "best" / "train.py").read_text() == best_row.files["train.py"]
-    assert f"{best_row.metric:.6f}" in r.output
+    newest = df[df.files.notna() & (df.best_version == df.best_version.max())].iloc[0]  # the newest best's files
+    assert (tmp_path / "best" / "train.py").read_text() == newest.files["train.py"]
+    assert f"version {df.best_version.max()}" in r.output
 
     r = invoke("status", run_dir)
     assert r.exit_code == 0 and "state: finished" in r.output

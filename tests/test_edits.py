@@ -3,7 +3,6 @@
 import pytest
 
 from ar_ray.edits import (
-    Edit,
     EditError,
     apply_edits,
     check_syntax,

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from ar_ray.target import load_target
 from helpers_targets import SLEEPER_FN, alive, candidate, make_target, marked_pids, new_mark, ppid_of, wait_for
 from trainers.trainer import SetupError, Trainer
 

@@ -88,7 +88,8 @@ def start_proposers(config: RunConfig, target: Target, run_id: str) -> list:
         # (to proposer actors only; trainers strip credentials from what candidates see)
         from proposers.llm_config import key_env_vars
         env = {v: os.environ[v] for v in key_env_vars(config.proposer_options) if v in os.environ}
-    return [cls.options(name=f"ar-ray:{run_id}:proposer-{i}", num_cpus=0, max_restarts=-1, max_task_retries=-1,
+    # a proposer that dies restarts; its lost call fails (max_task_retries=0) so the driver counts it and asks again
+    return [cls.options(name=f"ar-ray:{run_id}:proposer-{i}", num_cpus=0, max_restarts=-1, max_task_retries=0,
                         max_concurrency=8, runtime_env={"env_vars": env} if env else None)
             .remote(config.proposer, f"{config.proposer}-{i}", target.editable, program, config.seed * 1000 + i,
                     config.proposer_options)

@@ -56,15 +56,23 @@ class Job:
     group: str | None = None
     parent_id: str | None = None
     experiment_id: str | None = None
+    candidate: Candidate | None = None  # made at the first dispatch; a re-dispatch after a lost trainer reuses it
+    dispatched_at: float = 0.0
+    retries: int = 0  # trainers lost while running it
 
 
 @dataclass
 class Flight:
     trainer: int
     job: Job
-    candidate: Candidate
-    dispatched_at: float
-    retries: int = 0
+
+    @property
+    def candidate(self) -> Candidate:
+        return self.job.candidate
+
+    @property
+    def dispatched_at(self) -> float:
+        return self.job.dispatched_at
 
 
 class Driver:
@@ -103,7 +111,7 @@ class Driver:
     def run(self) -> Counters:
         """Run to the end. Rows are appended once per round, after the freed trainers got new work."""
         self._broadcast()
-        if not self.policy.ready:
+        if not self.policy.best_metrics and not self.policy.groups:  # a fresh run (a resume restored these)
             first = self._new_id()
             self.versions[0] = first
             for i, spec in enumerate(self.policy.start(self.best.files, first)):
@@ -222,26 +230,24 @@ class Driver:
 
     # ---- training ----
 
-    def _dispatch(self, job: Job, flight: Flight | None = None) -> None:
+    def _dispatch(self, job: Job) -> None:
         t = self.free.pop(0)
-        if flight is None:
+        if job.candidate is None:
             if job.experiment_id is None:
                 job.experiment_id = self._new_id()
             if job.role == "screen":
                 self.count.ran += 1
                 job.parent_id = self.versions.get(job.proposal.base_version)
+                self.journal.add(job.experiment_id, {"experiment_id": job.experiment_id,
+                                                     "proposal": dataclasses.asdict(job.proposal)})
             group = job.group or job.experiment_id
             seed = self.seed + (self.seeds[group] if self.policy.config.acceptance != "greedy" else 0)
             self.seeds[group] += 1
-            cand = Candidate(experiment_id=job.experiment_id, base_version=job.proposal.base_version,
-                             files=job.proposal.files, seed=seed, budget_seconds=self.budget)
-            flight = Flight(t, job, cand, time.time())
+            job.candidate = Candidate(experiment_id=job.experiment_id, base_version=job.proposal.base_version,
+                                      files=job.proposal.files, seed=seed, budget_seconds=self.budget)
+            job.dispatched_at = time.time()
             self.count.runs += 1
-            if job.role == "screen":
-                self.journal.add(job.experiment_id, {"experiment_id": job.experiment_id,
-                                                     "proposal": dataclasses.asdict(job.proposal)})
-        flight.trainer = t
-        self.running[self.trainers[t].run.remote(flight.candidate)] = flight
+        self.running[self.trainers[t].run.remote(job.candidate)] = Flight(t, job)
 
     def _landed(self, ref, flight: Flight) -> None:
         try:
@@ -260,20 +266,16 @@ class Driver:
                 self._decide(f, r)
 
     def _requeue(self, flight: Flight, why: str) -> None:
-        """The trainer was lost, not the candidate's fault: run it again elsewhere, up to 3 times."""
+        """The trainer was lost, not the candidate's fault: run it again on the next free trainer, up to 3 times."""
+        job = flight.job
+        job.retries += 1
         self.count.infra += 1
-        self.on_event("infra", self, {"experiment_id": flight.candidate.experiment_id, "error": why})
-        if flight.retries < 3 and not self.stopping:
-            flight.retries += 1
-            if self.free:
-                self._dispatch(flight.job, flight)
-            else:
-                self.followups.appendleft(flight.job)  # same experiment id, next free trainer
-                self.count.ran -= flight.job.role == "screen"
-                self.count.runs -= 1
-                self.seeds[flight.job.group or flight.job.experiment_id] -= 1
+        self.on_event("infra", self, {"experiment_id": job.experiment_id, "error": why})
+        if job.retries <= 3 and not self.stopping:
+            self.followups.appendleft(job)  # same id, same seed
         else:
-            self._decide(flight, Result(flight.candidate.experiment_id, "infra", error_tail=why))
+            why = f"lost {job.retries} trainers while running it (last: {why})"
+            self._decide(flight, Result(job.experiment_id, "infra", error_tail=why))
 
     def _decide(self, flight: Flight, r: Result) -> None:
         job = flight.job
@@ -318,7 +320,7 @@ class Driver:
         return len(entries)
 
     def _job(self, spec: RunSpec, source: Proposal | None = None, experiment_id: str | None = None) -> Job:
-        what = source.description if source else "the target as shipped"
+        what = source.description if source else ("the target as shipped" if spec.base_version == 0 else "the best")
         p = Proposal(proposer="policy" if source else "baseline", base_version=spec.base_version,
                      description=f"{spec.role} of {spec.group}: {what}"[:500], files=spec.files,
                      edit_hash=code_hash(spec.files))

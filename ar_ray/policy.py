@@ -87,8 +87,8 @@ class Policy:
 
     @property
     def ready(self) -> bool:
-        """The best's metric is known: results can be judged."""
-        return bool(self.best_metrics)
+        """Results can be judged: the best's metric is known, and in confirm mode the noise too."""
+        return bool(self.best_metrics) and (self.config.acceptance == "greedy" or self.noise() is not None)
 
     @property
     def best_mean(self) -> float | None:
@@ -118,6 +118,15 @@ class Policy:
         self.best_version, self.versions, self.best_id = version, dict(versions), best_id
         self.best_files = self.versions[version]
         self.best_metrics, self.spread = list(best_metrics), {k: list(v) for k, v in spread.items()}
+
+    def missing_repeats(self) -> list[RunSpec]:
+        """After a restore: the runs of the best that never happened (e.g. a baseline cut short by a crash)."""
+        missing = self._repeats() - len(self.best_metrics)
+        if missing <= 0:
+            return []
+        gid = f"{self.best_id}-r"
+        self.groups[gid] = _Group(self.best_files, self.best_version, self.best_id, "baseline", waiting=missing)
+        return [RunSpec(self.best_files, self.best_version, "baseline", gid, self.best_id)] * missing
 
     # ---- the start ----
 

@@ -65,7 +65,7 @@ def restore(driver: Driver, run_dir: str) -> None:
     driver.count.cost_usd = sum(r["cost_usd"] or 0.0 for r in rows)
     spread: dict[str, list[float]] = {}
     for r in ran:
-        if r["status"] == "ok" and r["metric"] is not None:
+        if r["status"] == "ok" and r["metric"] is not None and r["role"] != "screen":  # as the live policy does
             spread.setdefault(r["edit_hash"], []).append(r["metric"])
     versions, best = {}, None
     for r in ran:
@@ -81,6 +81,7 @@ def restore(driver: Driver, run_dir: str) -> None:
                           metrics, spread)
     driver.versions.update({v: e for v, (_, e) in versions.items()})
     driver.best = Baseline(best["best_version"], files, best["experiment_id"], driver.policy.best_mean)
+    driver.followups.extend(driver._job(spec) for spec in driver.policy.missing_repeats())
 
 
 def execute(config: RunConfig, on_event=None) -> dict:

@@ -95,7 +95,12 @@ def mutate_value(knob: Knob, rng: random.Random) -> object:
         return new
     if v == 0.0:
         return rng.choice((0.01, 0.1))
-    return float(f"{v * rng.choice(FLOAT_FACTORS):.4g}")
+    factor = rng.choice(FLOAT_FACTORS)
+    if 0.5 <= v < 1.0:  # betas, momenta, fractions near 1: scale the distance to 1, so the value stays below it
+        return float(f"{1 - (1 - v) * factor:.4g}")
+    if 0.0 < v < 0.5:
+        return float(f"{min(v * factor, 0.95):.4g}")
+    return float(f"{v * factor:.4g}")
 
 
 def render(value: object) -> str:

@@ -56,6 +56,8 @@ def main():
 @click.option("--max-experiments", type=int, default=None, help="Stop after this many experiments.")
 @click.option("--time-limit", default=None, help="Stop starting experiments after this long (e.g. 90s, 15m, 8h).")
 @click.option("--budget", type=float, default=None, help="Training budget in seconds per experiment (overrides the target).")
+@click.option("--budget-tokens", type=int, default=None,
+              help="Train for this many tokens instead of a wall-clock budget (results independent of hardware speed).")
 @click.option("--timeout", type=float, default=None, help="Hard timeout per experiment in seconds (default: 2 x budget + 60).")
 @click.option("--command", "run_command", default=None, help="Override the target's run command.")
 @click.option("--metric", default=None, help="Override the target's metric name.")
@@ -73,7 +75,7 @@ def main():
 @click.option("--keep-files", is_flag=True, help="Keep each experiment's files, not just its log.")
 def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_url, api_key_env, config_file, max_cost,
         trainers, gpus_per_trainer, cpus_per_trainer,
-        queue_depth, max_experiments, time_limit, budget, timeout, run_command, metric, metric_pattern, direction,
+        queue_depth, max_experiments, time_limit, budget, budget_tokens, timeout, run_command, metric, metric_pattern, direction,
         acceptance, baseline_repeats, confirm_runs, k, k_confirm, sanity_gain, seed, keep_files):
     """Run the research loop: propose, train, keep what improves."""
     from ar_ray.progress import Progress
@@ -97,7 +99,7 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
     elif model or base_url or api_key_env or config_file:
         raise click.UsageError("--model, --base-url, --api-key-env and --config are for --proposer llm")
     overrides = {"command": run_command, "metric": metric, "metric_pattern": metric_pattern, "direction": direction,
-                 "timeout_seconds": timeout, "budget_seconds": budget}
+                 "timeout_seconds": timeout, "budget_seconds": budget, "budget_tokens": budget_tokens}
     config = RunConfig(target=target or str(default_target()), run_dir=run_dir, resume=bool(resume_dir),
                        address=address, proposer=proposer, proposer_options=options, proposers=proposers,
                        max_cost=max_cost, trainers=trainers,

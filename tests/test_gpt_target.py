@@ -29,7 +29,7 @@ SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", 
 def env(tmp_path_factory):
     """Environment shared by every test: tmp cache, small vocab, CPU preset."""
     values = {"AR_CACHE_DIR": str(tmp_path_factory.mktemp("cache")), "AR_VOCAB_SIZE": str(VOCAB),
-              "AR_PRESET": "cpu", "AR_THREADS": "2"}
+              "AR_PRESET": "cpu", "AR_THREADS": "1"}  # 1 thread: robust on a busy machine
     saved = {k: os.environ.get(k) for k in list(values) + ["AR_DATA", "AR_RESULT_FILE", "AR_BUDGET_TOKENS"]}
     for k in ("AR_DATA", "AR_RESULT_FILE", "AR_BUDGET_TOKENS"):
         os.environ.pop(k, None)
@@ -66,7 +66,7 @@ def run_train(tmp_path, env, extra=None, patch=None, timeout=120):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("AR_")}
     full_env.update(env, AR_RESULT_FILE=str(run_dir / "result.json"), **(extra or {}))
     proc = subprocess.run([sys.executable, "train.py"], cwd=run_dir, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
     return proc, run_dir
 
 
@@ -185,10 +185,10 @@ def test_train_summary_block_and_result_file(tmp_path, env, prep):
 def test_more_training_and_bigger_model_beat_tiny(tmp_path, env, prep):
     """Token budgets make this hardware-independent: 2048 tokens per step on the CPU preset."""
     tiny, _ = run_train(tmp_path, env, {"AR_BUDGET_TOKENS": str(8 * 2048), "AR_DEPTH": "1"})
-    big, _ = run_train(tmp_path, env, {"AR_BUDGET_TOKENS": str(60 * 2048), "AR_DEPTH": "2"})
+    big, _ = run_train(tmp_path, env, {"AR_BUDGET_TOKENS": str(40 * 2048), "AR_DEPTH": "2"})
     assert tiny.returncode == 0 and big.returncode == 0, tiny.stdout + big.stdout + big.stderr
     tiny_s, big_s = parse_summary(tiny.stdout), parse_summary(big.stdout)
-    assert tiny_s["num_steps"] == 8 and big_s["num_steps"] == 60 and tiny_s["depth"] == 1
+    assert tiny_s["num_steps"] == 8 and big_s["num_steps"] == 40 and tiny_s["depth"] == 1
     assert big_s["val_bpb"] < tiny_s["val_bpb"] - 0.1, (tiny_s, big_s)
 
 
@@ -200,9 +200,26 @@ def test_divergence_fails_fast(tmp_path, env, prep):
 
 @pytest.mark.skipif(not SHAKESPEARE.exists(), reason="tinyshakespeare not available")
 def test_real_text_data_via_ar_data(tmp_path, env):
-    proc, run_dir = run_train(tmp_path, env, {"AR_DATA": str(SHAKESPEARE), "AR_BUDGET_SECONDS": "2"})
+    proc, run_dir = run_train(tmp_path, env, {"AR_DATA": str(SHAKESPEARE), "AR_BUDGET_TOKENS": str(20 * 2048)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     bpb = parse_summary(proc.stdout)["val_bpb"]
-    assert json.loads((run_dir / "result.json").read_text())["val_bpb"] == pytest.approx(bpb, abs=1e-6)
-    assert 0.5 < bpb < 4.0
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["val_bpb"] == pytest.approx(bpb, abs=1e-6)
+    uniform = math.log2(VOCAB) * result["eval_tokens"] / result["eval_bytes"]   # ~4 bits per byte
+    assert 0.5 < bpb < 0.8 * uniform, (bpb, uniform)
     assert any(p.name.startswith("data-") for p in Path(env["AR_CACHE_DIR"]).iterdir())
+
+
+def test_parquet_shards_last_is_validation(prep, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for s in range(3):
+        texts = [f"shard{s} text {i} " + "lorem ipsum dolor sit amet " * (i % 5 + 1) for i in range(200)]
+        pq.write_table(pa.table({"text": texts, "id": list(range(200))}), shards / f"shard_{s:05d}.parquet")
+    monkeypatch.setenv("AR_DATA", str(shards))
+    tok = prep.load_tokenizer()
+    train_text, val_text = tok.decode(prep.load_tokens("train")), tok.decode(prep.load_tokens("val"))
+    assert "shard0 text 199" in train_text and "shard1 text 0 " in train_text and "shard2" not in train_text
+    assert "shard2 text 0 " in val_text and "shard0" not in val_text and "shard1" not in val_text

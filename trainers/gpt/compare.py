@@ -21,10 +21,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def patched_source(overrides):
-    src = open(os.path.join(HERE, "train.py")).read()
+    with open(os.path.join(HERE, "train.py")) as f:
+        src = f.read()
     for item in filter(None, overrides.split(",")):
         name, value = (s.strip() for s in item.split("=", 1))
-        src, n = re.subn(rf"^{name} = [^#\n]*?(\s*#|$)", lambda m: f"{name} = {value}{m.group(1)}", src, count=1, flags=re.M)
+        src, n = re.subn(rf"^{name} = [^#\n]*?(\s*#|$)", lambda m, name=name, value=value: f"{name} = {value}{m.group(1)}", src, count=1, flags=re.M)
         if n != 1:
             sys.exit(f"no top-level constant {name} in train.py")
     return src
@@ -36,7 +37,7 @@ def run(overrides, seed):
         with open(os.path.join(d, "train.py"), "w") as f:
             f.write(patched_source(overrides))
         env = dict(os.environ, AR_SEED=str(seed))
-        out = subprocess.run([sys.executable, "train.py"], cwd=d, env=env, capture_output=True, text=True).stdout
+        out = subprocess.run([sys.executable, "train.py"], cwd=d, env=env, capture_output=True, text=True, check=False).stdout
     m = re.search(r"^val_bpb:\s*(\S+)", out, re.M)
     steps = re.search(r"^num_steps:\s*(\S+)", out, re.M)
     return (float(m.group(1)) if m else float("nan")), (steps.group(1) if steps else "?")

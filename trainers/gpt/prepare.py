@@ -14,7 +14,7 @@ Environment (all optional): AR_CACHE_DIR (default ~/.cache/ar-ray/gpt), AR_DATA
 `text` column), AR_PRESET (cpu|gpu), AR_VOCAB_SIZE (override the preset's),
 AR_SEED, AR_THREADS, AR_BUDGET_SECONDS, AR_BUDGET_TOKENS, AR_RESULT_FILE.
 """
-import fcntl, functools, glob, hashlib, heapq, itertools, json, math, os, random, re, sys, time  # noqa: E401
+import fcntl, functools, glob, hashlib, heapq, itertools, json, math, os, random, re, sys, time
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -28,7 +28,7 @@ PRESETS = {
     "cpu": dict(seq_len=256, vocab_size=1024, eval_tokens=2**16, budget_seconds=20.0,
                 untimed_steps=2, corpus_mb=4, max_data_mb=32, tokenizer_sample_mb=1),
     "gpu": dict(seq_len=2048, vocab_size=8192, eval_tokens=2**22, budget_seconds=300.0,
-                untimed_steps=10, corpus_mb=96, max_data_mb=2048, tokenizer_sample_mb=8),
+                untimed_steps=10, corpus_mb=256, max_data_mb=2048, tokenizer_sample_mb=8),
 }
 CORPUS_VERSION = 1          # bump when the generator changes: it is part of the cache key
 TRAIN_SEED, VAL_SEED = 1337, 7331   # built-in corpus: train and val documents come from separate streams
@@ -39,8 +39,7 @@ def get_preset():
     if name not in PRESETS:
         sys.exit(f"AR_PRESET must be one of {sorted(PRESETS)}, got {name!r}")
     cfg = dict(PRESETS[name], name=name)
-    if os.environ.get("AR_VOCAB_SIZE"):
-        cfg["vocab_size"] = int(os.environ["AR_VOCAB_SIZE"])
+    cfg["vocab_size"] = int(os.environ.get("AR_VOCAB_SIZE") or cfg["vocab_size"])
     return cfg
 
 
@@ -60,9 +59,7 @@ def init_runtime():
     torch.set_num_threads(int(os.environ.get("AR_THREADS") or min(cores, 4)))
     device = "cuda" if torch.cuda.is_available() and PRESET["name"] == "gpu" else "cpu"
     if device == "cuda":
-        torch.cuda.manual_seed_all(seed)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")    # TF32 for any float32 matmul
     return device, seed
 
 
@@ -430,7 +427,7 @@ def ensure_cache(verbose=False):
         meta = dict(source=os.environ.get("AR_DATA") or "builtin", vocab_size=tok.vocab_size)
         for split, docs in (("train", train_docs), ("val", val_docs)):
             arr = _tokenize_docs(tok, docs)
-            _atomic_write(os.path.join(d, f"{split}.npy"), lambda f: np.save(f, arr))
+            _atomic_write(os.path.join(d, f"{split}.npy"), lambda f, arr=arr: np.save(f, arr))
             meta[f"{split}_tokens"] = len(arr)
         _atomic_write(os.path.join(d, "tokenizer.json"), lambda f: f.write(json.dumps({"merges": tok.merges}).encode()))
         meta["build_seconds"] = round(time.time() - t0, 2)
@@ -510,6 +507,4 @@ def evaluate_bpb(model, batch_size=16, device="cpu"):
 
 if __name__ == "__main__":
     t0 = time.time()
-    path = ensure_cache(verbose=True)
-    with open(os.path.join(path, "meta.json")) as f:
-        print(f"ready: {path} ({json.load(f)}) in {time.time() - t0:.1f}s")
+    print(f"ready: {ensure_cache(verbose=True)} ({time.time() - t0:.1f}s)")

@@ -112,3 +112,25 @@ def test_reading_commands_on_a_folder_that_is_no_run(tmp_path):
     assert r.exit_code == 1 and "holds no ledger" in r.output
     r = invoke("status", tmp_path)
     assert r.exit_code == 1 and "has no status.json" in r.output
+
+
+def test_best_git_writes_the_kept_changes_as_commits(ray_local, tmp_path, toy):
+    import subprocess
+    git = ["git", "-C", str(toy), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "the target"], check=True)
+    run_dir = tmp_path / "run"
+    r = invoke("run", "--target", toy, "--run-dir", run_dir, "--max-experiments", "4", "--trainers", "1",
+               "--acceptance", "greedy")
+    assert r.exit_code == 0, r.output
+    from ar_ray.analysis import best_path
+    on_path = len(best_path(ledger.load(run_dir))) - 1  # kept changes the best is built on
+    r = invoke("best", run_dir, "--git", "ar-ray/best")
+    assert r.exit_code == 0, r.output
+    log = subprocess.run(git + ["log", "--format=%s", "ar-ray/best"], capture_output=True, text=True, check=True)
+    assert on_path >= 1 and len(log.stdout.splitlines()) == on_path + 1  # one commit per kept change, on the target's
+    head = subprocess.run(git + ["rev-parse", "--abbrev-ref", "HEAD"], capture_output=True, text=True).stdout
+    assert head.strip() != "ar-ray/best"  # the user's checkout is untouched
+    r = invoke("best", run_dir, "--git", "ar-ray/best")
+    assert r.exit_code == 1 and "exists" in r.output

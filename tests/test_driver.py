@@ -195,3 +195,14 @@ def test_a_trainer_with_two_gpus_runs_the_target_under_torchrun(ray_local, tmp_p
     assert len(ran) == 2 and set(ran.status) == {"ok"}
     assert all(e["world_size"] == "2" for e in ran["extra"])
     assert all(len(e["gpus"].split(",")) == 2 for e in ran["extra"])  # each child saw its trainer's two GPUs
+
+
+def test_max_cost_stops_asking_for_proposals(ray_local, tmp_path, monkeypatch):
+    """Each proposal costs $0.10; with --max-cost 0.25 the driver stops asking after the third is paid for."""
+    summary, df, _, seen = run(tmp_path, monkeypatch, sleep=0.05, max_experiments=50, proposers=1, queue_depth=1,
+                               trainers=1, proposer=SCRIPT, proposer_options={"cost": 0.1}, max_cost=0.25,
+                               probe=lambda d: {"proposed": d.count.proposed})
+    assert not summary["interrupted"] and summary["experiments"] < 50
+    assert summary["cost_usd"] == pytest.approx(0.1 * seen["proposed"]) and 0.25 <= summary["cost_usd"] <= 0.35
+    assert df.cost_usd.sum() == pytest.approx(summary["cost_usd"])  # every paid proposal is a row
+    assert summary["cost_per_kept"] is None or summary["cost_per_kept"] == pytest.approx(summary["cost_usd"] / summary["kept"])

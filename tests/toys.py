@@ -66,10 +66,11 @@ class ScriptedProposer(ProposerBase):
     options: script = [[{"LR": 0.3}, "description"], ...]; a step {"__raw__": "text"} replaces train.py wholesale.
     """
 
-    def __init__(self, name, editable, program="", seed=0, script=(), delay=0.0):
+    def __init__(self, name, editable, program="", seed=0, script=(), delay=0.0, cost=0.0):
         super().__init__(name, editable, program, seed)
         self.script = [tuple(s) for s in script]
         self.delay = delay
+        self.cost = cost  # USD reported per proposal, as an LLM proposer would
         self.i = 0
 
     def make_edit(self, base, history, in_flight, usage):
@@ -78,6 +79,8 @@ class ScriptedProposer(ProposerBase):
             time.sleep(self.delay)
         step = self.i
         self.i += 1
+        if self.cost:
+            usage["cost_usd"] = self.cost
         if step < len(self.script):
             changes, description = self.script[step]
         else:

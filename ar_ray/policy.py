@@ -22,7 +22,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ar_ray import edits
+from ar_ray import edits, merge
 
 # An edit whose every changed line mentions only these touches the metric, not the model.
 INTEGRITY = re.compile(r"seed|eval|val_|valid|result_file|AR_RESULT|bpb", re.IGNORECASE)
@@ -198,7 +198,7 @@ class Policy:
 
     def _rebase(self, gid: str, group: _Group, nums: dict) -> Verdict:
         """Re-apply the winner's change onto the current best; run the merged code from scratch."""
-        merged, conflicts = edits.rebase(self._files_of(group), group.files, self.best_files)
+        merged, conflicts = merge.rebase(self._files_of(group), group.files, self.best_files)
         if conflicts or group.rebases >= self.config.max_rebases:
             del self.groups[gid]
             why = f"rebase conflict in {', '.join(conflicts)}" if conflicts else "rebased too often"

@@ -24,19 +24,10 @@ from ray.util.state import list_actors
 from ar_ray import ledger
 from ar_ray.config import RunConfig
 from ar_ray.run import execute
+from helpers_targets import wait_for
 from toys import make_toy, marker_processes
 
 SCRIPT = "toys:ScriptedProposer"
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def toy(tmp_path, mark: str, sleep: float):

@@ -7,24 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 from click.testing import CliRunner
 
 from ar_ray import ledger
 from ar_ray.cli import main
+from helpers_targets import wait_for
 from toys import make_toy, marker_processes
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def ledger_rows(run_dir) -> int:

@@ -9,10 +9,9 @@ from ar_ray.edits import (
     diff_stats,
     edit_hash,
     parse_answer,
-    rebase,
-    three_way_merge,
     unified_diff,
 )
+from ar_ray.merge import rebase, three_way_merge
 
 TRAIN = '''"""Tiny GPT-ish training script (autoresearch target)."""
 import math

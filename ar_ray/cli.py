@@ -211,7 +211,7 @@ def status(run_dir, watch):
             state = "not responding (driver gone? resume with `ar-ray run --resume RUN_DIR`)"
         console.print(f"state: {state}")
         console.print(render(snap))
-        console.print(f"throughput: {snap['throughput_per_hour']:.1f} experiments/hour; "
+        console.print(f"throughput: {snap['throughput_per_hour']:.1f} runs/hour; "
                       + ", ".join(f"{k} {v}" for k, v in sorted(snap["by_status"].items())))
         if not watch or snap["state"] != "running":
             return

@@ -25,16 +25,17 @@ def snapshot(driver, state: str = "running") -> dict:
     c = driver.count
     elapsed = now - driver.started_at
     eta = None
-    if driver.max_experiments and c.ran:
-        eta = elapsed / max(c.ran - len(running), 1) * max(driver.max_experiments - c.ran + len(running), 0)
+    if driver.max_experiments and c.ran:  # from the pace of new candidates started so far
+        eta = elapsed / c.ran * max(driver.max_experiments - c.ran, 0)
     return {"state": state, "run_id": driver.run_id, "updated_at": now, "elapsed": elapsed, "eta": eta,
             "metric": driver.target.metric, "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id,
             "best_version": driver.best.version, "noise": driver.policy.noise(),
             "acceptance": driver.policy.config.acceptance, "experiments": c.ran, "max_experiments": driver.max_experiments,
+            "runs_done": c.runs - len(running),
             "kept": c.kept, "failed": c.failed, "skipped": c.skipped, "infra": c.infra,
             "by_status": dict(c.by_status), "queued": len(driver.queue), "followups": len(driver.followups), "proposing": len(driver.proposing),
             "trainers": len(driver.trainers), "running": sorted(running, key=lambda r: r["trainer"]),
-            "throughput_per_hour": 3600 * (c.ran - len(running)) / elapsed if elapsed > 0 else 0.0}
+            "throughput_per_hour": 3600 * (c.runs - len(running)) / elapsed if elapsed > 0 else 0.0}
 
 
 def write_status(run_dir: Path, snap: dict) -> None:
@@ -58,8 +59,8 @@ def render(snap: dict) -> Group:
     head = Text.assemble(
         ("best ", "bold"), (f"{snap['metric']} {fmt_metric(snap['best_metric'])}", "bold green"),
         f" ({snap['best_experiment'] or 'baseline'}, v{snap['best_version']})   ",
-        f"done {snap['experiments'] - len(snap['running'])}"
-        + (f"/{snap['max_experiments']}" if snap["max_experiments"] else ""),
+        f"candidates {snap['experiments']}" + (f"/{snap['max_experiments']}" if snap["max_experiments"] else ""),
+        f"  runs done {snap['runs_done']}",
         f"  running {len(snap['running'])}/{snap['trainers']}  queued {snap['queued']}+{snap['followups']}",
         f"  noise {fmt_metric(snap['noise'])}",
         f"  kept {snap['kept']}  failed {snap['failed']}  skipped {snap['skipped']}  infra {snap['infra']}",

@@ -189,6 +189,8 @@ class Driver:
         if not self._may_ask():
             return
         want = self.queue_depth - len(self.queue) - len(self.proposing)
+        if want <= 0:
+            return
         busy = collections.Counter(self.proposing.values())
         in_flight = [f.job.proposal.description for f in self.running.values()]
         for _ in range(max(0, want)):

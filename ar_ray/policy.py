@@ -60,6 +60,21 @@ class Verdict:
 
 
 @dataclass
+class _Stats:
+    """Count, mean and sum of squared deviations of a stream of values (Welford)."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+
+
+@dataclass
 class _Group:
     files: dict[str, str]
     base_version: int  # best version the files are built on
@@ -79,7 +94,9 @@ class Policy:
         self.best_files: dict[str, str] = {}
         self.best_id: str | None = None
         self.best_metrics: list[float] = []
-        self.spread: dict[str, list[float]] = {}  # code hash -> metrics of identical code (noise pool)
+        self.spread: dict[str, _Stats] = {}  # code hash -> runs of identical code (the noise pool)
+        self._ss, self._dof = 0.0, 0  # pooled sum of squares and degrees of freedom, kept up to date
+        self._hashes: dict[int, str] = {}  # best version -> code hash
         self.groups: dict[str, _Group] = {}
         self.versions: dict[int, dict[str, str]] = {}  # best version -> its files (rebase needs the old ones)
 
@@ -96,28 +113,35 @@ class Policy:
 
     def noise(self) -> float | None:
         """Pooled run-to-run standard deviation over every group of identical code; None before 2 repeats."""
-        ss, dof = 0.0, 0
-        for ms in self.spread.values():
-            if len(ms) > 1:
-                mean = sum(ms) / len(ms)
-                ss += sum((m - mean) ** 2 for m in ms)
-                dof += len(ms) - 1
-        return max(math.sqrt(ss / dof), self.config.min_noise) if dof else None
+        return max(math.sqrt(max(self._ss, 0.0) / self._dof), self.config.min_noise) if self._dof else None
+
+    def add_run(self, code: str, metric: float) -> None:
+        """One more unselected run of this code: updates its mean and the pooled spread in O(1)."""
+        stats = self.spread.setdefault(code, _Stats())
+        before = stats.m2
+        stats.add(metric)
+        self._ss += stats.m2 - before
+        self._dof += stats.n > 1
 
     def _gain(self, metric: float, reference: float | None = None) -> float:
         return self.sign * ((self.best_mean if reference is None else reference) - metric)
 
     def _version_mean(self, version: int) -> float | None:
         """Mean of the unselected runs of a past best's code (what a stale candidate was built on)."""
-        runs = self.spread.get(edits.edit_hash({}, self.versions.get(version, {})), [])
-        return sum(runs) / len(runs) if runs else None
+        if version not in self._hashes:
+            self._hashes[version] = edits.edit_hash({}, self.versions.get(version, {}))
+        stats = self.spread.get(self._hashes[version])
+        return stats.mean if stats else None
 
     def restore(self, version: int, versions: dict[int, dict[str, str]], best_id: str | None,
                 best_metrics: list[float], spread: dict[str, list[float]]) -> None:
         """State from a ledger (resume): the best, its runs, every version's files, the noise pool."""
         self.best_version, self.versions, self.best_id = version, dict(versions), best_id
         self.best_files = self.versions[version]
-        self.best_metrics, self.spread = list(best_metrics), {k: list(v) for k, v in spread.items()}
+        self.best_metrics = list(best_metrics)
+        for code, metrics in spread.items():
+            for m in metrics:
+                self.add_run(code, m)
 
     def missing_repeats(self) -> list[RunSpec]:
         """After a restore: the runs of the best that never happened (e.g. a baseline cut short by a crash)."""
@@ -153,7 +177,7 @@ class Policy:
                   parent_id: str | None, status: str, metric: float | None) -> Verdict:
         ok = status == "ok" and metric is not None and math.isfinite(metric)
         if ok and role != "screen":  # screening runs are selected for luck: they would inflate the spread
-            self.spread.setdefault(edits.edit_hash({}, files), []).append(metric)
+            self.add_run(edits.edit_hash({}, files), metric)
         if role == "screen":
             return self._screen(exp_id, base_version, files, parent_id, metric if ok else None)
         return self._group_run(group, metric if ok else None)

@@ -35,7 +35,9 @@ def started(config=PolicyConfig(), metrics=(1.000, 1.002, 0.998)):
 
 def test_noise_is_pooled_over_groups_of_identical_code():
     p = Policy(PolicyConfig())
-    p.spread = {"a": [1.0, 2.0, 3.0], "b": [2.0, 4.0], "c": [7.0]}
+    for code, metrics in {"a": [1.0, 2.0, 3.0], "b": [2.0, 4.0], "c": [7.0]}.items():
+        for m in metrics:
+            p.add_run(code, m)
     assert p.noise() == pytest.approx(math.sqrt((2.0 + 2.0) / 3))
     assert Policy(PolicyConfig()).noise() is None
 

@@ -18,12 +18,12 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from ar_ray import rows
+from ar_ray.codehash import code_hash
 from ar_ray.journal import Journal
 from ar_ray.ledger import Ledger
 from ar_ray.policy import Policy, RunSpec, Verdict
 from ar_ray.target import Target
 from ar_ray.types import Attempt, Baseline, Candidate, Proposal, Result
-from proposers.base import code_hash
 
 TICK = 0.5  # seconds between status refreshes when nothing lands
 HISTORY = 30  # attempts shown to proposers

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 
 from ar_ray import edits, merge
+from ar_ray.codehash import code_hash
 
 # An edit whose every changed line mentions only these touches the metric, not the model.
 INTEGRITY = re.compile(r"seed|eval|val_|valid|result_file|AR_RESULT|bpb", re.IGNORECASE)
@@ -129,7 +130,7 @@ class Policy:
     def _version_mean(self, version: int) -> float | None:
         """Mean of the unselected runs of a past best's code (what a stale candidate was built on)."""
         if version not in self._hashes:
-            self._hashes[version] = edits.edit_hash({}, self.versions.get(version, {}))
+            self._hashes[version] = code_hash(self.versions.get(version, {}))
         stats = self.spread.get(self._hashes[version])
         return stats.mean if stats else None
 
@@ -177,7 +178,7 @@ class Policy:
                   parent_id: str | None, status: str, metric: float | None) -> Verdict:
         ok = status == "ok" and metric is not None and math.isfinite(metric)
         if ok and role != "screen":  # screening runs are selected for luck: they would inflate the spread
-            self.add_run(edits.edit_hash({}, files), metric)
+            self.add_run(code_hash(files), metric)
         if role == "screen":
             return self._screen(exp_id, base_version, files, parent_id, metric if ok else None)
         return self._group_run(group, metric if ok else None)

@@ -12,6 +12,7 @@ from pathlib import Path
 import ray
 
 from ar_ray import cluster
+from ar_ray.codehash import code_hash
 from ar_ray.config import ConfigError, RunConfig
 from ar_ray.driver import Counters, Driver
 from ar_ray.journal import Journal
@@ -19,7 +20,6 @@ from ar_ray.ledger import RUN_FILE, Ledger, read_table
 from ar_ray.policy import Policy
 from ar_ray.target import load_target
 from ar_ray.types import Baseline
-from proposers.base import code_hash
 
 
 

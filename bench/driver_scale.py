@@ -30,7 +30,6 @@ Measured (time.process_time for CPU, time.perf_counter for wall):
 from __future__ import annotations
 
 import argparse
-import collections
 import heapq
 import json
 import math
@@ -52,7 +51,7 @@ from ar_ray.ledger import Ledger  # noqa: E402
 from ar_ray.policy import Policy, PolicyConfig  # noqa: E402
 from ar_ray.target import load_target  # noqa: E402
 from ar_ray.types import Baseline, Proposal, Result  # noqa: E402
-from proposers.base import code_hash  # noqa: E402
+from ar_ray.codehash import code_hash  # noqa: E402
 
 CONSTANTS = {"LEARNING_RATE": 0.04, "WEIGHT_DECAY": 0.1, "WARMUP_FRAC": 0.05, "DROPOUT": 0.1, "DEPTH_SCALE": 1.0}
 OPTIMUM = {"LEARNING_RATE": 0.012, "WEIGHT_DECAY": 0.02, "WARMUP_FRAC": 0.1, "DROPOUT": 0.0, "DEPTH_SCALE": 1.7}

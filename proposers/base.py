@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 
 from ar_ray import edits
+from ar_ray.codehash import code_hash
 from ar_ray.types import Attempt, Baseline, Proposal
 
 
@@ -93,7 +94,3 @@ class ProposerBase:
         """Return (one-line description, {path: new full text} for the changed editable files)."""
         raise NotImplementedError
 
-
-def code_hash(files: dict[str, str]) -> str:
-    """Normalized hash of a complete set of editable files: equal code (modulo cosmetics) hashes equal."""
-    return edits.edit_hash({}, files)

@@ -7,10 +7,10 @@ from ar_ray.edits import (
     apply_edits,
     check_syntax,
     diff_stats,
-    edit_hash,
     parse_answer,
     unified_diff,
 )
+from ar_ray.codehash import edit_hash
 from ar_ray.merge import rebase, three_way_merge
 
 TRAIN = '''"""Tiny GPT-ish training script (autoresearch target)."""

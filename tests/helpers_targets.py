@@ -63,21 +63,26 @@ def alive(pid: int) -> bool:
     return state is not None and state not in ("Z", "X")
 
 
-def marked_pids(mark: str) -> list[int]:
-    """Live processes whose environment holds AR_TEST_MARK=<mark>."""
-    needle = f"AR_TEST_MARK={mark}".encode()
+def pids_with_env(needle: str) -> list[int]:
+    """Live processes (not this one) whose environment contains `needle`."""
+    raw = needle.encode()
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
+                env = f.read()
         except OSError:
             continue
-        if needle in env and alive(int(entry)):
+        if raw in env and alive(int(entry)):
             out.append(int(entry))
     return out
+
+
+def marked_pids(mark: str) -> list[int]:
+    """Live processes whose environment holds AR_TEST_MARK=<mark>."""
+    return pids_with_env(f"AR_TEST_MARK={mark}\0")
 
 
 def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 from pathlib import Path
 
+from helpers_targets import pids_with_env
 from proposers.base import ProposalFailed, ProposerBase
 
 TOY_TRAIN = '''\
@@ -103,17 +103,4 @@ def read_trace(path: Path) -> list[dict]:
 
 def marker_processes(marker: str) -> list[int]:
     """Live processes whose environment carries `marker` (for orphan checks)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read()
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if marker.encode() in env and stat[stat.rindex(b")") + 2:][:1] != b"Z":
-            found.append(int(entry))
-    return found
+    return pids_with_env(marker)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from ar_ray import rows
+from ar_ray import edits, rows
 from ar_ray.codehash import code_hash
 from ar_ray.journal import Journal
 from ar_ray.ledger import Ledger
@@ -327,7 +327,7 @@ class Driver:
                      description=f"{spec.role} of {spec.group}: {what}"[:500], files=spec.files,
                      edit_hash=code_hash(spec.files))
         if spec.role == "rebase" and source is not None:
-            p = dataclasses.replace(p, diff=rows.diff_of(self.best.files, spec.files))
+            p = dataclasses.replace(p, diff=edits.unified_diff(self.best.files, spec.files))
         return Job(p, spec.role, spec.group, spec.parent_id, experiment_id)
 
     # ---- bookkeeping ----

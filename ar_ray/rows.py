@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ar_ray import edits
 from ar_ray.ledger import METRIC_COLUMNS
 from ar_ray.types import Candidate, Proposal, Result
 
@@ -56,7 +55,3 @@ def with_policy(row: dict, role: str, group: str, numbers: dict) -> dict:
     if numbers.get("reason"):
         row["error"] = numbers["reason"]
     return row
-
-
-def diff_of(old: dict[str, str], new: dict[str, str]) -> str:
-    return edits.unified_diff(old, new)

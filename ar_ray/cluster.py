@@ -24,15 +24,20 @@ class Plan:
     cpus: float  # per trainer
 
 
-def connect(address: str | None) -> bool:
-    """Start an embedded local Ray (address None) or join a cluster. Returns True if we started it."""
+def connect(address: str | None, ship_code: bool = True) -> bool:
+    """Start an embedded local Ray (address None) or join a cluster. Returns True if we started it.
+
+    Joining a cluster ships this driver's packages to every node (ar_ray.shipping) unless ship_code is False
+    (the package is then installed on each node, e.g. by cluster.yaml's setup commands)."""
     if ray.is_initialized():
         return False
     if address is None:
         ray.init("local", include_dashboard=False, log_to_driver=False, configure_logging=False, namespace=NAMESPACE)
         return True
+    from ar_ray.shipping import package_runtime_env
     try:
-        ray.init(address=address, log_to_driver=False, namespace=NAMESPACE)
+        ray.init(address=address, log_to_driver=False, namespace=NAMESPACE,
+                 runtime_env=package_runtime_env() if ship_code else None)
     except ConnectionError as e:
         raise ConfigError(f"cannot join the Ray cluster at {address!r}: {e}. Start it with `ray start --head` "
                           "(or `ray up cluster.yaml`), or leave out --address to run on this machine.") from None
@@ -65,7 +70,7 @@ def plan(config: RunConfig, resources: dict) -> Plan:
     return Plan(trainers=n, gpus=gpus, cpus=cpus)
 
 
-def start_trainers(p: Plan, target: Target, work_root: str, run_id: str, keep_files: bool) -> list:
+def start_trainers(p: Plan, target: Target, work_root: str, run_id: str, keep_files: bool, box=None) -> list:
     cls = ray.remote(TrainerActor)
     env = {"env_vars": {"AR_THREADS": str(max(1, int(p.cpus)))}}
     actors = []
@@ -75,7 +80,7 @@ def start_trainers(p: Plan, target: Target, work_root: str, run_id: str, keep_fi
             name=f"ar-ray:{run_id}:{name}", num_gpus=p.gpus, num_cpus=p.cpus, max_restarts=-1, max_task_retries=0,
             max_concurrency=2,  # status() answers while run() is busy
             scheduling_strategy="SPREAD", runtime_env=env,
-        ).remote(target, work_root, name, keep_files=keep_files))
+        ).remote(target, work_root, name, keep_files=keep_files, box=box, cpus=p.cpus))
     return actors
 
 

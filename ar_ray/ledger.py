@@ -54,7 +54,7 @@ SCHEMA = pa.schema([
     ("edit_hash", pa.string()),
     ("lines_added", pa.int32()),
     ("lines_removed", pa.int32()),
-    ("status", pa.string()),  # ok, crash, timeout, oom, diverged, no_metric, metric_mismatch, tampered, infra, invalid_edit, duplicate, integrity, proposer_error
+    ("status", pa.string()),  # ok, crash, timeout, oom, diverged, no_metric, metric_mismatch, tampered, limit, infra, invalid_edit, duplicate, integrity, proposer_error
     ("decision", pa.string()),  # baseline, keep, discard, skip; confirm mode adds screened, confirming, reject, conflict
     ("role", pa.string()),  # screen (a new candidate), baseline (a run of the best), confirm, rebase
     ("group_id", pa.string()),  # the candidate a confirmation or rebase run belongs to

@@ -48,6 +48,10 @@ class Target:
     program: str | None = None  # research instructions for LLM proposers
     result_file: bool = False  # the harness writes the metric to $AR_RESULT_FILE as JSON
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the child
+    # data the runs read and must never change (paths on each node; ~ and $VARS expanded there): fingerprinted
+    # before and after every run, read-only inside the sandbox
+    data: tuple[str, ...] = ()
+    network: bool = False  # may a sandboxed run open network connections?
     readonly_hashes: dict[str, str] = field(default_factory=dict)
     # the content of every editable and read-only file, read once by the driver: trainers on other nodes
     # materialize runs from it and never need the target folder itself
@@ -95,6 +99,8 @@ def file_hash(path: Path) -> str:
 def _as_tuple(value, key: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
+    if isinstance(value, tuple):
+        value = list(value)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TargetError(f"'{key}' must be a list of file names, got {value!r}")
     return tuple(value)
@@ -134,6 +140,10 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
         raise TargetError(f"read-only files in {root} total {size / 2**20:.0f} MiB; they are copied into every run. "
                           "Keep data in a cache outside the target folder (prepare.py can build it) or list fewer files under 'readonly'.")
 
+    if "data" in decl:
+        decl["data"] = _as_tuple(decl["data"], "data")
+    if not isinstance(decl.get("network", False), bool):
+        raise TargetError(f"network must be true or false, got {decl['network']!r}")
     direction = decl.pop("direction", "min")
     if direction not in ("min", "max"):
         raise TargetError(f"direction must be 'min' or 'max', got {direction!r}")

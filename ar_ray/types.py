@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 # Outcome of one attempt. The first group never reached a trainer.
 PROPOSAL_STATUSES = ("invalid_edit", "duplicate", "integrity", "proposer_error")
-RUN_STATUSES = ("ok", "crash", "timeout", "oom", "diverged", "no_metric", "metric_mismatch", "tampered", "infra")
+RUN_STATUSES = ("ok", "crash", "timeout", "oom", "diverged", "no_metric", "metric_mismatch", "tampered", "limit", "infra")
 STATUSES = PROPOSAL_STATUSES + RUN_STATUSES
 
 # What the driver did with it.

@@ -16,9 +16,13 @@ from pathlib import Path
 import pytest
 
 from helpers_targets import SLEEPER_FN, alive, candidate, make_target, marked_pids, new_mark, ppid_of, wait_for
+from trainers.sandbox import Sandbox
 from trainers.trainer import SetupError, Trainer
 
 pytestmark = pytest.mark.timeout(60)
+# These tests are about the trainer's own mechanics, and their toys talk to the test through files in tmp_path:
+# they run unconfined. tests/test_sandbox.py runs hostile candidates under bubblewrap.
+UNCONFINED = Sandbox(mode="none")
 
 OK_TRAIN = """
 print("val_bpb: 9.0")
@@ -33,7 +37,7 @@ def toy(tmp_path: Path, train: str, **overrides):
     grace = overrides.pop("grace", 0.3)
     env = {"AR_TEST_MARK": mark, **overrides.pop("env", {})}
     target = make_target(tmp_path / "target", train, env=env, **overrides)
-    trainer = Trainer(target, str(tmp_path / "work"), name="t-test", grace_seconds=grace)
+    trainer = Trainer(target, str(tmp_path / "work"), name="t-test", grace_seconds=grace, box=UNCONFINED)
     return target, trainer, mark
 
 
@@ -319,7 +323,7 @@ def _setup_target(tmp_path: Path, prepare_body: str):
 
 def test_setup_runs_once_per_node(tmp_path):
     target, counter = _setup_target(tmp_path, "print('prepared')\n")
-    trainers = [Trainer(target, str(tmp_path / f"work{i}"), name=f"t{i}") for i in range(2)]
+    trainers = [Trainer(target, str(tmp_path / f"work{i}"), name=f"t{i}", box=UNCONFINED) for i in range(2)]
     threads = [threading.Thread(target=t.setup) for t in trainers]
     for th in threads:
         th.start()
@@ -332,7 +336,7 @@ def test_setup_runs_once_per_node(tmp_path):
 
 def test_failing_setup_raises_with_the_log_tail(tmp_path):
     target, counter = _setup_target(tmp_path, "print('no data at /nowhere-5c1d')\nsys.exit(3)\n")
-    trainer = Trainer(target, str(tmp_path / "work"))
+    trainer = Trainer(target, str(tmp_path / "work"), box=UNCONFINED)
     with pytest.raises(SetupError) as err:
         trainer.setup()
     assert "no data at /nowhere-5c1d" in str(err.value) and "exit 3" in str(err.value)
@@ -358,7 +362,7 @@ def test_ray_actor_run_status_and_actor_kill(tmp_path, ray_local):
     mark = new_mark()
     target = make_target(tmp_path / "target", OK_TRAIN, env={"AR_TEST_MARK": mark})
     actor = ray.remote(TrainerActor).options(max_concurrency=2, max_restarts=-1, max_task_retries=0) \
-        .remote(target, str(tmp_path / "work"), "t-ray", grace_seconds=0.5)
+        .remote(target, str(tmp_path / "work"), "t-ray", grace_seconds=0.5, box=UNCONFINED)
 
     res = ray.get(actor.run.remote(candidate(target)), timeout=60)
     assert res.status == "ok" and res.metric == 1.25 and res.trainer == "t-ray" and res.gpu_model == "cpu"

@@ -29,10 +29,9 @@ if MODE == "nan":
     sys.exit(1)
 time.sleep(SLEEP)
 v = abs(LR - 0.3) + abs(WIDTH - 12) * 0.01 + (0.0 if USE_X else 0.05)
-if log:
-    with open(log, "a") as f:
-        f.write(json.dumps({"id": os.environ["AR_EXPERIMENT_ID"], "start": start, "end": time.time(),
-                            "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}) + "\\n")
+if log:  # one line in the run's log (the run dir is all a sandboxed run may write)
+    print("trace: " + json.dumps({"id": os.environ["AR_EXPERIMENT_ID"], "start": start, "end": time.time(),
+                                  "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}))
 print("---")
 if MODE != "silent":
     print(f"val_bpb: {v:.6f}")
@@ -95,10 +94,10 @@ class ScriptedProposer(ProposerBase):
         return description, {"train.py": src}
 
 
-def read_trace(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_trace(run_dir: Path) -> list[dict]:
+    """The `trace:` lines toy runs printed (TOY_TRACE=1), from every experiment log of a run."""
+    return [json.loads(line[len("trace: "):]) for log in sorted(Path(run_dir).glob("experiments/*/log.txt"))
+            for line in log.read_text().splitlines() if line.startswith("trace: ")]
 
 
 def marker_processes(marker: str) -> list[int]:

@@ -1,6 +1,7 @@
 """A tiny supervisor between a trainer actor and the training child.
 
-    python reaper.py [--grace SECONDS] -- COMMAND...
+    python reaper.py [--grace S] [--max-procs N] [--quota-dir DIR --quota-bytes B]
+                     [--rlimit NAME=VALUE]... [--verdict-fd FD] -- COMMAND...
 
 It exists so that no process outlives an experiment, grandchildren included:
 - it marks itself a child subreaper, so anything the child forks and orphans
@@ -9,13 +10,21 @@ It exists so that no process outlives an experiment, grandchildren included:
   `kill -9` of the actor still tears the tree down;
 - when the child exits, or on SIGTERM/SIGINT, it kills every remaining
   descendant: SIGTERM first, SIGKILL after the grace period.
+While the child runs it is also the watchdog for limits the kernel cannot
+enforce for every user: the number of processes in the tree and the size of the
+run dir. Past a limit it kills the tree and writes one JSON line saying which
+limit to --verdict-fd, a pipe only the trainer reads (the child cannot forge it).
+Resource limits (--rlimit) are set in the child before it starts.
 Its exit status is the child's (128 + signal number when the child was killed).
 
 Standard library only, so it starts in a few milliseconds.
 """
 
 import ctypes
+import json
 import os
+import resource
+import select
 import signal
 import subprocess
 import sys
@@ -100,14 +109,71 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
+def disk_usage(root: str) -> int:
+    """Bytes allocated under `root` (blocks, so sparse files count for what they really use)."""
+    total, todo = 0, [root]
+    while todo:
+        try:
+            with os.scandir(todo.pop()) as it:
+                for e in it:
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += st.st_blocks * 512
+                    if e.is_dir(follow_symlinks=False):
+                        todo.append(e.path)
+        except OSError:
+            continue
+    return total
+
+
+def over_limit(opts: dict, last_disk_check: list) -> str | None:
+    """A sentence naming the limit the run broke, or None."""
+    if opts["max_procs"]:
+        n = sum(1 for p in descendants(os.getpid()) if not _is_zombie(p))
+        if n > opts["max_procs"]:
+            return f"process limit: {n} processes in the run's tree, more than the {opts['max_procs']} allowed"
+    now = time.monotonic()
+    if opts["quota_dir"] and now - last_disk_check[0] >= 1.0:
+        last_disk_check[0] = now
+        used = disk_usage(opts["quota_dir"])
+        if used > opts["quota_bytes"]:
+            return f"disk quota: the run dir holds {used / 2**20:.0f} MiB, more than the {opts['quota_bytes'] / 2**20:.0f} MiB allowed"
+    return None
+
+
+def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
+    opts = {"grace": 5.0, "max_procs": 0, "quota_dir": None, "quota_bytes": 0, "rlimits": {}, "verdict_fd": None}
+    while argv and argv[0] != "--":
+        flag, value, argv = argv[0], argv[1], argv[2:]
+        if flag == "--grace":
+            opts["grace"] = float(value)
+        elif flag == "--max-procs":
+            opts["max_procs"] = int(value)
+        elif flag == "--quota-dir":
+            opts["quota_dir"] = value
+        elif flag == "--quota-bytes":
+            opts["quota_bytes"] = int(value)
+        elif flag == "--rlimit":
+            name, limit = value.split("=")
+            opts["rlimits"][name] = int(limit)
+        elif flag == "--verdict-fd":
+            opts["verdict_fd"] = int(value)
+        else:
+            raise SystemExit(f"reaper.py: unknown flag {flag}")
+    return opts, argv[1:]
+
+
 def main(argv: list[str]) -> int:
-    grace = 5.0
-    if argv[:1] == ["--grace"]:
-        grace, argv = float(argv[1]), argv[2:]
-    if argv[:1] == ["--"]:
-        argv = argv[1:]
     if not argv:
-        print("usage: reaper.py [--grace S] -- COMMAND...", file=sys.stderr)
+        print("usage: reaper.py [--grace S] [--max-procs N] [--quota-dir D --quota-bytes B] [--rlimit NAME=V]... "
+              "[--verdict-fd FD] -- COMMAND...", file=sys.stderr)
+        return 2
+    opts, argv = parse_args(argv)
+    grace = opts["grace"]
+    if not argv:
+        print("reaper.py: no command after --", file=sys.stderr)
         return 2
     parent = os.getppid()
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -131,18 +197,45 @@ def main(argv: list[str]) -> int:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for name, limit in opts["rlimits"].items():
+            resource.setrlimit(getattr(resource, "RLIMIT_" + name.upper()), (limit, limit))
 
+    verdict_fd = opts.pop("verdict_fd")
     try:
         child = subprocess.Popen(argv, preexec_fn=child_setup, start_new_session=True)
     except OSError as e:
         print(f"ar-ray: cannot start {argv[0]!r}: {e.strerror}", flush=True)
         return 127
+    broken = watch(child.pid, opts)
+    if broken:
+        print(f"ar-ray: stopped the run: {broken}", flush=True)
+        if verdict_fd is not None:
+            os.write(verdict_fd, (json.dumps({"limit": broken}) + "\n").encode())
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        kill_tree(0.0)  # no grace for a run that broke a limit: a fork bomb must not get time to grow
     _, status = os.waitpid(child.pid, 0)  # blocking; signal handlers run in between (PEP 475)
     child.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting on it again
     signal.setitimer(signal.ITIMER_REAL, 0)
     kill_tree(grace)
     code = child.returncode
     return code if code >= 0 else 128 - code
+
+
+def watch(pid: int, opts: dict, interval: float = 0.2) -> str | None:
+    """Wait for the child to exit, checking the limits every `interval` s. Returns the broken limit, if any.
+    Each check walks /proc (about 1 ms per 100 processes on the node) and the run dir once a second."""
+    if not (opts["max_procs"] or opts["quota_dir"]):
+        return None
+    fd = os.pidfd_open(pid)
+    last_disk_check = [0.0]
+    try:
+        while not select.select([fd], [], [], interval)[0]:
+            broken = over_limit(opts, last_disk_check)
+            if broken:
+                return broken
+    finally:
+        os.close(fd)
+    return None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import select
 import shutil
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from ar_ray.target import Target, format_command, materialize, tampered_files
 from ar_ray.types import Candidate, Result
-from trainers import outcome
+from trainers import outcome, sandbox
+from trainers.sandbox import Sandbox
 
 REAPER = str(Path(__file__).with_name("reaper.py"))
 KEEP_AFTER_RUN = ("log.txt", "result.json")
@@ -79,7 +81,8 @@ class Trainer:
     """Runs candidates one at a time; `status()` answers while a run is in flight."""
 
     def __init__(self, target: Target, work_root: str, name: str = "trainer-0", gpu_ids: list | None = None,
-                 grace_seconds: float = 5.0, keep_files: bool = False):
+                 grace_seconds: float = 5.0, keep_files: bool = False, box: Sandbox | None = None,
+                 cpus: float = 1.0):
         self.target = target
         self.work_root = Path(work_root)
         self.name = name
@@ -94,6 +97,19 @@ class Trainer:
         self._stop = threading.Event()
         self._setup_done = False
         self.completed = 0
+        self.box = box or Sandbox()
+        self.cpu_share = cpus / (os.cpu_count() or 1)
+        self._box_mode: str | None = None  # 'bwrap' or 'none', once resolved on this node
+
+    def sandbox_note(self) -> dict:
+        """How candidates are confined on this trainer's node: {'mode', 'note', 'problem'} (problem: None or why
+        `--sandbox bwrap` cannot work here)."""
+        try:
+            mode, note = sandbox.resolve(self.box.mode)
+        except sandbox.SandboxError as e:
+            return {"mode": None, "note": str(e), "problem": str(e)}
+        self._box_mode = mode
+        return {"mode": mode, "note": f"{self.node}: {note}", "problem": None}
 
     # -- status and control (called from another thread while run() is busy) --
 
@@ -132,7 +148,7 @@ class Trainer:
                 argv = format_command(self.target.setup, run_dir=str(setup_dir), seed=0,
                                       budget_seconds=self.target.budget_seconds or "", budget_tokens=self.target.budget_tokens or "",
                                       result_file=str(setup_dir / "result.json"))
-                code, timed_out, _ = self._spawn(argv, setup_dir, child_env(self.target, {}), log, self.target.hard_timeout)
+                code, timed_out, _, _ = self._spawn(argv, setup_dir, child_env(self.target, {}), log, self.target.hard_timeout)
                 if code != 0 or timed_out:
                     tail = outcome.error_tail(outcome.read_tail(log))
                     raise SetupError(f"setup command {self.target.setup!r} failed (exit {code}{', timed out' if timed_out else ''}); "
@@ -155,6 +171,8 @@ class Trainer:
     def _run(self, cand: Candidate, t0: float) -> Result:
         m0 = time.monotonic()  # durations on the monotonic clock; timestamps on the wall clock
         self.setup()
+        if self._box_mode is None and self.sandbox_note()["problem"]:
+            raise SetupError(self.sandbox_note()["problem"])
         run_dir = self.work_root / cand.experiment_id
         if run_dir.exists():  # a re-queued experiment: start clean
             shutil.rmtree(run_dir)
@@ -175,14 +193,22 @@ class Trainer:
         timeout = (self.target.hard_timeout if self.target.timeout_seconds is not None or cand.budget_seconds is None
                    else 2 * cand.budget_seconds + 60)
         argv = distributed(format_command(self.target.command, **values), len(self.gpu_ids))
+        env = child_env(self.target, env)
+        data_before = sandbox.fingerprint(self.target.data, env)
 
-        code, timed_out, child_seconds = self._spawn(argv, run_dir, child_env(self.target, env), log, timeout)
+        code, timed_out, child_seconds, broken = self._spawn(argv, run_dir, env, log, timeout, confine=True)
         text = outcome.read_tail(log)
         metric = outcome.parse_metric(text, self.target.metric_pattern)
         status = outcome.classify(code, timed_out, text, metric)
         error = ""
+        data_changed = sandbox.changed(data_before, sandbox.fingerprint(self.target.data, env))
         if self._stop.is_set():
             status, error = "infra", "stopped by the driver"
+        elif data_changed:
+            status, error = "tampered", f"the run changed the target's data: {', '.join(data_changed[:5])}"
+        elif broken or code == 128 + signal.SIGXFSZ or (status == "crash" and "File too large" in text[-4000:]):
+            status = "limit"
+            error = broken or f"file size limit: the run wrote a file past {self.box.max_file_gb:g} GiB"
         elif status == "ok":
             bad = tampered_files(self.target, run_dir)
             reported = outcome.read_result_file(result_file, self.target.metric) if self.target.result_file else metric
@@ -207,13 +233,34 @@ class Trainer:
             child_seconds=child_seconds, overhead_seconds=(m1 - m0) - child_seconds,
         )
 
-    def _spawn(self, argv: list[str], cwd: Path, env: dict, log: Path, timeout: float) -> tuple[int, bool, float]:
-        """Run argv under the reaper with output to `log`; returns (exit code, timed out?, seconds)."""
+    def _confinement(self, argv: list[str], run_dir: Path, env: dict, verdict_fd: int) -> list[str]:
+        """Reaper flags for the limits, and argv inside bubblewrap when this node has it (see trainers/sandbox.py)."""
+        box = self.box
+        flags = ["--max-procs", str(box.max_processes), "--quota-dir", str(run_dir),
+                 "--quota-bytes", str(int(box.disk_quota_gb * sandbox.GiB)), "--verdict-fd", str(verdict_fd)]
+        for name, limit in sandbox.rlimits(box, bool(self.gpu_ids), self.cpu_share).items():
+            flags += ["--rlimit", f"{name}={limit}"]
+        # (a command that does not exist is left to the reaper, whose error names it plainly)
+        if self._box_mode == "bwrap" and shutil.which(argv[0], path=env.get("PATH")):
+            argv = sandbox.bwrap_argv(argv, run_dir, self.target.readonly, (self.work_root.parent, self.work_root),
+                                      self.target.network)
+        return [*flags, "--", *argv]
+
+    def _spawn(self, argv: list[str], cwd: Path, env: dict, log: Path, timeout: float,
+               confine: bool = False) -> tuple[int, bool, float, str | None]:
+        """Run argv under the reaper with output to `log`; returns (exit code, timed out?, seconds, broken limit).
+        `confine`: a candidate's run (sandboxed, limited); the target's own setup command is trusted."""
+        read_fd, write_fd = os.pipe() if confine else (None, None)
+        rest = self._confinement(argv, cwd, env, write_fd) if confine else ["--", *argv]
         with open(log, "wb") as out:
             start = time.monotonic()
-            proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, "--grace", str(self.grace), "--", *argv],
-                                    cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            try:
+                proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, "--grace", str(self.grace), *rest],
+                                        cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True, pass_fds=(write_fd,) if confine else ())
+            finally:
+                if confine:
+                    os.close(write_fd)  # the reaper holds the only write end now
             self._proc = proc
             if self._stop.is_set():  # stop() arrived while the run dir was being written
                 proc.send_signal(signal.SIGTERM)
@@ -230,4 +277,10 @@ class Trainer:
                     code = proc.wait()
             finally:
                 self._proc = None
-            return code, timed_out, time.monotonic() - start
+            seconds = time.monotonic() - start
+        broken = None
+        if confine:
+            with os.fdopen(read_fd, "rb") as verdict:
+                line = verdict.read(4096).decode(errors="replace").strip()
+            broken = json.loads(line)["limit"] if line else None
+        return code, timed_out, seconds, broken

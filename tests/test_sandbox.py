@@ -1,0 +1,273 @@
+"""Hostile candidates: each is contained, recorded with a clear status, and leaves the ledger and other runs alone.
+
+Every candidate here is what an LLM might write: it reads secrets, writes where it
+should not, opens connections, forks without end, fills the disk, forges the metric
+or refuses to die. Most run under bubblewrap (`.ci/run` installs it); the limits and
+watchdogs that do not need it are also tested with `--sandbox none`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from helpers_targets import candidate, make_target, marked_pids, new_mark
+from trainers import sandbox
+from trainers.sandbox import Sandbox
+from trainers.trainer import Trainer
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET = f"sk-must-not-leak-{uuid.uuid4().hex}"
+HONEST_END = "\nprint('---')\nprint('val_bpb: 1.5')\n"
+
+
+@pytest.fixture(scope="module")
+def bwrap():
+    problem = sandbox.bwrap_problem()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the sandbox tests under bubblewrap: {problem}")
+        pytest.skip(problem)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A home folder with credentials in the usual places (the trainer's own, as on a real node)."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(SECRET)
+    (home / ".aws").mkdir()
+    (home / ".aws" / "credentials").write_text(f"aws_secret_access_key = {SECRET}\n")
+    (home / ".netrc").write_text(f"machine example.com password {SECRET}\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", SECRET)
+    return home
+
+
+class Run:
+    """A run dir laid out as `ar-ray run` lays it out: RUN/ledger, RUN/experiments/<id>, with a neighbour."""
+
+    def __init__(self, tmp_path: Path, train: str, mode: str = "bwrap", end: str = "", **limits):
+        self.mark = new_mark()
+        self.data = tmp_path / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        (self.data / "train.bin").write_bytes(b"\x01" * 4096)
+        self.root = tmp_path / "run"
+        (self.root / "ledger").mkdir(parents=True, exist_ok=True)
+        (self.root / "ledger" / "part-000000000000-000000000009-L0.parquet").write_bytes(b"PAR1 rows PAR1")
+        self.neighbour = self.root / "experiments" / "exp-neighbour"
+        self.neighbour.mkdir(parents=True, exist_ok=True)
+        (self.neighbour / "log.txt").write_text("val_bpb: 1.0\n")
+        self.before = self.snapshot()
+        env = {"AR_TEST_MARK": self.mark}
+        self.target = make_target(tmp_path / "target", "print('val_bpb: 1.5')\n", env=env, data=(str(self.data),),
+                                  network=limits.pop("network", None), result_file=limits.pop("result_file", None))
+        self.trainer = Trainer(self.target, str(self.root / "experiments"), name="t-box", grace_seconds=0.5,
+                               box=Sandbox(mode=mode, **limits))
+        self.trainer.sandbox_note()
+        self.result = self.trainer.run(candidate(self.target, train=textwrap.dedent(train) + end, eid="exp-hostile"))
+        self.log = Path(self.result.log_path).read_text(errors="replace")
+
+    def snapshot(self) -> dict[str, bytes]:
+        files = [p for p in [*self.root.rglob("*"), *self.data.rglob("*")] if p.is_file()]
+        return {str(p): p.read_bytes() for p in files if "exp-hostile" not in p.parts}
+
+    def assert_contained(self):
+        assert self.snapshot() == self.before, "the ledger, another run or the data changed"
+        assert marked_pids(self.mark) == [], "a process of the run outlived it"
+
+
+def test_auto_resolves_to_bwrap_here_and_none_is_said_plainly(bwrap):
+    assert sandbox.resolve("auto")[0] == "bwrap"
+    mode, note = sandbox.resolve("none")
+    assert mode == "none" and "stripped environment" in note
+    with pytest.raises(sandbox.SandboxError, match="--sandbox must be one of"):
+        Sandbox(mode="docker")
+
+
+def test_a_missing_bwrap_is_a_clear_error_or_a_said_fallback(monkeypatch):
+    sandbox.bwrap_problem.cache_clear()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    try:
+        with pytest.raises(sandbox.SandboxError, match="apt-get install bubblewrap"):
+            sandbox.resolve("bwrap")
+        mode, note = sandbox.resolve("auto")
+        assert mode == "none" and "bubblewrap is not installed" in note and "network" in note
+    finally:
+        sandbox.bwrap_problem.cache_clear()
+
+
+def test_secrets_are_out_of_reach(bwrap, home, tmp_path):
+    # a process holding the key in its environment, as a Ray worker on the node does
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                              env={**os.environ, "OPENAI_API_KEY": SECRET})
+    try:
+        run = Run(tmp_path, f"""
+            import glob, os
+            found = [v for k, v in os.environ.items() if {SECRET!r} in v]
+            for path in glob.glob("/proc/[0-9]*/environ"):
+                try:
+                    found += [path] if {SECRET!r}.encode() in open(path, "rb").read() else []
+                except OSError:
+                    pass
+            for path in ["~/.ray/auth_token", "~/.aws/credentials", "~/.netrc"]:
+                try:
+                    found.append(open(os.path.expanduser(path)).read())
+                except OSError:
+                    pass
+            print("found:", found)
+            """, end=HONEST_END)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run.result.status == "ok" and "found: []" in run.log
+    run.assert_contained()
+    leaked = [p for p in run.root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaked == [] and SECRET not in repr(run.result)
+
+
+def test_writes_to_the_ledger_other_runs_prepare_and_data_fail(bwrap, tmp_path):
+    run = Run(tmp_path, f"""
+        import os, pathlib
+        here = pathlib.Path.cwd()
+        outcomes = []
+        for path in [here.parent.parent / "ledger" / "part-000000000000-000000000009-L0.parquet",
+                     here.parent / "exp-neighbour" / "log.txt", here / "prepare.py", {str(tmp_path / "data" / "train.bin")!r}]:
+            try:
+                with open(path, "wb") as f:
+                    f.write(b"owned")
+                outcomes.append("wrote")
+            except OSError as e:
+                outcomes.append(type(e).__name__)
+        print("outcomes:", outcomes)
+        raise SystemExit("could not take over" if "wrote" not in outcomes else 0)
+        """)
+    assert run.result.status == "crash" and "could not take over" in run.result.error_tail
+    assert "wrote" not in run.log
+    run.assert_contained()
+    assert (run.root / "experiments" / "exp-hostile" / "log.txt").exists()  # its own log is kept
+
+
+def test_unconfined_writes_to_the_data_or_prepare_are_caught_after_the_run(tmp_path):
+    run = Run(tmp_path, f"open({str(tmp_path / 'data' / 'train.bin')!r}, 'ab').write(b'x'){HONEST_END}", mode="none")
+    assert run.result.status == "tampered" and "changed the target's data" in run.result.error_tail
+    run = Run(tmp_path / "again", f"open('prepare.py', 'w').write('VOCAB = 1'){HONEST_END}", mode="none")
+    assert run.result.status == "tampered" and "prepare.py" in run.result.error_tail
+
+
+class Listener:
+    """A TCP server on this machine's loopback that counts connections."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+
+NETWORK = """
+import socket
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+    print("connected")
+except OSError as e:
+    print("refused:", type(e).__name__)
+""" + HONEST_END
+
+
+def test_no_network_unless_the_target_opts_in(bwrap, tmp_path):
+    server = Listener()
+    try:
+        run = Run(tmp_path, NETWORK.format(port=server.port))
+        assert run.result.status == "ok" and "refused:" in run.log and server.accepted == 0
+        run.assert_contained()
+        opted_in = Run(tmp_path / "opt-in", NETWORK.format(port=server.port), network=True)
+        assert "connected" in opted_in.log and server.accepted == 1
+    finally:
+        server.sock.close()
+
+
+FORK_FOREVER = """
+import os, time
+while True:
+    if os.fork() == 0:
+        time.sleep(600)
+        os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "none"])
+def test_fork_without_end_hits_the_process_limit(mode, request, tmp_path):
+    if mode == "bwrap":
+        request.getfixturevalue("bwrap")
+    run = Run(tmp_path, FORK_FOREVER, mode=mode, max_processes=40)
+    assert run.result.status == "limit" and "process limit" in run.result.error_tail
+    run.assert_contained()
+
+
+def test_an_ever_growing_file_hits_the_file_size_limit(bwrap, tmp_path):
+    run = Run(tmp_path, "f = open('grow.bin', 'wb')\nwhile True:\n    f.write(b'x' * 2**20)\n", max_file_gb=8 / 1024)
+    assert run.result.status == "limit" and "file size limit" in run.result.error_tail
+    run.assert_contained()
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "none"])
+def test_many_files_hit_the_disk_quota(mode, request, tmp_path):
+    if mode == "bwrap":
+        request.getfixturevalue("bwrap")
+    train = "import itertools, time\nfor i in itertools.count():\n    open(f'f{i}.bin', 'wb').write(b'x' * 2**20)\n" \
+            "    time.sleep(0.005)\n"
+    run = Run(tmp_path, train, mode=mode, disk_quota_gb=24 / 1024)
+    assert run.result.status == "limit" and "disk quota" in run.result.error_tail
+    run.assert_contained()
+
+
+def test_memory_on_a_cpu_run_is_limited(bwrap, tmp_path):
+    run = Run(tmp_path, "blocks = [bytearray(2**26) for _ in range(64)]\n" + HONEST_END, max_memory_gb=0.5)
+    assert run.result.status == "oom" and "MemoryError" in run.result.error_tail
+    run.assert_contained()
+
+
+def test_a_fake_metric_line_is_caught(bwrap, tmp_path):
+    train = "import json, os\njson.dump({'val_bpb': 1.5}, open(os.environ['AR_RESULT_FILE'], 'w'))\n" \
+            "print('val_bpb: 0.0001')\n"
+    run = Run(tmp_path, train, result_file=True)
+    assert run.result.status == "metric_mismatch" and run.result.metric is None
+    run.assert_contained()
+
+
+def test_a_sleeper_ignoring_sigterm_is_killed_at_the_timeout(bwrap, tmp_path):
+    train = """
+        import os, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if os.fork() == 0:
+            os.setsid()
+            time.sleep(3600)
+        time.sleep(3600)
+        """
+    target_dir = tmp_path / "t"
+    mark = new_mark()
+    target = make_target(target_dir, "print('val_bpb: 1')\n", env={"AR_TEST_MARK": mark}, timeout_seconds=2)
+    trainer = Trainer(target, str(tmp_path / "run" / "experiments"), grace_seconds=0.5, box=Sandbox(mode="bwrap"))
+    result = trainer.run(candidate(target, train=train))
+    assert result.status == "timeout" and "hard timeout" in result.error_tail
+    assert marked_pids(mark) == []

@@ -1,0 +1,185 @@
+"""Confinement for candidate code: every training run is code an LLM wrote.
+
+Two layers, so a machine without the first still gets the second:
+
+1. **bubblewrap** (`--sandbox bwrap`, or `auto` when it works here): the child sees
+   the whole filesystem read-only, a private /tmp, /proc of its own PID
+   namespace (no other process's environment), no network unless the target
+   opts in, no capabilities; only its run dir is writable. The run dir's
+   read-only files, other experiments, the ledger and credential folders
+   (~/.ray, ~/.aws, ~/.ssh, ...) are hidden or read-only. GPU device nodes are
+   passed through. When the namespace's first process dies the kernel kills
+   everything in it, so nothing can escape the reaper.
+2. **Always**, with or without bubblewrap: an environment with credentials
+   removed (trainers/trainer.py), resource limits (open files, size of any
+   file written, data memory on CPU runs), and watchdogs in the reaper for the
+   number of processes and the size of the run dir. After the run the trainer
+   checks the read-only files and the data by hash and fingerprint.
+
+`Sandbox` is plain data (it travels to trainer actors); `resolve` decides what
+`auto` means on this node and says why, once.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+MODES = ("auto", "bwrap", "none")
+# Credentials a candidate must never read, relative to $HOME: hidden behind an empty tmpfs or /dev/null.
+SECRET_DIRS = (".ray", ".aws", ".ssh", ".gnupg", ".azure", ".kube", ".docker", ".config/gcloud", ".config/gh",
+               ".huggingface", ".cache/huggingface/token")
+SECRET_FILES = (".netrc", ".git-credentials", ".pypirc", ".config/openai", ".openai")
+GiB = 2**30
+
+
+class SandboxError(RuntimeError):
+    """The sandbox asked for cannot work on this machine; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    mode: str = "auto"  # auto | bwrap | none
+    network: bool = False  # the target may opt in (`network = true` in ar-ray.toml)
+    max_processes: int = 512  # processes in the run's tree (the reaper's watchdog)
+    max_open_files: int = 4096
+    max_file_gb: float = 64.0  # any one file the run writes (RLIMIT_FSIZE)
+    disk_quota_gb: float = 64.0  # the whole run dir, checked during the run
+    max_memory_gb: float | None = None  # CPU runs' data memory (RLIMIT_DATA); None: this node's share of RAM
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise SandboxError(f"--sandbox must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("max_processes", "max_open_files", "max_file_gb", "disk_quota_gb"):
+            if getattr(self, name) <= 0:
+                raise SandboxError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
+
+
+@functools.cache
+def bwrap_problem() -> str | None:
+    """None when bubblewrap can start a confined process here; otherwise why not, and what to do."""
+    exe = shutil.which("bwrap")
+    if not exe:
+        return "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+    probe = [exe, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid", "--unshare-net",
+             "--die-with-parent", "--", "/bin/true"]
+    try:
+        out = subprocess.run(probe, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"bubblewrap could not start: {e}"
+    if out.returncode != 0:
+        return (f"bubblewrap cannot create namespaces here ({out.stderr.strip() or out.returncode}); allow unprivileged "
+                "user namespaces (sysctl kernel.unprivileged_userns_clone=1, or the AppArmor rule "
+                "kernel.apparmor_restrict_unprivileged_userns=0) or run the trainers as root")
+    return None
+
+
+def resolve(mode: str) -> tuple[str, str]:
+    """('bwrap' | 'none', a sentence for the user). `bwrap` fails loudly when it cannot work."""
+    if mode == "none":
+        return "none", "sandbox: none (asked for): candidates run with a stripped environment, limits and watchdogs only"
+    problem = bwrap_problem()
+    if problem is None:
+        return "bwrap", "sandbox: bubblewrap (read-only system, private /tmp and /proc, no network, writable run dir only)"
+    if mode == "bwrap":
+        raise SandboxError(f"--sandbox bwrap: {problem}. Or pass --sandbox auto to fall back to limits and watchdogs.")
+    return "none", (f"sandbox: none ({problem}); candidates run with a stripped environment, limits and watchdogs "
+                    "only: they can read files this user can read and open network connections")
+
+
+def memory_limit_bytes(box: Sandbox, share: float) -> int:
+    """RLIMIT_DATA for a CPU run: the configured limit, or this trainer's share of the node's RAM (at least 2 GiB)."""
+    if box.max_memory_gb is not None:
+        return int(box.max_memory_gb * GiB)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(2 * GiB, int(0.9 * ram * min(1.0, share)))
+
+
+def rlimits(box: Sandbox, gpu: bool, cpu_share: float) -> dict[str, int]:
+    """Resource limits for the child, by `resource.RLIMIT_*` name (lower case). No memory limit on GPU runs:
+    CUDA maps far more address space than it uses."""
+    limits = {"nofile": box.max_open_files, "fsize": int(box.max_file_gb * GiB), "core": 0}
+    if not gpu:
+        limits["data"] = memory_limit_bytes(box, cpu_share)
+    return limits
+
+
+def _home() -> Path:
+    return Path(os.path.expanduser("~"))
+
+
+def bwrap_argv(argv: list[str], run_dir: Path, readonly: tuple[str, ...], hide: tuple[Path, ...],
+               network: bool) -> list[str]:
+    """`argv` wrapped in bubblewrap. `hide`: folders to cover with an empty tmpfs (other experiments, the ledger)."""
+    run_dir = Path(run_dir).resolve()
+    args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    if not network:
+        args.append("--unshare-net")
+    for dev in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):  # GPUs stay usable
+        args += ["--dev-bind", dev, dev]
+    home = _home()
+    for rel in SECRET_DIRS:
+        if (home / rel).is_dir():
+            args += ["--tmpfs", str(home / rel)]
+        elif (home / rel).exists():
+            args += ["--ro-bind", "/dev/null", str(home / rel)]
+    for rel in SECRET_FILES:
+        if (home / rel).exists() and not (home / rel).is_dir():
+            args += ["--ro-bind", "/dev/null", str(home / rel)]
+    # Mount order matters: cover the run's parents first, then bind the run dir back on top.
+    for folder in hide:
+        folder = Path(folder).resolve()
+        if folder.is_dir() and run_dir.is_relative_to(folder):
+            args += ["--tmpfs", str(folder)]
+    args += ["--bind", str(run_dir), str(run_dir)]
+    for rel in readonly:
+        if (run_dir / rel).exists():
+            args += ["--ro-bind", str(run_dir / rel), str(run_dir / rel)]
+    args += ["--chdir", str(run_dir), "--", *argv]
+    return args
+
+
+def expand(path: str, env: dict[str, str]) -> str | None:
+    """`~` and `$VAR` / `${VAR}` from `env`; None when a variable is unset (the entry does not apply here)."""
+    missing = []
+
+    def var(m):
+        name = m.group(1) or m.group(2)
+        if name not in env:
+            missing.append(name)
+        return env.get(name, "")
+    out = re.sub(r"\$(\w+)|\$\{(\w+)\}", var, path)
+    return None if missing or not out else os.path.expanduser(out)
+
+
+def fingerprint(paths: tuple[str, ...], env: dict[str, str]) -> dict[str, tuple[int, int, int]]:
+    """(size, inode, ctime) of every file under `paths`: a write, a rename or a `touch` changes it, and a candidate
+    cannot set ctime back. Cheap enough to take before and after every run (no file is read)."""
+    out = {}
+    for entry in paths:
+        root = expand(entry, env)
+        if root is None:
+            continue
+        if os.path.isfile(root):
+            files = [root]
+        else:
+            files = [os.path.join(d, f) for d, _, names in os.walk(root) for f in names]
+        for f in files:
+            try:
+                st = os.lstat(f)
+            except OSError:
+                continue
+            out[f] = (st.st_size, st.st_ino, st.st_ctime_ns)
+    return out
+
+
+def changed(before: dict, after: dict) -> list[str]:
+    """Files added, removed or modified between two fingerprints, sorted."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))

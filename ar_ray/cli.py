@@ -73,10 +73,23 @@ def main():
 @click.option("--sanity-gain", type=float, default=None, help="Gains above this get twice the confirmation runs.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--keep-files", is_flag=True, help="Keep each experiment's files, not just its log.")
+@click.option("--ladder", default=None,
+              help="Promotion ladder, cheapest rung first: budgets in seconds and/or NAME=VALUE knobs, e.g. 60,300 or "
+                   "budget_tokens=100000,budget_tokens=400000:depth=12. New candidates run at the first rung; accepted "
+                   "only at the last.")
+@click.option("--promote-fraction", type=float, default=0.25, show_default=True,
+              help="A rung promotes candidates in the top fraction of what it has seen (and beating the best by k x noise).")
+@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "none"]), default="auto", show_default=True,
+              help="Confine candidate code with bubblewrap; auto falls back to limits and watchdogs where it cannot run.")
+@click.option("--max-processes", type=int, default=None, help="Processes a run may have at once (default 512).")
+@click.option("--disk-quota-gb", type=float, default=None, help="Size a run dir may reach (default 64).")
+@click.option("--max-memory-gb", type=float, default=None,
+              help="Memory a CPU run may allocate (default: the trainer's share of the node's RAM).")
 def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_url, api_key_env, config_file, max_cost,
         trainers, gpus_per_trainer, cpus_per_trainer,
         queue_depth, max_experiments, time_limit, budget, budget_tokens, timeout, run_command, metric, metric_pattern, direction,
-        acceptance, baseline_repeats, confirm_runs, k, k_confirm, sanity_gain, seed, keep_files):
+        acceptance, baseline_repeats, confirm_runs, k, k_confirm, sanity_gain, seed, keep_files, sandbox,
+        max_processes, disk_quota_gb, max_memory_gb, ladder, promote_fraction):
     """Run the research loop: propose, train, keep what improves."""
     from ar_ray.progress import Progress
     from ar_ray.run import execute
@@ -98,6 +111,8 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
             raise click.ClickException(str(e)) from None
     elif model or base_url or api_key_env or config_file:
         raise click.UsageError("--model, --base-url, --api-key-env and --config are for --proposer llm")
+    limits = {k: v for k, v in {"max_processes": max_processes, "disk_quota_gb": disk_quota_gb,
+                                 "max_memory_gb": max_memory_gb}.items() if v is not None}
     overrides = {"command": run_command, "metric": metric, "metric_pattern": metric_pattern, "direction": direction,
                  "timeout_seconds": timeout, "budget_seconds": budget, "budget_tokens": budget_tokens}
     config = RunConfig(target=target or str(default_target()), run_dir=run_dir, resume=bool(resume_dir),
@@ -106,7 +121,8 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
                        gpus_per_trainer=gpus_per_trainer, cpus_per_trainer=cpus_per_trainer, queue_depth=queue_depth,
                        max_experiments=max_experiments, time_limit=parse_duration(time_limit), budget_seconds=budget,
                        seed=seed, keep_files=keep_files, target_overrides=overrides, acceptance=acceptance,
-                       baseline_repeats=baseline_repeats, confirm_runs=confirm_runs, k=k, k_confirm=k_confirm, sanity_gain=sanity_gain)
+                       baseline_repeats=baseline_repeats, confirm_runs=confirm_runs, k=k, k_confirm=k_confirm, sanity_gain=sanity_gain,
+                       sandbox=sandbox, sandbox_limits=limits, ladder=ladder, promote_fraction=promote_fraction)
     console = Console()
     console.print(f"run dir: {run_dir}")
     try:
@@ -123,6 +139,8 @@ def print_summary(console: Console, s: dict) -> None:
                   f"{s['kept']} kept, {s['failed']} failed, {s['skipped']} skipped, {s['infra']} infrastructure retries")
     console.print(f"best {s['metric']}: [bold green]{fmt_metric(s['best_metric'])}[/bold green] "
                   f"({s['best_experiment'] or 'baseline'}, version {s['best_version']})")
+    if s.get("transfer"):
+        console.print(s["transfer"]["text"])
     if s.get("cost_usd"):
         per = f", ${s['cost_per_kept']:.4f} per kept improvement" if s.get("cost_per_kept") else ""
         console.print(f"proposer spend: ${s['cost_usd']:.4f}{per}")
@@ -213,6 +231,9 @@ def status(run_dir, watch):
         console.print(render(snap))
         console.print(f"throughput: {snap['throughput_per_hour']:.1f} runs/hour; "
                       + ", ".join(f"{k} {v}" for k, v in sorted(snap["by_status"].items())))
+        transfer = Path(run_dir) / "transfer.json"
+        if transfer.exists():
+            console.print(json.loads(transfer.read_text())["text"])
         if not watch or snap["state"] != "running":
             return
         time.sleep(1)

@@ -44,6 +44,10 @@ class RunConfig:
     max_cost: float | None = None  # USD of proposer spend; stop asking for proposals once reached
     max_skipped_in_a_row: int = 200
     target_overrides: dict = field(default_factory=dict)
+    ladder: str | None = None  # promotion ladder rungs, cheapest first (ar_ray/ladder.py), e.g. "60,300"
+    promote_fraction: float = 0.25
+    sandbox: str = "auto"  # auto | bwrap | none (trainers/sandbox.py)
+    sandbox_limits: dict = field(default_factory=dict)  # Sandbox fields: max_processes, disk_quota_gb, ...
 
     def check(self) -> "RunConfig":
         if self.proposers < 1:
@@ -71,6 +75,12 @@ class RunConfig:
                               "use --acceptance greedy for single runs")
         if self.confirm_runs < 1 or self.k < 0 or self.k_confirm < 0:
             raise ConfigError("--confirm-runs must be at least 1, and --k and --k-confirm must not be negative")
+        self.box()  # checks the sandbox mode and limits
+        if self.ladder and self.acceptance != "confirm":
+            raise ConfigError("--ladder promotes on noise-aware gains: it needs --acceptance confirm")
+        if not 0 < self.promote_fraction <= 1:
+            raise ConfigError(f"--promote-fraction must be in (0, 1], got {self.promote_fraction}")
+        self.scales()
         if not self.run_dir:
             raise ConfigError("no run dir: pass --run-dir")
         return self
@@ -78,7 +88,19 @@ class RunConfig:
     def policy(self):
         from ar_ray.policy import PolicyConfig
         return PolicyConfig(acceptance=self.acceptance, baseline_repeats=self.baseline_repeats,
-                            confirm_runs=self.confirm_runs, k=self.k, k_confirm=self.k_confirm, sanity_gain=self.sanity_gain)
+                            confirm_runs=self.confirm_runs, k=self.k, k_confirm=self.k_confirm, sanity_gain=self.sanity_gain,
+                            rungs=max(1, len(self.scales())), promote_fraction=self.promote_fraction)
+
+    def scales(self):
+        from ar_ray.ladder import parse_ladder
+        return parse_ladder(self.ladder)
+
+    def box(self):
+        from trainers.sandbox import Sandbox, SandboxError
+        try:
+            return Sandbox(mode=self.sandbox, **self.sandbox_limits)
+        except SandboxError as e:
+            raise ConfigError(str(e)) from None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -21,6 +21,7 @@ from ar_ray import edits, rows
 from ar_ray.codehash import code_hash
 from ar_ray.journal import Journal
 from ar_ray.ledger import Ledger
+from ar_ray.ladder import Scale
 from ar_ray.policy import Policy, RunSpec, Verdict
 from ar_ray.target import Target
 from ar_ray.types import Attempt, Baseline, Candidate, Proposal, Result
@@ -59,6 +60,7 @@ class Job:
     candidate: Candidate | None = None  # made at the first dispatch; a re-dispatch after a lost trainer reuses it
     dispatched_at: float = 0.0
     retries: int = 0  # trainers lost while running it
+    rung: int = 0  # scale on the promotion ladder (new candidates start at the cheapest)
 
 
 @dataclass
@@ -79,13 +81,14 @@ class Driver:
     def __init__(self, target: Target, ledger: Ledger, run_id: str, trainers: list, proposers: list, policy: Policy,
                  *, queue_depth: int, max_experiments: int | None = None, time_limit: float | None = None,
                  seed: int = 0, budget_seconds: float | None = None, max_skipped_in_a_row: int = 200,
-                 max_cost: float | None = None, on_event=None):
+                 max_cost: float | None = None, scales: tuple[Scale, ...] = (), on_event=None):
         self.target, self.ledger, self.run_id, self.policy = target, ledger, run_id, policy
         self.journal = Journal(ledger.dir.parent)
         self.trainers, self.proposers = trainers, proposers
         self.queue_depth, self.max_experiments = queue_depth, max_experiments
         self.deadline = time.time() + time_limit if time_limit else None
         self.seed, self.budget = seed, budget_seconds
+        self.scales = scales or (Scale(),)  # rung -> budget and knobs; one rung without a ladder
         self.max_skipped_in_a_row, self.max_cost = max_skipped_in_a_row, max_cost
         self.on_event = on_event or (lambda kind, driver, row: None)
         self.started_at = time.time()
@@ -245,8 +248,10 @@ class Driver:
             group = job.group or job.experiment_id
             seed = self.seed + (self.seeds[group] if self.policy.config.acceptance != "greedy" else 0)
             self.seeds[group] += 1
+            scale = self.scales[job.rung]
             job.candidate = Candidate(experiment_id=job.experiment_id, base_version=job.proposal.base_version,
-                                      files=job.proposal.files, seed=seed, budget_seconds=self.budget)
+                                      files=job.proposal.files, seed=seed, budget_seconds=scale.budget_seconds or self.budget,
+                                      knobs=scale.knobs)
             job.dispatched_at = time.time()
             self.count.runs += 1
         self.running[self.trainers[t].run.remote(job.candidate)] = Flight(t, job)
@@ -286,7 +291,7 @@ class Driver:
             raise RunAborted(f"the unmodified target failed ({r.status}): {r.error_tail.strip()[-1500:]}\n"
                              f"log: {r.log_path}. Fix the target (command, metric_pattern, files) and run again.")
         verdict = self.policy.on_result(r.experiment_id, job.role, job.group, job.proposal.base_version,
-                                        job.proposal.files, job.parent_id, r.status, r.metric)
+                                        job.proposal.files, job.parent_id, r.status, r.metric, job.rung, r.gpu_model)
         if verdict.new_best:
             version, files, exp_id, metric = verdict.new_best
             self.best = Baseline(version, files, exp_id, metric)
@@ -328,7 +333,7 @@ class Driver:
                      edit_hash=code_hash(spec.files))
         if spec.role == "rebase" and source is not None:
             p = dataclasses.replace(p, diff=edits.unified_diff(self.best.files, spec.files))
-        return Job(p, spec.role, spec.group, spec.parent_id, experiment_id)
+        return Job(p, spec.role, spec.group, spec.parent_id, experiment_id, rung=spec.rung)
 
     # ---- bookkeeping ----
 

@@ -14,6 +14,17 @@ Two rules:
   run) beats the best's mean by more than k_confirm standard errors. A screened winner made from an older best is
   first re-applied to the current best (three-way merge: a *rebase*); two concurrent
   winners thereby end up combined and the combination is what gets tested.
+
+Promotion ladder (confirm mode, `rungs` > 1): new candidates are screened at the cheapest
+scale (rung 0); one that beats the best *at that rung* by k x that rung's noise and ranks
+in the top `promote_fraction` of every result seen at the rung (asynchronous successive
+halving) is *promoted* to the next rung, and so on; acceptance happens only at the top
+rung, by the confirmation rule above. The best, its repeats and the noise are kept per
+rung, since one code has a different metric at each scale.
+
+Mixed hardware: the noise pool and the best's runs are also kept per GPU model; a result
+is compared with the best's runs on its own GPU model when there are any (a fixed
+wall-clock budget makes the hardware part of the metric).
 """
 
 from __future__ import annotations
@@ -39,6 +50,12 @@ class PolicyConfig:
     sanity_gain: float | None = None  # gains above this need twice the confirmation runs
     min_noise: float = 1e-6  # a floor, so identical metrics do not make every gain significant
     max_rebases: int = 2
+    rungs: int = 1  # scales of the promotion ladder, cheapest first; 1: no ladder
+    promote_fraction: float = 0.25  # a rung promotes the top fraction of what it has seen
+
+    @property
+    def top(self) -> int:
+        return self.rungs - 1
 
 
 @dataclass(frozen=True)
@@ -47,14 +64,15 @@ class RunSpec:
 
     files: dict[str, str]
     base_version: int
-    role: str  # "baseline", "confirm", "rebase"
+    role: str  # "baseline", "confirm", "rebase", "promote"
     group: str  # experiment id of the candidate the run belongs to
     parent_id: str | None
+    rung: int = 0  # scale of the promotion ladder the run uses (the top rung is the full scale)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    decision: str  # baseline, keep, discard, screened, confirming, reject, conflict
+    decision: str  # baseline, keep, discard, screened, promoted, confirming, reject, conflict
     new_best: tuple[int, dict[str, str], str, float] | None = None  # (version, files, experiment id, metric)
     runs: tuple[RunSpec, ...] = ()
     numbers: dict = field(default_factory=dict)  # noise, gain, threshold, group_mean, group_n
@@ -85,6 +103,8 @@ class _Group:
     waiting: int = 0
     failed: bool = False
     rebases: int = 0
+    rung: int = 0
+    gpus: list[str] = field(default_factory=list)  # GPU model of each run in `metrics`
 
 
 class Policy:
@@ -94,72 +114,101 @@ class Policy:
         self.best_version = 0
         self.best_files: dict[str, str] = {}
         self.best_id: str | None = None
-        self.best_metrics: list[float] = []
-        self.spread: dict[str, _Stats] = {}  # code hash -> runs of identical code (the noise pool)
-        self._ss, self._dof = 0.0, 0  # pooled sum of squares and degrees of freedom, kept up to date
+        self.best_runs: dict[int, list[tuple[float, str]]] = {}  # rung -> (metric, GPU model) of the best's runs
+        self.spread: dict[tuple, _Stats] = {}  # (code hash, rung, GPU model) -> runs of identical code (the noise pool)
+        self._ss: dict[int, float] = {}  # rung -> pooled sum of squares, kept up to date
+        self._dof: dict[int, int] = {}  # rung -> pooled degrees of freedom
+        self.rung_gains: dict[int, list[float]] = {}  # every gain seen at a rung (the promotion rule ranks in it)
         self._hashes: dict[int, str] = {}  # best version -> code hash
         self.groups: dict[str, _Group] = {}
+        self.gpu = ""  # GPU model of the result being judged
         self.versions: dict[int, dict[str, str]] = {}  # best version -> its files (rebase needs the old ones)
 
     # ---- estimates ----
 
     @property
     def ready(self) -> bool:
-        """Results can be judged: the best's metric is known, and in confirm mode the noise too."""
-        return bool(self.best_metrics) and (self.config.acceptance == "greedy" or self.noise() is not None)
+        """Results can be judged: the best's metric is known at every rung, and in confirm mode the noise too."""
+        rungs = range(self.config.rungs)
+        return all(self.best_runs.get(r) for r in rungs) and (
+            self.config.acceptance == "greedy" or all(self.noise(r) is not None for r in rungs))
+
+    @property
+    def best_metrics(self) -> list[float]:
+        """The best's runs at the full scale (the top rung)."""
+        return [m for m, _ in self.best_runs.get(self.config.top, [])]
 
     @property
     def best_mean(self) -> float | None:
-        return sum(self.best_metrics) / len(self.best_metrics) if self.best_metrics else None
+        return self.mean_at(self.config.top)
 
-    def noise(self) -> float | None:
-        """Pooled run-to-run standard deviation over every group of identical code; None before 2 repeats."""
-        return max(math.sqrt(max(self._ss, 0.0) / self._dof), self.config.min_noise) if self._dof else None
+    def mean_at(self, rung: int, gpu: str = "") -> float | None:
+        """Mean of the best's runs at a rung: those on `gpu` when there are any, else all of them."""
+        runs = self.best_runs.get(rung, [])
+        same = [m for m, g in runs if g == gpu] or [m for m, _ in runs]
+        return sum(same) / len(same) if same else None
 
-    def add_run(self, code: str, metric: float) -> None:
+    def noise(self, rung: int | None = None) -> float | None:
+        """Pooled run-to-run standard deviation over every group of identical code (per rung, within one GPU
+        model); None before 2 repeats."""
+        rung = self.config.top if rung is None else rung
+        dof = self._dof.get(rung, 0)
+        return max(math.sqrt(max(self._ss[rung], 0.0) / dof), self.config.min_noise) if dof else None
+
+    def add_run(self, code: str, metric: float, rung: int | None = None, gpu: str = "") -> None:
         """One more unselected run of this code: updates its mean and the pooled spread in O(1)."""
-        stats = self.spread.setdefault(code, _Stats())
+        rung = self.config.top if rung is None else rung
+        stats = self.spread.setdefault((code, rung, gpu), _Stats())
         before = stats.m2
         stats.add(metric)
-        self._ss += stats.m2 - before
-        self._dof += stats.n > 1
+        self._ss[rung] = self._ss.get(rung, 0.0) + stats.m2 - before
+        self._dof[rung] = self._dof.get(rung, 0) + (stats.n > 1)
 
     def _gain(self, metric: float, reference: float | None = None) -> float:
         return self.sign * ((self.best_mean if reference is None else reference) - metric)
 
-    def _version_mean(self, version: int) -> float | None:
+    def _version_mean(self, version: int, rung: int | None = None, gpu: str = "") -> float | None:
         """Mean of the unselected runs of a past best's code (what a stale candidate was built on)."""
+        rung = self.config.top if rung is None else rung
         if version not in self._hashes:
             self._hashes[version] = code_hash(self.versions.get(version, {}))
-        stats = self.spread.get(self._hashes[version])
+        stats = self.spread.get((self._hashes[version], rung, gpu))
         return stats.mean if stats else None
 
     def restore(self, version: int, versions: dict[int, dict[str, str]], best_id: str | None,
-                best_metrics: list[float], spread: dict[str, list[float]]) -> None:
-        """State from a ledger (resume): the best, its runs, every version's files, the noise pool."""
+                best_runs: dict[int, list[tuple[float, str]]], spread: dict[tuple, list[float]]) -> None:
+        """State from a ledger (resume): the best, its runs per rung, every version's files, the noise pool
+        ((code hash, rung, GPU model) -> metrics)."""
         self.best_version, self.versions, self.best_id = version, dict(versions), best_id
         self.best_files = self.versions[version]
-        self.best_metrics = list(best_metrics)
-        for code, metrics in spread.items():
+        self.best_runs = {r: list(runs) for r, runs in best_runs.items()}
+        for (code, rung, gpu), metrics in spread.items():
             for m in metrics:
-                self.add_run(code, m)
+                self.add_run(code, m, rung, gpu)
 
     def missing_repeats(self) -> list[RunSpec]:
         """After a restore: the runs of the best that never happened (e.g. a baseline cut short by a crash)."""
-        missing = self._repeats() - len(self.best_metrics)
-        if missing <= 0:
-            return []
-        gid = f"{self.best_id}-r"
-        self.groups[gid] = _Group(self.best_files, self.best_version, self.best_id, "baseline", waiting=missing)
-        return [RunSpec(self.best_files, self.best_version, "baseline", gid, self.best_id)] * missing
+        specs = []
+        for rung in range(self.config.rungs):
+            missing = self._repeats() - len(self.best_runs.get(rung, []))
+            if missing > 0:
+                gid = f"{self.best_id}-r{rung}"
+                self.groups[gid] = _Group(self.best_files, self.best_version, self.best_id, "baseline",
+                                          waiting=missing, rung=rung)
+                specs += [RunSpec(self.best_files, self.best_version, "baseline", gid, self.best_id, rung)] * missing
+        return specs
 
     # ---- the start ----
 
     def start(self, files: dict[str, str], first_id: str) -> list[RunSpec]:
-        """The runs of the unmodified target: one in greedy mode, R in confirm mode."""
+        """The runs of the unmodified target: one in greedy mode, R in confirm mode; at every rung of a ladder."""
         self.best_files = self.versions[0] = files
-        self.groups[first_id] = _Group(files, 0, None, "baseline", waiting=self._repeats())
-        return [RunSpec(files, 0, "baseline", first_id, None)] * self._repeats()
+        specs = []
+        for rung in reversed(range(self.config.rungs)):  # the full scale first: its first run names the group
+            gid = first_id if rung == self.config.top else f"{first_id}-r{rung}"
+            self.groups[gid] = _Group(files, 0, None, "baseline", waiting=self._repeats(), rung=rung)
+            specs += [RunSpec(files, 0, "baseline", gid, None, rung)] * self._repeats()
+        return specs
 
     def _repeats(self) -> int:
         return 1 if self.config.acceptance == "greedy" else max(1, self.config.baseline_repeats)
@@ -175,29 +224,35 @@ class Policy:
     # ---- every result ----
 
     def on_result(self, exp_id: str, role: str, group: str | None, base_version: int, files: dict[str, str],
-                  parent_id: str | None, status: str, metric: float | None) -> Verdict:
+                  parent_id: str | None, status: str, metric: float | None, rung: int | None = None,
+                  gpu: str = "") -> Verdict:
+        """Judge one run. `rung`: the ladder scale it ran at (default: the top one); `gpu`: its GPU model."""
+        rung = self.config.top if rung is None else rung
         ok = status == "ok" and metric is not None and math.isfinite(metric)
+        self.gpu = gpu
         if ok and role != "screen":  # screening runs are selected for luck: they would inflate the spread
-            self.add_run(code_hash(files), metric)
+            self.add_run(code_hash(files), metric, rung, gpu)
         if role == "screen":
-            return self._screen(exp_id, base_version, files, parent_id, metric if ok else None)
+            return self._screen(exp_id, base_version, files, parent_id, metric if ok else None, rung)
         return self._group_run(group, metric if ok else None)
 
-    def _numbers(self, metric: float | None = None, n: int = 1) -> dict:
-        noise = self.noise()
-        out = {"noise": noise, "best_mean": self.best_mean, "best_n": len(self.best_metrics)}
-        if metric is not None and self.best_mean is not None:
-            out["gain"] = self._gain(metric)
+    def _numbers(self, metric: float | None = None, n: int = 1, rung: int | None = None) -> dict:
+        rung = self.config.top if rung is None else rung
+        noise, best_mean, best_n = self.noise(rung), self.mean_at(rung, self.gpu), len(self.best_runs.get(rung, []))
+        out = {"noise": noise, "best_mean": best_mean, "best_n": best_n}
+        if metric is not None and best_mean is not None:
+            out["gain"] = self._gain(metric, best_mean)
             if noise is not None:
                 out["threshold"] = (self.config.k * noise if n == 1 else
-                                    self.config.k_confirm * noise * math.sqrt(1 / n + 1 / len(self.best_metrics)))
+                                    self.config.k_confirm * noise * math.sqrt(1 / n + 1 / best_n))
         return out
 
-    def _screen(self, exp_id, base_version, files, parent_id, metric) -> Verdict:
+    def _screen(self, exp_id, base_version, files, parent_id, metric, rung) -> Verdict:
         if metric is None:
-            return Verdict("discard", numbers=self._numbers())
-        nums = self._numbers(metric)
-        parent_mean = self._version_mean(base_version) if base_version != self.best_version else None
+            return Verdict("discard", numbers=self._numbers(rung=rung))
+        nums = self._numbers(metric, rung=rung)
+        parent_mean = (self._version_mean(base_version, rung, self.gpu) or self._version_mean(base_version, rung)
+                       if base_version != self.best_version else None)
         if parent_mean is not None and self.config.acceptance != "greedy":
             # a stale candidate is screened against the code it edited; if its change helps there,
             # the change is re-applied to the current best below
@@ -206,10 +261,12 @@ class Policy:
             if nums["gain"] > 0:
                 return self._accept(exp_id, files, [metric], nums)
             return Verdict("discard", numbers=nums)
+        if rung < self.config.top:
+            return self._promote(exp_id, _Group(files, base_version, parent_id, "promote", rung=rung), nums)
         if nums.get("threshold") is None or nums["gain"] <= nums["threshold"]:
             return Verdict("discard", numbers=nums)
         # the screening run is not part of the group's mean: it was selected for being lucky (winner's curse)
-        group = _Group(files, base_version, parent_id, "confirm")
+        group = _Group(files, base_version, parent_id, "confirm", rung=rung)
         self.groups[exp_id] = group
         if base_version != self.best_version:
             return self._rebase(exp_id, group, nums)
@@ -217,6 +274,24 @@ class Policy:
         group.waiting = n
         return Verdict("screened", runs=tuple(RunSpec(files, base_version, "confirm", exp_id, parent_id)
                                                for _ in range(n)), numbers=nums)
+
+    def _promote(self, gid: str, group: _Group, nums: dict) -> Verdict:
+        """Asynchronous successive halving: a result at a lower rung moves up if it beats the best there by
+        k x noise and ranks in the top `promote_fraction` of every gain seen at that rung."""
+        gains = self.rung_gains.setdefault(group.rung, [])
+        gains.append(nums["gain"])
+        rank = sum(g > nums["gain"] for g in gains)  # results better than this one
+        nums = {**nums, "rank": rank, "seen": len(gains)}
+        if nums.get("threshold") is None or nums["gain"] <= nums["threshold"] \
+                or rank >= max(1, math.floor(self.config.promote_fraction * len(gains))):
+            self.groups.pop(gid, None)
+            return Verdict("discard", numbers=nums)
+        group.rung += 1
+        group.metrics, group.gpus, group.role = [], [], "promote"
+        group.waiting = max(1, self.config.confirm_runs) if group.rung == self.config.top else 1
+        self.groups[gid] = group
+        return Verdict("promoted", runs=tuple(RunSpec(group.files, group.base_version, "promote", gid, group.parent_id,
+                                                      group.rung) for _ in range(group.waiting)), numbers=nums)
 
     def _insane(self, gain: float) -> bool:
         return self.config.sanity_gain is not None and gain > self.config.sanity_gain
@@ -232,9 +307,9 @@ class Policy:
             del self.groups[gid]
             return Verdict("discard", numbers={**nums, "reason": "already part of the best"})
         group.files, group.base_version, group.parent_id = merged, self.best_version, self.best_id
-        group.metrics, group.role, group.rebases = [], "rebase", group.rebases + 1
-        group.waiting = 1 + self.config.confirm_runs
-        return Verdict("screened", runs=tuple(RunSpec(merged, self.best_version, "rebase", gid, self.best_id)
+        group.metrics, group.gpus, group.role, group.rebases = [], [], "rebase", group.rebases + 1
+        group.waiting, group.rung = 1 + self.config.confirm_runs, self.config.top
+        return Verdict("screened", runs=tuple(RunSpec(merged, self.best_version, "rebase", gid, self.best_id, group.rung)
                                                for _ in range(group.waiting)), numbers=nums)
 
     def _files_of(self, group: _Group) -> dict[str, str]:
@@ -249,21 +324,30 @@ class Policy:
             group.failed = True
         else:
             group.metrics.append(metric)
+        if metric is not None:
+            group.gpus.append(self.gpu)
         if group.waiting > 0:
-            return Verdict("baseline" if group.role == "baseline" else "confirming", numbers=self._numbers(metric))
+            return Verdict("baseline" if group.role == "baseline" else "confirming",
+                           numbers=self._numbers(metric, rung=group.rung))
         return self._conclude(gid, group)
 
     def _conclude(self, gid: str, group: _Group) -> Verdict:
         if group.role == "baseline":
             del self.groups[gid]
             if group.base_version == self.best_version:  # repeats of the best (its noise is pooled either way)
-                self.best_metrics.extend(group.metrics)
+                self.best_runs.setdefault(group.rung, []).extend(zip(group.metrics, group.gpus))
                 self.best_id = self.best_id or gid
-            return Verdict("baseline", numbers=self._numbers())
+            return Verdict("baseline", numbers=self._numbers(rung=group.rung))
         mean = sum(group.metrics) / len(group.metrics) if group.metrics else None
-        nums = self._numbers(mean, n=len(group.metrics))
+        nums = self._numbers(mean, n=len(group.metrics), rung=group.rung)
         nums.update(group_mean=mean, group_n=len(group.metrics))
-        parent_mean = self._version_mean(group.base_version) if group.base_version != self.best_version else None
+        if group.role == "promote" and group.rung < self.config.top:  # an intermediate rung: up again, or out
+            if group.failed or mean is None:
+                del self.groups[gid]
+                return Verdict("reject", numbers=nums)
+            return self._promote(gid, group, nums)
+        parent_mean = (self._version_mean(group.base_version, group.rung)
+                       if group.base_version != self.best_version else None)
         if parent_mean is not None and mean is not None:  # judged against the code it edited, as at the screen
             nums.update(gain=self._gain(mean, parent_mean), parent_mean=parent_mean)
         if group.failed or mean is None or nums.get("threshold") is None or nums["gain"] <= nums["threshold"]:
@@ -272,16 +356,21 @@ class Policy:
         if group.base_version != self.best_version:  # the best moved while we confirmed
             return self._rebase(gid, group, nums)
         del self.groups[gid]
-        return self._accept(gid, group.files, group.metrics, nums)
+        return self._accept(gid, group.files, group.metrics, nums, group.gpus)
 
-    def _accept(self, exp_id: str, files: dict[str, str], metrics: list[float], nums: dict) -> Verdict:
+    def _accept(self, exp_id: str, files: dict[str, str], metrics: list[float], nums: dict,
+                gpus: list[str] | None = None) -> Verdict:
         self.best_version += 1
         self.versions[self.best_version] = files
-        self.best_files, self.best_id, self.best_metrics = files, exp_id, list(metrics)
-        runs = ()
-        missing = self._repeats() - len(metrics)
-        if missing > 0:  # the new best gets its R runs too
-            self.groups[f"{exp_id}-b"] = _Group(files, self.best_version, exp_id, "baseline", waiting=missing)
-            runs = tuple(RunSpec(files, self.best_version, "baseline", f"{exp_id}-b", exp_id) for _ in range(missing))
+        top = self.config.top
+        self.best_files, self.best_id = files, exp_id
+        self.best_runs = {top: list(zip(metrics, gpus or [self.gpu] * len(metrics)))}
+        runs = []
+        for rung in reversed(range(self.config.rungs)):  # the new best gets its R runs at every rung
+            missing = self._repeats() - len(self.best_runs.get(rung, []))
+            if missing > 0:
+                gid = f"{exp_id}-b" if rung == top else f"{exp_id}-b{rung}"
+                self.groups[gid] = _Group(files, self.best_version, exp_id, "baseline", waiting=missing, rung=rung)
+                runs += [RunSpec(files, self.best_version, "baseline", gid, exp_id, rung) for _ in range(missing)]
         return Verdict("keep", new_best=(self.best_version, files, exp_id, sum(metrics) / len(metrics)),
-                       runs=runs, numbers=nums)
+                       runs=tuple(runs), numbers=nums)

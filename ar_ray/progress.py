@@ -100,6 +100,9 @@ class Progress:
             self.live.__exit__(*exc)
 
     def __call__(self, kind: str, driver, row: dict | None) -> None:
+        if kind == "note":
+            self.console.print(row["text"])
+            return
         if kind == "row":
             self.console.print(row_line(row))
             self.console.file.flush()  # a watcher of a piped log sees each row as soon as it is on disk

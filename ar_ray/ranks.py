@@ -183,46 +183,26 @@ def transfer(small, large, direction: str = "min", permutations: int = 2000, see
                     verdict=_verdict(n, rho, rho_p), direction=direction)
 
 
-def transfer_from_ledger(df, metric: str = "metric", direction: str = "min", permutations: int = 2000,
-                         seed: int = 0) -> Transfer | None:
-    """The transfer report of a ledger whose candidates were re-run at a larger scale.
+def transfer_from_ledger(df, permutations: int = 2000, seed: int = 0) -> Transfer | None:
+    """The transfer report of a run with a promotion ladder: does the cheap rung rank candidates as the
+    full scale does?
 
-    A promoted candidate has `role == "promote"` rows (the larger scale) whose `group_id` is the
-    `experiment_id` of its screening row (`role == "screen"`). Its small-scale value is the mean `metric`
-    over its ok rows at the screening scale: the screen row and any `confirm` rows of the same group (repeats
-    of the same program; `rebase` rows are left out, they run the change on a different base). Where the
-    ledger has `budget_seconds`, confirm rows count only when their budget equals the screen row's. Its
-    large-scale value is the mean over its ok promote rows.
+    A promoted candidate has its screening row (`role == "screen"`, at the cheapest rung) and `promote`
+    rows (`group_id` = the screen's `experiment_id`) at the higher rungs. Each decision row carries the
+    `gain` over the best *at that rung*, so candidates built on different bests compare fairly. The small
+    value is the screen's gain; the large value is the gain of the group's last concluding promote row
+    (the one with a `group_mean`: the highest rung it reached).
 
     Returns None when fewer than 2 candidates have both values, or when a needed column is missing."""
-    import pandas as pd  # only this function needs it; the rest of the module is plain numpy
-
-    need = {"group_id", "experiment_id", "status", "role", metric}
+    need = {"group_id", "experiment_id", "status", "role", "gain", "group_mean"}
     if df is None or not need.issubset(getattr(df, "columns", ())):
         return None
-    cols = [c for c in ("group_id", "experiment_id", "status", "role", metric, "budget_seconds") if c in df.columns]
-    d = df[cols].copy()
-    d[metric] = d[metric].astype(float)
-    d = d[(d["status"] == "ok") & np.isfinite(d[metric].to_numpy(dtype=float))]
-
-    promote = d[d["role"] == "promote"]
-    large = promote.groupby("group_id")[metric].mean()
-    screens = d[(d["role"] == "screen") & d["experiment_id"].isin(large.index)]
-    if large.empty or screens.empty:
-        return None
-    small_rows = [screens.assign(cand=screens["experiment_id"])]
-    confirms = d[(d["role"] == "confirm") & d["group_id"].isin(screens["experiment_id"])]
-    if len(confirms):
-        confirms = confirms.assign(cand=confirms["group_id"])
-        if "budget_seconds" in d.columns:
-            budget = screens.drop_duplicates("experiment_id").set_index("experiment_id")["budget_seconds"]
-            mine = pd.to_numeric(confirms["budget_seconds"], errors="coerce").to_numpy(dtype=float)
-            theirs = pd.to_numeric(confirms["cand"].map(budget), errors="coerce").to_numpy(dtype=float)
-            confirms = confirms[(mine == theirs) | (np.isnan(mine) & np.isnan(theirs))]
-        small_rows.append(confirms)
-    small = pd.concat(small_rows).groupby("cand")[metric].mean()
-    ids = sorted(set(small.index) & set(large.index))
+    screens = df[(df["role"] == "screen") & (df["status"] == "ok") & df["gain"].notna()]
+    small = dict(zip(screens["experiment_id"], screens["gain"].astype(float)))
+    concluded = df[(df["role"] == "promote") & df["group_mean"].notna() & df["gain"].notna()]
+    large = dict(zip(concluded["group_id"], concluded["gain"].astype(float)))  # later rows win: the highest rung
+    ids = sorted(set(small) & set(large))
     if len(ids) < 2:
         return None
-    return transfer(small.loc[ids].to_numpy(), large.loc[ids].to_numpy(), direction=direction,
+    return transfer(np.array([small[i] for i in ids]), np.array([large[i] for i in ids]),
                     permutations=permutations, seed=seed)

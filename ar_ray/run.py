@@ -16,6 +16,8 @@ from ar_ray.codehash import code_hash
 from ar_ray.config import ConfigError, RunConfig
 from ar_ray.driver import Counters, Driver
 from ar_ray.journal import Journal
+from ar_ray import ledger as ledger_mod
+from ar_ray.ladder import rung_of
 from ar_ray.ledger import RUN_FILE, Ledger, read_table
 from ar_ray.policy import Policy
 from ar_ray.target import load_target
@@ -53,7 +55,7 @@ def restore(driver: Driver, run_dir: str) -> None:
     if table.num_rows == 0:
         return
     rows = table.select(["experiment_id", "decision", "status", "role", "edit_hash", "best_version", "metric",
-                         "files", "cost_usd"]).to_pylist()
+                         "files", "cost_usd", "budget_seconds", "knobs", "gpu_model"]).to_pylist()
     journal = [e["experiment_id"] for e in Journal(run_dir).entries()]
     ids = [int(x[1:]) for x in [r["experiment_id"] for r in rows] + journal if x[1:].isdigit()]
     driver.next_id = max(ids) + 1 if ids else 0
@@ -63,10 +65,12 @@ def restore(driver: Driver, run_dir: str) -> None:
     driver.count.runs = len(ran)
     driver.count.kept = sum(r["decision"] == "keep" for r in ran)
     driver.count.cost_usd = sum(r["cost_usd"] or 0.0 for r in rows)
-    spread: dict[str, list[float]] = {}
+    spread: dict[tuple, list[float]] = {}  # (code hash, rung, GPU model) -> metrics, as the live policy keeps them
+    default_budget = driver.budget or driver.target.budget_seconds
     for r in ran:
-        if r["status"] == "ok" and r["metric"] is not None and r["role"] != "screen":  # as the live policy does
-            spread.setdefault(r["edit_hash"], []).append(r["metric"])
+        if r["status"] == "ok" and r["metric"] is not None and r["role"] != "screen":
+            rung = rung_of(driver.scales, r["budget_seconds"], dict(r["knobs"] or []), default_budget)
+            spread.setdefault((r["edit_hash"], rung, r["gpu_model"] or ""), []).append(r["metric"])
     versions, best = {}, None
     for r in ran:
         if r["decision"] in ("keep", "baseline") and r["files"]:
@@ -76,9 +80,13 @@ def restore(driver: Driver, run_dir: str) -> None:
     if best is None:
         return  # the baseline never finished: it runs again
     files = dict(best["files"])
-    metrics = spread.get(code_hash(files), [])
+    code = code_hash(files)
+    best_runs: dict[int, list] = {}
+    for (h, rung, gpu), metrics in spread.items():
+        if h == code:
+            best_runs.setdefault(rung, []).extend((m, gpu) for m in metrics)
     driver.policy.restore(best["best_version"], {v: f for v, (f, _) in versions.items()}, best["experiment_id"],
-                          metrics, spread)
+                          best_runs, spread)
     driver.versions.update({v: e for v, (_, e) in versions.items()})
     driver.best = Baseline(best["best_version"], files, best["experiment_id"], driver.policy.best_mean)
     driver.followups.extend(driver._job(spec) for spec in driver.policy.missing_repeats())
@@ -102,14 +110,15 @@ def execute(config: RunConfig, on_event=None) -> dict:
         p = cluster.plan(config, cluster.cluster_resources())
         work_root = str(run_dir / "experiments")
         os.makedirs(work_root, exist_ok=True)
-        trainers = cluster.start_trainers(p, target, work_root, run_id, config.keep_files)
+        trainers = cluster.start_trainers(p, target, work_root, run_id, config.keep_files, config.box())
         proposers = cluster.start_proposers(config, target, run_id)
         ray.get([t.ping.remote() for t in trainers] + [q.baseline_version.remote() for q in proposers])
+        confinement = check_sandbox(trainers, on_event)
         driver = Driver(target, ledger, run_id, trainers, proposers, Policy(config.policy(), target.direction),
                         queue_depth=config.queue_depth or (p.trainers + config.proposers),
                         max_experiments=config.max_experiments, time_limit=config.time_limit, seed=config.seed,
                         budget_seconds=config.budget_seconds, max_skipped_in_a_row=config.max_skipped_in_a_row, max_cost=config.max_cost,
-                        on_event=on_event)
+                        scales=config.scales(), on_event=on_event)
         if previous:
             restore(driver, str(run_dir))
             driver.requeue_journal()
@@ -119,12 +128,43 @@ def execute(config: RunConfig, on_event=None) -> dict:
             state = "interrupted" if interrupted else "finished"
         finally:
             driver.on_event("finished", driver, {"state": state})
-        return summary(driver.count, driver, interrupted)
+        out = {**summary(driver.count, driver, interrupted), "sandbox": confinement}
+        if config.ladder:
+            out["transfer"] = write_transfer(run_dir)
+        return out
     finally:
         for a in trainers + proposers:
             ray.kill(a, no_restart=True)
         if started:
             ray.shutdown()
+
+
+TRANSFER_FILE = "transfer.json"
+
+
+def write_transfer(run_dir: Path) -> dict | None:
+    """The ladder's transfer report (ar_ray.ranks), saved beside the ledger; None until 2 candidates were promoted."""
+    from ar_ray.ranks import transfer_from_ledger
+    t = transfer_from_ledger(ledger_mod.load(run_dir))
+    if t is None:
+        return None
+    report = {**t.to_dict(), "text": t.describe()}
+    (run_dir / TRANSFER_FILE).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def check_sandbox(trainers: list, on_event=None) -> list[str]:
+    """Ask every trainer how it confines candidates on its node; say it once per distinct answer.
+    `--sandbox bwrap` on a node that cannot do it stops the run before anything is spent."""
+    answers = ray.get([t.sandbox_note.remote() for t in trainers])
+    problems = sorted({a["problem"] for a in answers if a["problem"]})
+    if problems:
+        raise ConfigError(problems[0])
+    notes = sorted({a["note"] for a in answers})
+    if on_event:
+        for note in notes:
+            on_event("note", None, {"text": note})
+    return sorted({a["mode"] for a in answers})
 
 
 def _run_until_done(driver: Driver, trainers: list) -> bool:

@@ -17,9 +17,8 @@ SCRIPT = "toys:ScriptedProposer"
 
 
 def run(tmp_path, monkeypatch, *, sleep=0.2, toml="", probe=None, acceptance="greedy", **kw):
-    trace = tmp_path / "trace.jsonl"
     # the child's environment comes from the trainer actor's, plus what the target declares
-    toml = f"[target]\nenv = {{ TOY_SLEEP = '{sleep}', TOY_TRACE = '{trace}' }}\n" + textwrap.dedent(toml)
+    toml = f"[target]\nenv = {{ TOY_SLEEP = '{sleep}', TOY_TRACE = '1' }}\n" + textwrap.dedent(toml)
     target = make_toy(tmp_path / "target", toml)
     seen = {}
 
@@ -29,7 +28,7 @@ def run(tmp_path, monkeypatch, *, sleep=0.2, toml="", probe=None, acceptance="gr
 
     config = RunConfig(target=str(target), run_dir=str(tmp_path / "run"), acceptance=acceptance, **kw)
     summary = execute(config, on_event=on_event)
-    return summary, ledger.load(tmp_path / "run"), read_trace(trace), seen
+    return summary, ledger.load(tmp_path / "run"), read_trace(tmp_path / "run"), seen
 
 
 def test_keeps_every_trainer_busy_on_its_own_gpu(ray_local, tmp_path, monkeypatch):
@@ -206,3 +205,38 @@ def test_max_cost_stops_asking_for_proposals(ray_local, tmp_path, monkeypatch):
     assert summary["cost_usd"] == pytest.approx(0.1 * seen["proposed"]) and 0.25 <= summary["cost_usd"] <= 0.35
     assert df.cost_usd.sum() == pytest.approx(summary["cost_usd"])  # every paid proposal is a row
     assert summary["cost_per_kept"] is None or summary["cost_per_kept"] == pytest.approx(summary["cost_usd"] / summary["kept"])
+
+
+LADDER_TRAIN = '''\
+import os, random
+LR = 0.5
+WIDTH = 8
+USE_X = False
+rng = random.Random(int(os.environ["AR_SEED"]) * 7919 + int(float(os.environ["AR_BUDGET_SECONDS"])))
+true = 2.0 / float(os.environ["AR_BUDGET_SECONDS"]) + abs(LR - 0.3) + abs(WIDTH - 8) * 0.03 + (0.0 if USE_X else 0.1)
+print("---")
+print(f"val_bpb: {true + rng.gauss(0, 0.002):.6f}")
+'''
+
+
+def test_a_promotion_ladder_screens_cheap_promotes_and_reports_transfer(ray_local, tmp_path):
+    """--ladder 1,2: new candidates run with a 1 s budget, winners are promoted to 2 s, where they are accepted;
+    the best has its repeats at both rungs; the transfer report pairs the two scales."""
+    make_toy(tmp_path / "target", "", train=LADDER_TRAIN)
+    script = [[{"LR": 0.3}, "big gain"], [{"USE_X": True}, "gain"], [{"WIDTH": 9}, "worse"]]
+    summary = execute(RunConfig(target=str(tmp_path / "target"), run_dir=str(tmp_path / "run"), proposer=SCRIPT,
+                                proposer_options={"script": script}, proposers=1, trainers=2, max_experiments=3,
+                                queue_depth=1, ladder="1,2", promote_fraction=1.0))
+    ran = ledger.load(tmp_path / "run").query("decision != 'skip'")
+    first = ran[(ran.role == "baseline") & (ran.base_version == 0)]
+    assert sorted(first.budget_seconds) == [1.0] * 3 + [2.0] * 3
+    assert set(ran[ran.role == "screen"].budget_seconds) == {1.0}
+    assert set(ran[ran.role == "promote"].budget_seconds) == {2.0}
+    big = ran[ran.description == "big gain"].iloc[0]
+    assert big.decision == "promoted" and big.gain == pytest.approx(0.2, abs=0.02)
+    group = ran[(ran.group_id == big.experiment_id) & (ran.role == "promote")]
+    assert len(group) == 2 and group.decision.iloc[-1] == "keep" and group.gain.iloc[-1] == pytest.approx(0.2, abs=0.02)
+    assert ran[ran.description == "worse"].decision.tolist() == ["discard"]
+    # the new best is measured again at the cheap rung (its full-scale runs came from the promotion)
+    assert ((ran.role == "baseline") & (ran.base_version == 1) & (ran.budget_seconds == 1.0)).sum() == 3
+    assert summary["transfer"]["n"] == 2 and (tmp_path / "run" / "transfer.json").exists()

@@ -181,3 +181,77 @@ def test_with_16_parallel_noisy_trainers_the_policy_finds_real_gains_and_greedy_
 
 def test_simulated_switches_roundtrip():
     assert switched_on(switches(5, {1, 3})) == {1, 3}
+
+
+# -- the promotion ladder and mixed hardware ---------------------------------------------------
+
+LADDER = PolicyConfig(rungs=2, promote_fraction=0.5, confirm_runs=2)
+
+
+def laddered(config=LADDER, small=(2.000, 2.010, 1.990), full=(1.000, 1.002, 0.998)):
+    """A policy whose best has its repeats at both rungs (rung 0: metric ~2.0, rung 1: ~1.0)."""
+    p = Policy(config, "min")
+    specs = p.start(BASE, "e0")
+    assert sorted((s.rung, s.group) for s in specs) == [(0, "e0-r0")] * 3 + [(1, "e0")] * 3
+    for rung, group, metrics in ((1, "e0", full), (0, "e0-r0", small)):
+        for m in metrics:
+            assert not p.ready
+            p.on_result("b", "baseline", group, 0, BASE, None, "ok", m, rung)
+    assert p.ready and p.mean_at(0) == pytest.approx(2.0) and p.best_mean == pytest.approx(1.0)
+    assert p.noise(0) == pytest.approx(0.01) and p.noise(1) == pytest.approx(0.002)
+    return p
+
+
+def test_the_ladder_screens_at_the_cheap_rung_and_promotes_only_the_top_fraction():
+    p = laddered()
+    # beats rung 0's best (2.0) by 0.05 > k x noise(0): the first result seen, so in the top half: promoted
+    v = p.on_result("e1", "screen", None, 0, edited(BASE, LR=0.3), "e0", "ok", 1.95, 0)
+    assert v.decision == "promoted" and [(s.role, s.rung, s.group) for s in v.runs] == [("promote", 1, "e1")] * 2
+    # a loser is not promoted
+    assert p.on_result("e2", "screen", None, 0, edited(BASE, LR=0.4), "e0", "ok", 2.02, 0).decision == "discard"
+    # above the noise threshold but not in the top half of the 3 gains seen so far
+    v = p.on_result("e3", "screen", None, 0, edited(BASE, LR=0.35), "e0", "ok", 1.985, 0)
+    assert v.decision == "discard" and v.numbers["rank"] == 1 and v.numbers["seen"] == 3
+    # the promoted candidate is judged at the full rung against the best's full-scale mean
+    assert p.on_result("e4", "promote", "e1", 0, edited(BASE, LR=0.3), "e0", "ok", 0.990, 1).decision == "confirming"
+    v = p.on_result("e5", "promote", "e1", 0, edited(BASE, LR=0.3), "e0", "ok", 0.991, 1)
+    assert v.decision == "keep" and v.numbers["group_mean"] == pytest.approx(0.9905)
+    # the new best is measured again at the cheap rung before anything more is judged there
+    assert sorted((s.rung, s.role) for s in v.runs) == [(0, "baseline")] * 3 + [(1, "baseline")]
+    assert not p.ready and p.best_runs == {1: [(0.990, ""), (0.991, "")]}
+
+
+def test_a_promoted_candidate_that_does_not_hold_at_full_scale_is_rejected():
+    p = laddered()
+    assert p.on_result("e1", "screen", None, 0, edited(BASE, LR=0.3), "e0", "ok", 1.90, 0).decision == "promoted"
+    p.on_result("e2", "promote", "e1", 0, edited(BASE, LR=0.3), "e0", "ok", 1.001, 1)
+    v = p.on_result("e3", "promote", "e1", 0, edited(BASE, LR=0.3), "e0", "ok", 0.999, 1)
+    assert v.decision == "reject" and p.best_version == 0
+
+
+def test_three_rungs_promote_one_run_at_a_time_until_the_top():
+    p = Policy(PolicyConfig(rungs=3, promote_fraction=1.0, baseline_repeats=2, confirm_runs=2), "min")
+    for s in p.start(BASE, "e0"):
+        p.on_result("b", "baseline", s.group, 0, BASE, None, "ok", {0: 3.0, 1: 2.0, 2: 1.0}[s.rung]
+                    + (0.001 if s.group.endswith("x") else 0.0) + 0.002 * p.groups[s.group].waiting, s.rung)
+    assert p.ready
+    v = p.on_result("e1", "screen", None, 0, edited(BASE, LR=0.3), "e0", "ok", 2.9, 0)
+    assert [(s.rung, s.role) for s in v.runs] == [(1, "promote")]
+    v = p.on_result("e2", "promote", "e1", 0, edited(BASE, LR=0.3), "e0", "ok", 1.9, 1)
+    assert v.decision == "promoted" and [(s.rung, s.role) for s in v.runs] == [(2, "promote")] * 2
+
+
+def test_results_are_compared_with_the_best_on_the_same_gpu_model():
+    p = Policy(PolicyConfig(baseline_repeats=4), "min")
+    p.start(BASE, "e0")
+    for m, gpu in ((1.000, "A100"), (1.002, "A100"), (0.800, "H100"), (0.802, "H100")):
+        p.on_result("b", "baseline", "e0", 0, BASE, None, "ok", m, None, gpu)
+    assert p.noise() == pytest.approx(math.sqrt(2 * 0.001**2 * 2 / 2))  # within each model, pooled
+    on_h100 = p.on_result("e1", "screen", None, 0, edited(BASE, LR=0.3), "e0", "ok", 0.795, None, "H100")
+    assert on_h100.numbers["best_mean"] == pytest.approx(0.801) and on_h100.decision == "screened"
+    # 0.95 on an A100 is a big gain over the A100 runs, although worse than the H100 runs
+    on_a100 = p.on_result("e2", "screen", None, 0, edited(BASE, LR=0.4), "e0", "ok", 0.95, None, "A100")
+    assert on_a100.numbers["best_mean"] == pytest.approx(1.001) and on_a100.decision == "screened"
+    # a model never seen with the best falls back to all of the best's runs
+    other = p.on_result("e3", "screen", None, 0, edited(BASE, LR=0.2), "e0", "ok", 0.95, None, "L4")
+    assert other.numbers["best_mean"] == pytest.approx(0.901)

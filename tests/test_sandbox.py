@@ -271,3 +271,22 @@ def test_a_sleeper_ignoring_sigterm_is_killed_at_the_timeout(bwrap, tmp_path):
     result = trainer.run(candidate(target, train=train))
     assert result.status == "timeout" and "hard timeout" in result.error_tail
     assert marked_pids(mark) == []
+
+
+def test_a_candidate_cannot_reach_its_trainer_to_kill_it(bwrap, tmp_path):
+    """Unconfined, this candidate SIGKILLs its reaper's parent: the trainer (here, this very test process).
+    In its own PID namespace it sees neither."""
+    killer = """
+        import os, signal
+        reaper = os.getppid()
+        with open(f"/proc/{reaper}/stat") as f:
+            trainer = int(f.read().rsplit(")", 1)[1].split()[1])
+        print("trainer pid seen as", trainer, "reaper as", reaper, flush=True)
+        if trainer > 1:
+            os.kill(trainer, signal.SIGKILL)
+        raise SystemExit("no trainer in sight")
+        """
+    run = Run(tmp_path, killer)
+    assert run.result.status == "crash" and "no trainer in sight" in run.result.error_tail
+    assert f"trainer pid seen as {os.getpid()}" not in run.log
+    run.assert_contained()

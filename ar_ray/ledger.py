@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -163,9 +164,14 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
 
 
 class Ledger:
-    """The writer. One per run: the driver owns it."""
+    """The writer. One per run: the driver owns it.
 
-    def __init__(self, run_dir: str | os.PathLike, fanout: int = FANOUT):
+    `background=True` (the driver's choice) merges parts in a thread of its own, so an append costs one
+    small part's write whatever merge is due: merging 262,144 rows into a level-3 part no longer stalls
+    the loop. The merge thread is the only one that replaces parts; appends only add parts at the end, so
+    the two meet only under a short lock. `wait()` lets the merges catch up (tests, the end of a run)."""
+
+    def __init__(self, run_dir: str | os.PathLike, fanout: int = FANOUT, background: bool = False):
         self.dir = Path(run_dir) / "ledger"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fanout = fanout
@@ -179,6 +185,14 @@ class Ledger:
         self._parts = live
         self._recent: dict[Path, pa.Table] = {}  # level-0 parts written by this process, for the next merge
         self.next_seq = live[-1].last + 1 if live else 0
+        self._lock = threading.Lock()  # guards _parts and _recent between append() and the merge thread
+        self._due = threading.Condition(self._lock)
+        self._merging = False
+        self._merge_error: BaseException | None = None
+        self._merger = threading.Thread(target=self._merge_loop, name="ledger-merge", daemon=True) \
+            if background else None
+        if self._merger:
+            self._merger.start()
 
     def __len__(self) -> int:
         return self.next_seq
@@ -188,33 +202,76 @@ class Ledger:
         rows = [rows] if isinstance(rows, dict) else list(rows)
         if not rows:
             return []
+        if self._merge_error is not None:  # e.g. a full disk: say so at once, nothing is lost
+            raise LedgerError(f"merging ledger parts failed: {self._merge_error!r}") from self._merge_error
         first = self.next_seq
         seqs = list(range(first, first + len(rows)))
         table = rows_to_table([{**r, "seq": s} for r, s in zip(rows, seqs)])
         name = _name(first, seqs[-1], 0)
         _write_part(self.dir, table, name)
-        self._parts.append(_Part(0, first, seqs[-1], self.dir / name))
-        self._recent[self.dir / name] = table
+        with self._lock:
+            self._parts.append(_Part(0, first, seqs[-1], self.dir / name))
+            self._recent[self.dir / name] = table
+            self._due.notify()
         self.next_seq = seqs[-1] + 1
-        self._maybe_merge()
+        if self._merger is None:
+            while self._merge_one():
+                pass
         return seqs
 
-    def _maybe_merge(self) -> None:
-        # merge the newest `fanout` parts when they share a level; cascade upwards
-        while len(self._parts) >= self.fanout:
-            tail = self._parts[-self.fanout:]
-            level = tail[0].level
-            if any(q.level != level for q in tail):
-                return
+    def _window(self) -> list[_Part] | None:
+        """The oldest `fanout` consecutive parts of one level, if any (levels never rise towards the end)."""
+        for i in range(len(self._parts) - self.fanout + 1):
+            window = self._parts[i:i + self.fanout]
+            if window[0].level == window[-1].level:
+                return window
+        return None
+
+    def _merge_one(self) -> bool:
+        """Merge one window into a part of the next level; False when none is due."""
+        with self._lock:
+            window = self._window()
+            if window is None:
+                return False
             # rows this writer appended are still in memory: only older levels are read back
-            table = pa.concat_tables(self._recent.pop(q.path, None) or pq.read_table(q.path, schema=SCHEMA)
-                                     for q in tail)
-            name = _name(tail[0].first, tail[-1].last, level + 1)
-            _write_part(self.dir, table, name)
-            for q in tail:
-                q.path.unlink()
-            _fsync_dir(self.dir)
-            self._parts[-self.fanout:] = [_Part(level + 1, tail[0].first, tail[-1].last, self.dir / name)]
+            tables = [self._recent.get(q.path) for q in window]
+        table = pa.concat_tables(t if t is not None else pq.read_table(q.path, schema=SCHEMA)
+                                 for t, q in zip(tables, window))
+        name = _name(window[0].first, window[-1].last, window[0].level + 1)
+        _write_part(self.dir, table, name)
+        with self._lock:
+            i = self._parts.index(window[0])
+            self._parts[i:i + self.fanout] = [_Part(window[0].level + 1, window[0].first, window[-1].last, self.dir / name)]
+            for q in window:
+                self._recent.pop(q.path, None)
+        for q in window:
+            q.path.unlink()
+        _fsync_dir(self.dir)
+        return True
+
+    def _merge_loop(self) -> None:
+        while True:
+            with self._lock:
+                while self._window() is None:
+                    self._merging = False
+                    self._due.notify_all()
+                    self._due.wait()
+                self._merging = True
+            try:
+                self._merge_one()
+            except BaseException as e:  # noqa: BLE001  (reported by the next append; the parts are intact)
+                with self._lock:
+                    self._merge_error, self._merging = e, False
+                    self._due.notify_all()
+                return
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no merge is due (background mode); True when caught up."""
+        if self._merger is None:
+            return True
+        with self._lock:
+            return self._due.wait_for(lambda: self._merge_error is not None
+                                      or (not self._merging and self._window() is None), timeout)
 
     def read(self) -> pa.Table:
         return read_table(self.dir.parent)

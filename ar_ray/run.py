@@ -103,7 +103,7 @@ def execute(config: RunConfig, on_event=None) -> dict:
                                                     "target": str(target.root), "metric": target.metric,
                                                     "direction": target.direction,
                                                     "config": json.loads(config.to_json())}, indent=2))
-    ledger = Ledger(run_dir)
+    ledger = Ledger(run_dir, background=True)  # merges never stall the loop
     started = cluster.connect(config.address)
     trainers, proposers = [], []
     try:
@@ -129,6 +129,7 @@ def execute(config: RunConfig, on_event=None) -> dict:
         finally:
             driver.on_event("finished", driver, {"state": state})
         out = {**summary(driver.count, driver, interrupted), "sandbox": confinement}
+        ledger.wait(timeout=120)  # let the last merges land (a crash here loses nothing either)
         if config.ladder:
             out["transfer"] = write_transfer(run_dir)
         return out

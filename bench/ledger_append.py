@@ -207,6 +207,35 @@ def window(args, base_dir: Path, rng: random.Random) -> None:
     print(f"load() of {lrows:,} rows: {lt:.2f} s (best of 2)")
 
 
+def cascade(args, base_dir: Path, rng: random.Random) -> None:
+    """The append that triggers the deepest merge cascade near --rows, with merges inline and in the background
+    (as `ar-ray run` does): how long the append itself takes (the driver's loop waits that long), and how
+    long the background thread takes to catch up."""
+    levels = max(1, int(math.log(args.rows, args.fanout)))
+    unit = args.fanout ** levels
+    target = math.ceil(args.rows / unit) * unit
+    block = None
+    for background in (False, True):
+        run_dir = base_dir / ("background" if background else "inline")
+        block = seed_parts(run_dir, target - 1, args.fanout, rng, block)
+        led = lm.Ledger(run_dir, fanout=args.fanout, background=background)
+        row = make_row(target - 1, rng)
+        t0 = time.perf_counter()
+        led.append(row)
+        took = time.perf_counter() - t0
+        nxt = [time.perf_counter()]
+        for i in range(20):  # appends right after, while a background cascade runs
+            led.append(make_row(target + i, rng))
+            nxt.append(time.perf_counter())
+        slowest_next = max(b - a for a, b in zip(nxt, nxt[1:]))
+        led.wait()
+        caught_up = time.perf_counter() - t0
+        print(f"{'background' if background else 'inline':10s}: the append making {target:,} rows returned in "
+              f"{ms(took)} ms; the next 20 appends took at most {ms(slowest_next)} ms each; merges done after "
+              f"{caught_up:.1f} s ({levels} levels, {unit:,} rows into one part)")
+        shutil.rmtree(run_dir)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000, help="ledger size to grow to (default 1,000,000)")
@@ -216,6 +245,8 @@ def main() -> None:
     ap.add_argument("--no-fsync", action="store_true", help="monkeypatch fsync out (this process only)")
     ap.add_argument("--dir", help="where to build the ledger (default: a temporary folder, removed afterwards)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cascade", action="store_true",
+                    help="only time the deepest cascade near --rows, merges inline vs in the background")
     args = ap.parse_args()
     if args.no_fsync:
         disable_fsync()
@@ -223,7 +254,9 @@ def main() -> None:
     print(f"<!-- {platform.node()} {os.cpu_count()} cpus, python {platform.python_version()}, pyarrow {pa.__version__}, "
           f"fanout {args.fanout}, fsync {'off' if args.no_fsync else 'on'}, {time.strftime('%Y-%m-%d')} -->")
     try:
-        if args.window:
+        if args.cascade:
+            cascade(args, base, random.Random(args.seed))
+        elif args.window:
             window(args, base, random.Random(args.seed))
         else:
             continuous(args, base / "run", random.Random(args.seed))

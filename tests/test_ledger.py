@@ -248,7 +248,7 @@ CHILD = "\n".join([
     "from ar_ray.ledger import Ledger",
     *(f"{name} = {globals()[name]!r}" for name in ("T0", "DIFF", "TRAIN_PY", "STATUSES", "DECISIONS")),
     inspect.getsource(make_row),
-    "led = Ledger(sys.argv[1], fanout=int(sys.argv[2]))",
+    "led = Ledger(sys.argv[1], fanout=int(sys.argv[2]), background=sys.argv[3] == 'bg')",
     "i = len(led)",
     "while True:",
     "    [s] = led.append(make_row(i))",
@@ -257,8 +257,8 @@ CHILD = "\n".join([
 ])
 
 
-def _spawn_writer(run_dir, fanout: int) -> tuple[subprocess.Popen, queue.Queue]:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(run_dir), str(fanout)],
+def _spawn_writer(run_dir, fanout: int, background: bool = False) -> tuple[subprocess.Popen, queue.Queue]:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(run_dir), str(fanout), "bg" if background else "fg"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
 
@@ -276,7 +276,8 @@ def _every_part_readable(run_dir) -> None:
         assert pq.read_table(p).schema.equals(SCHEMA, check_metadata=False), p.name
 
 
-def test_sigkill_at_random_points_loses_no_acknowledged_row(tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["inline-merges", "background-merges"])
+def test_sigkill_at_random_points_loses_no_acknowledged_row(tmp_path, background):
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
@@ -284,7 +285,7 @@ def test_sigkill_at_random_points_loses_no_acknowledged_row(tmp_path):
     leftovers = 0
     for _ in range(5):
         want = rng.randint(5, 40)
-        proc, lines = _spawn_writer(tmp_path, fanout=3)
+        proc, lines = _spawn_writer(tmp_path, fanout=3, background=background)
         got: list[int] = []
         deadline = time.monotonic() + 20
         try:
@@ -347,3 +348,48 @@ def test_concurrent_reader_never_sees_a_partial_part(tmp_path):
         proc.wait(10)
     assert last >= 100, f"writer reached only {last} rows in 20 s"
     assert reads >= 10
+
+
+# ------------------------------------------------------------------------------------ background merges
+
+
+def _gated_merges(monkeypatch, fail: bool = False) -> threading.Event:
+    """Merged parts (level >= 1) are written only once the returned event is set (or fail, if asked)."""
+    import ar_ray.ledger as ledger_mod
+    gate, real = threading.Event(), ledger_mod._write_part
+
+    def write(ledger_dir, table, name):
+        if not name.endswith("-L0.parquet"):
+            if fail:
+                raise OSError(28, "No space left on device")
+            assert gate.wait(30), "the test never opened the gate"
+        real(ledger_dir, table, name)
+    monkeypatch.setattr(ledger_mod, "_write_part", write)
+    return gate
+
+
+def test_background_merges_never_hold_up_an_append(tmp_path, monkeypatch):
+    gate = _gated_merges(monkeypatch)
+    led = Ledger(tmp_path, fanout=4, background=True)
+    for i in range(14):  # the first merge is due after 4 rows and stays stuck until the gate opens
+        assert led.append(make_row(i)) == [i]
+    assert not gate.is_set() and not led.wait(timeout=0.05)
+    assert all(p.name.endswith("-L0.parquet") for p in part_files(tmp_path))
+    assert_readers_agree(tmp_path, 14)
+    gate.set()
+    assert led.wait(timeout=30)
+    # caught up, the parts are what inline merges leave: 14 = 3 x 4 + 2, three L1 parts and two L0 parts
+    assert sorted(int(PART.match(p.name)["level"]) for p in part_files(tmp_path)) == [0, 0, 1, 1, 1]
+    assert_readers_agree(tmp_path, 14)
+    assert len(Ledger(tmp_path, fanout=4)) == 14
+
+
+def test_a_failed_background_merge_is_reported_and_loses_nothing(tmp_path, monkeypatch):
+    _gated_merges(monkeypatch, fail=True)
+    led = Ledger(tmp_path, fanout=4, background=True)
+    for i in range(4):
+        led.append(make_row(i))
+    led.wait(timeout=30)
+    with pytest.raises(LedgerError, match="No space left on device"):
+        led.append(make_row(4))
+    assert_readers_agree(tmp_path, 4)

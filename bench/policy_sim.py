@@ -12,7 +12,10 @@ candidates, 5 of them real improvements of `gain` (3 x noise, and a harder varia
 
 1. confirm: PolicyConfig() (screen, re-run with new seeds, rebase stale winners), N trainers;
 2. greedy:  PolicyConfig(acceptance="greedy"): a run that beats the best is the best, N trainers;
-3. sequential greedy: the same rule with 1 trainer (upstream autoresearch).
+3. sequential greedy: the same rule with 1 trainer (upstream autoresearch);
+4. confirm + ladder: PolicyConfig(rungs=2): new candidates screened with 1-minute runs (noise sd
+   doubled, effects a proxy of the full ones: 0.7 x the full effect plus N(0, 0.001) of distortion per
+   candidate), the top quarter promoted to 5-minute runs, accepted there by the confirm rule.
 
     python bench/policy_sim.py --seeds 10 --candidates 200 --trainers 16 --plot docs/policy_sim.png
 
@@ -22,21 +25,18 @@ final best, GPU-hours used, wall-clock hours in all and until the final best was
 and the true metric of the best at fixed GPU-hour marks. A policy that has finished before a
 mark keeps its final best there.
 
-`simulate` reports the best over GPU-hours (completed runs x run_hours) only; the wall clock
-is read from its event queue: `ar_ray.simulate.heapq` is swapped, for the call, for a shim
-that records the time of every event it pops (one per completed run).
+`simulate` reports the best over GPU-hours (the lengths of the completed runs) and over
+simulated wall-clock hours.
 """
 
 from __future__ import annotations
 
 import argparse
-import heapq
 import random
 import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -54,21 +54,6 @@ def problem(seed: int, n: int, gain: float, n_real: int = N_REAL) -> tuple[list[
     rng = random.Random(seed)
     real = set(rng.sample(range(n), n_real))
     return [gain if i in real else rng.choice(HARMLESS) for i in range(n)], real
-
-
-class _ClockedHeapq:
-    """Stands in for the heapq module inside ar_ray.simulate; records each popped event's time."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def heappush(self, heap, item):
-        heapq.heappush(heap, item)
-
-    def heappop(self, heap):
-        item = heapq.heappop(heap)
-        self.times.append(item[0])
-        return item
 
 
 @dataclass
@@ -91,21 +76,25 @@ class Run:
         return value
 
 
+LADDER_RUNGS = [(0.2, 2 * NOISE), (1.0, NOISE)]  # (run length in full runs, noise sd): 1-minute screens
+
+
+def proxy(effects: list[float], seed: int) -> list[float]:
+    """What a 1-minute run sees of each candidate: 0.7 x its full effect, plus its own distortion."""
+    rng = random.Random(seed + 10_000)
+    return [0.7 * e + rng.gauss(0.0, 0.001) for e in effects]
+
+
 def run_one(config: PolicyConfig, trainers: int, effects: list[float], real: set[int], seed: int) -> Run:
-    clock = _ClockedHeapq()
-    with mock.patch.object(sim, "heapq", clock):
-        r = sim.simulate(config, effects, trainers=trainers, noise=NOISE, seed=seed, run_hours=RUN_HOURS)
-    assert len(clock.times) == r.runs, "simulate's event loop changed: one popped event per run expected"
-    curve = []
-    for gpu, true in r.true_best:
-        done = round(gpu / RUN_HOURS)  # completed runs when this best was recorded
-        curve.append((gpu, clock.times[done - 1] * RUN_HOURS if done else 0.0, true))
+    ladder = {"rungs": LADDER_RUNGS, "small_effects": proxy(effects, seed)} if config.rungs > 1 else {}
+    r = sim.simulate(config, effects, trainers=trainers, noise=NOISE, seed=seed, run_hours=RUN_HOURS, **ladder)
+    curve = [(gpu, wall, true) for (gpu, true), wall in zip(r.true_best, r.wall)]
     return Run(
         false_accepts=sum(1 for c in r.accepted if c not in real),
         real_final=len(real & r.final_on),
         final_true=r.true_best[-1][1],
-        gpu_hours=r.runs * RUN_HOURS,
-        wall_hours=clock.times[-1] * RUN_HOURS,
+        gpu_hours=r.gpu_hours,
+        wall_hours=r.end,
         wall_to_final=curve[-1][1],
         curve=curve,
     )
@@ -116,6 +105,7 @@ def policies(trainers: int) -> list[tuple[str, PolicyConfig, int]]:
         (f"confirm, {trainers} trainers", PolicyConfig(acceptance="confirm"), trainers),
         (f"greedy, {trainers} trainers", PolicyConfig(acceptance="greedy"), trainers),
         ("greedy, sequential (1 trainer)", PolicyConfig(acceptance="greedy"), 1),
+        (f"confirm + ladder (1-min screens), {trainers} trainers", PolicyConfig(rungs=2), trainers),
     ]
 
 
@@ -145,7 +135,7 @@ def plot(results: dict, gains: list[tuple[str, float]], path: str) -> None:
     import numpy as np
 
     fig, axes = plt.subplots(len(gains), 2, figsize=(12, 4.2 * len(gains)), squeeze=False)
-    colors = ["tab:blue", "tab:red", "tab:gray"]
+    colors = ["tab:blue", "tab:red", "tab:gray", "tab:green"]
     for row, (gain_label, gain) in enumerate(gains):
         names = [name for (g, name) in results if g == gain_label]
         for col, (axis, xlabel) in enumerate([(0, "GPU-hours"), (1, "wall-clock hours (log scale)")]):

@@ -255,3 +255,20 @@ def test_results_are_compared_with_the_best_on_the_same_gpu_model():
     # a model never seen with the best falls back to all of the best's runs
     other = p.on_result("e3", "screen", None, 0, edited(BASE, LR=0.2), "e0", "ok", 0.95, None, "L4")
     assert other.numbers["best_mean"] == pytest.approx(0.901)
+
+
+def test_a_ladder_on_a_noisy_proxy_spends_fewer_gpu_hours_and_stays_clean():
+    """1-minute screens with twice the noise, the top quarter promoted to full runs: the same 5 problem streams
+    cost far fewer GPU-hours, real gains are still found and false accepts stay rare."""
+    full, ladder = {"gpu": 0.0, "real": 0, "false": 0}, {"gpu": 0.0, "real": 0, "false": 0}
+    for seed in range(5):
+        effects, real = problem(seed)
+        for out, config, extra in ((full, PolicyConfig(), {}),
+                                   (ladder, PolicyConfig(rungs=2), {"rungs": [(0.2, 0.004), (1.0, 0.002)]})):
+            r = simulate(config, effects, trainers=16, noise=0.002, seed=seed, **extra)
+            out["gpu"] += r.gpu_hours
+            out["real"] += len(real & r.final_on)
+            out["false"] += len([c for c in r.accepted if c not in real])
+    print(f"\nGPU-hours / real kept / false accepts: full {full}, ladder {ladder}")
+    assert ladder["gpu"] < 0.6 * full["gpu"]
+    assert ladder["real"] >= 5 and ladder["false"] <= 2

@@ -240,10 +240,12 @@ def status(run_dir, watch):
 
 
 from ar_ray.cli_report import export_git_cmd, report, show  # noqa: E402  (after main: cli_report does not import cli)
+from ar_ray.cli_sweep import sweep  # noqa: E402
 
 main.add_command(report)
 main.add_command(show)
 main.add_command(export_git_cmd)
+main.add_command(sweep)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from ar_ray import edits, rows
 from ar_ray.codehash import code_hash
 from ar_ray.journal import Journal
 from ar_ray.ledger import Ledger
-from ar_ray.ladder import Scale
+from ar_ray.scale import Scale
 from ar_ray.policy import Policy, RunSpec, Verdict
 from ar_ray.target import Target
 from ar_ray.types import Attempt, Baseline, Candidate, Proposal, Result

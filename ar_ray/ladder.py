@@ -9,21 +9,11 @@ a rung into the budget and knobs of a `Candidate`, and a ledger row back into it
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from ar_ray.config import ConfigError
+from ar_ray.scale import Scale
 
 KNOB = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-@dataclass(frozen=True)
-class Scale:
-    budget_seconds: float | None = None  # None: the run's budget (--budget or the target's)
-    knobs: dict[str, str] = field(default_factory=dict)  # passed to the child as AR_<NAME>
-
-    def describe(self) -> str:
-        parts = ([f"{self.budget_seconds:g}s"] if self.budget_seconds else []) + [f"{k}={v}" for k, v in self.knobs.items()]
-        return ":".join(parts) or "full"
 
 
 def parse_ladder(text: str | None) -> tuple[Scale, ...]:
@@ -47,7 +37,7 @@ def parse_ladder(text: str | None) -> tuple[Scale, ...]:
                                       "write rungs like 60,300 or budget_tokens=100000,budget_tokens=400000") from None
                 if budget <= 0:
                     raise ConfigError(f"--ladder: budgets must be positive, got {item!r}")
-        scales.append(Scale(budget, knobs))
+        scales.append(Scale(knobs=knobs, budget_seconds=budget))
     if len(scales) < 2:
         raise ConfigError("--ladder needs at least two rungs, cheapest first (e.g. 60,300)")
     if len(set(scales_key(s) for s in scales)) < len(scales):

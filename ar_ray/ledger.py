@@ -56,8 +56,8 @@ SCHEMA = pa.schema([
     ("lines_added", pa.int32()),
     ("lines_removed", pa.int32()),
     ("status", pa.string()),  # ok, crash, timeout, oom, diverged, no_metric, metric_mismatch, tampered, limit, infra, invalid_edit, duplicate, integrity, proposer_error
-    ("decision", pa.string()),  # baseline, keep, discard, skip; confirm mode adds screened, confirming, reject, conflict
-    ("role", pa.string()),  # screen (a new candidate), baseline (a run of the best), confirm, rebase
+    ("decision", pa.string()),  # baseline, keep, discard, skip; confirm mode adds screened, promoted, confirming, reject, conflict; sweeps: sweep
+    ("role", pa.string()),  # screen (a new candidate), baseline (a run of the best), confirm, rebase, promote, sweep
     ("group_id", pa.string()),  # the candidate a confirmation or rebase run belongs to
     ("noise", pa.float64()),  # run-to-run spread estimate used for the decision
     ("gain", pa.float64()),  # improvement over the best's mean (positive = better)

@@ -417,8 +417,59 @@ def _experiments_html(df: pd.DataFrame, max_rows: int) -> tuple[str, int]:
     return f'<table class="experiments"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>', len(sub)
 
 
-def render_html(df: pd.DataFrame, info: dict, png: bytes, max_rows: int = MAX_ROWS) -> tuple[str, dict]:
-    """The report page as a string, and the summary it shows."""
+def _sweep_html(run_dir: Path) -> str:
+    """A scaling sweep's results (`ar-ray sweep`): its fits, verdicts and plots, when the run dir has them."""
+    import json
+
+    from ar_ray.sweep import SWEEP_JSON
+    path = run_dir / SWEEP_JSON
+    pngs = sorted(run_dir.glob("sweep_*.png"), key=lambda p: (p.name != "sweep_fit.png", p.name))
+    if not path.exists() and not pngs:
+        return ""
+    try:
+        res = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        res = {}
+    if isinstance(res.get("plots"), list):  # the plots of the latest analysis, not older leftovers
+        pngs = [run_dir / Path(n).name for n in res["plots"] if isinstance(n, str) and (run_dir / Path(n).name).is_file()]
+    parts = ['<h2 id="sweep">Scaling sweep</h2>']
+    if res:
+        fails = ", ".join(f"{k} {v}" for k, v in sorted(res.get("failed_by_status", {}).items()))
+        parts.append(f'<p>{e(res.get("runs"))} runs: {e(res.get("ok"))} ok, {e(res.get("failed"))} failed'
+                     + (f" ({e(fails)}; left out of the fits)" if fails else "") + "."
+                     + (f' Compute: {e(res["compute_source"])}.' if res.get("compute_source") else "") + "</p>")
+        if res.get("error"):
+            parts.append(f'<p class="muted">No analysis: {e(res["error"])}</p>')
+        rows = []
+        for name, v in (res.get("variants") or {}).items():
+            f = v.get("fit") or {}
+            fit = (f"{_f(f.get('alpha'), 4)} [{_f((f.get('alpha_ci') or [None])[0], 4)}, "
+                   f"{_f((f.get('alpha_ci') or [None, None])[1], 4)}]") if f else (v.get("fit_error") or "-")
+            tpp = v.get("tokens_per_param") or {}
+            ratio = f"{tpp['tokens_per_param']:.3g}" if isinstance(tpp.get("tokens_per_param"), (int, float)) else "-"
+            rows.append(f"<tr><td>{e(name)}</td><td class=\"n\">{e(v.get('ok'))}</td><td class=\"n\">{e(v.get('failed'))}</td>"
+                        f"<td>{e(fit)}</td><td class=\"n\">{e(_f(f.get('E'), 4)) if f else '-'}</td>"
+                        f"<td class=\"n\">{e(ratio)}</td></tr>")
+        warnings = [f"{name}: {v['fit_warning']}" for name, v in (res.get("variants") or {}).items() if v.get("fit_warning")]
+        if rows:
+            parts.append("<table><thead><tr><th>variant</th><th>ok runs</th><th>failed</th><th>alpha [95% CI]</th>"
+                         "<th>E</th><th>tokens/param (rough)</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+        parts += [f'<p class="small">warning, {e(w)}</p>' for w in warnings]
+        for c in res.get("comparisons") or []:
+            cmp = c.get("comparison")
+            if cmp:
+                parts.append(f'<h3>{e(c.get("b"))} against {e(c.get("a"))}: {e(cmp.get("verdict"))}</h3>'
+                             f'<div class="desc">{e(cmp.get("reason"))}</div><pre>{e(cmp.get("describe"))}</pre>')
+            else:
+                parts.append(f'<h3>{e(c.get("b"))} against {e(c.get("a"))}</h3><p class="muted">{e(c.get("error"))}</p>')
+    for p in pngs:
+        parts.append(f'<img class="plot" alt="{e(p.name)}" src="data:image/png;base64,'
+                     f'{base64.b64encode(p.read_bytes()).decode()}">')
+    return "\n".join(parts)
+
+
+def render_html(df: pd.DataFrame, info: dict, png: bytes, max_rows: int = MAX_ROWS, sweep: str = "") -> tuple[str, dict]:
+    """The report page as a string, and the summary it shows (`sweep`: the sweep section's HTML, if any)."""
     direction = info.get("direction", "min")
     metric = info.get("metric", "metric")
     s = A.summary(df, info)
@@ -451,6 +502,7 @@ def render_html(df: pd.DataFrame, info: dict, png: bytes, max_rows: int = MAX_RO
 <img class="plot" alt="progress plot: {e(metric)} of every run over time" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <p class="small muted">Grey: experiments; blue: baseline and confirmation runs; green: kept changes (labelled) and the
 running best; red crosses: failed runs. Points beyond the vertical range are drawn as triangles on its edge.</p>
+{sweep}
 <h2 id="lineage">Lineage of kept changes</h2>
 {_lineage_html(lin, metric)}
 <h2 id="kept">Kept changes</h2>
@@ -481,6 +533,6 @@ def build(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, 
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     png = progress_png(df, info, out / "progress.png")
-    page, s = render_html(df, info, png, max_rows=max_rows)
+    page, s = render_html(df, info, png, max_rows=max_rows, sweep=_sweep_html(run_dir))
     _write_atomic(out / "report.html", page.encode("utf-8"))
     return Report(out / "report.html", out / "progress.png", s)

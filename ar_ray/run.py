@@ -35,6 +35,8 @@ def prepare_run_dir(config: RunConfig) -> tuple[str, dict | None]:
             raise ConfigError(f"--resume: {run_dir} holds no run ({RUN_FILE} missing); "
                               "give the run dir of an earlier `ar-ray run`, or leave out --resume to start a new run")
         meta = json.loads(meta_path.read_text())
+        if meta.get("kind") == "sweep":
+            raise ConfigError(f"{run_dir} is a scaling sweep; continue it with `ar-ray sweep --resume {run_dir}`")
         return meta["run_id"], meta
     if has_ledger or meta_path.exists():
         raise ConfigError(f"{run_dir} already holds a run's ledger; pass --resume to continue it, "

@@ -15,7 +15,8 @@ RUN_STATUSES = ("ok", "crash", "timeout", "oom", "diverged", "no_metric", "metri
 STATUSES = PROPOSAL_STATUSES + RUN_STATUSES
 
 # What the driver did with it.
-DECISIONS = ("baseline", "keep", "discard", "skip", "screened", "confirming", "reject", "conflict")
+DECISIONS = ("baseline", "keep", "discard", "skip", "screened", "promoted", "confirming", "reject", "conflict",
+             "sweep")  # sweep: a run of a scaling sweep, recorded, not judged
 
 
 @dataclass(frozen=True)

@@ -316,9 +316,9 @@ def main():
     print(f"total_seconds:    {time.time() - T_START:.1f}")
     print(f"peak_vram_mb:     {peak_vram:.1f}")
     print(f"mfu_percent:      {mfu:.2f}")
-    print(f"total_tokens_M:   {tokens / 1e6:.1f}")
+    print(f"total_tokens_M:   {tokens / 1e6:.4g}")
     print(f"num_steps:        {step}")
-    print(f"num_params_M:     {num_params / 1e6:.1f}")
+    print(f"num_params_M:     {num_params / 1e6:.4g}")
     print(f"depth:            {depth}")
 
 

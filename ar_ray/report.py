@@ -417,6 +417,18 @@ def _experiments_html(df: pd.DataFrame, max_rows: int) -> tuple[str, int]:
     return f'<table class="experiments"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>', len(sub)
 
 
+def _transfer_html(df: pd.DataFrame) -> str:
+    """The promotion ladder's transfer report: do the cheap rung's gains rank candidates as the full rung's do?"""
+    from ar_ray.ranks import transfer_from_ledger
+    t = transfer_from_ledger(df)
+    if t is None:
+        return ""
+    return (f'<h2 id="transfer">Transfer across the ladder</h2><p>{e(t.describe())}.</p>'
+            '<p class="small">Pairs: each promoted candidate\'s gain at the cheapest rung and at the highest rung it '
+            "reached (gains over the best at that rung). If the cheap rung does not carry the signal, screen at a "
+            "larger budget.</p>")
+
+
 def _sweep_html(run_dir: Path) -> str:
     """A scaling sweep's results (`ar-ray sweep`): its fits, verdicts and plots, when the run dir has them."""
     import json
@@ -468,8 +480,8 @@ def _sweep_html(run_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def render_html(df: pd.DataFrame, info: dict, png: bytes, max_rows: int = MAX_ROWS, sweep: str = "") -> tuple[str, dict]:
-    """The report page as a string, and the summary it shows (`sweep`: the sweep section's HTML, if any)."""
+def render_html(df: pd.DataFrame, info: dict, png: bytes, max_rows: int = MAX_ROWS, extra: str = "") -> tuple[str, dict]:
+    """The report page as a string, and the summary it shows (`extra`: sections of their own, e.g. a sweep's)."""
     direction = info.get("direction", "min")
     metric = info.get("metric", "metric")
     s = A.summary(df, info)
@@ -502,7 +514,7 @@ def render_html(df: pd.DataFrame, info: dict, png: bytes, max_rows: int = MAX_RO
 <img class="plot" alt="progress plot: {e(metric)} of every run over time" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <p class="small muted">Grey: experiments; blue: baseline and confirmation runs; green: kept changes (labelled) and the
 running best; red crosses: failed runs. Points beyond the vertical range are drawn as triangles on its edge.</p>
-{sweep}
+{extra}
 <h2 id="lineage">Lineage of kept changes</h2>
 {_lineage_html(lin, metric)}
 <h2 id="kept">Kept changes</h2>
@@ -533,6 +545,6 @@ def build(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, 
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     png = progress_png(df, info, out / "progress.png")
-    page, s = render_html(df, info, png, max_rows=max_rows, sweep=_sweep_html(run_dir))
+    page, s = render_html(df, info, png, max_rows=max_rows, extra=_transfer_html(df) + _sweep_html(run_dir))
     _write_atomic(out / "report.html", page.encode("utf-8"))
     return Report(out / "report.html", out / "progress.png", s)

@@ -240,3 +240,6 @@ def test_a_promotion_ladder_screens_cheap_promotes_and_reports_transfer(ray_loca
     # the new best is measured again at the cheap rung (its full-scale runs came from the promotion)
     assert ((ran.role == "baseline") & (ran.base_version == 1) & (ran.budget_seconds == 1.0)).sum() == 3
     assert summary["transfer"]["n"] == 2 and (tmp_path / "run" / "transfer.json").exists()
+    from ar_ray import report
+    page = report.build(tmp_path / "run").html.read_text()
+    assert "Transfer across the ladder" in page and "rank transfer over 2 candidates" in page

@@ -290,3 +290,23 @@ def test_a_candidate_cannot_reach_its_trainer_to_kill_it(bwrap, tmp_path):
     assert run.result.status == "crash" and "no trainer in sight" in run.result.error_tail
     assert f"trainer pid seen as {os.getpid()}" not in run.log
     run.assert_contained()
+
+
+def test_caches_that_default_to_home_are_writable_inside_the_sandbox(bwrap, home, tmp_path):
+    """Triton writes its kernel cache under ~/.triton, which the sandbox keeps read-only (or, for a home under
+    /tmp as here, private to the run): the caches are pointed at the run's own /tmp, and nothing reaches home."""
+    run = Run(tmp_path, """
+        import os, pathlib
+        for var in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "MPLCONFIGDIR"):
+            assert os.environ[var].startswith("/tmp/"), var
+            d = pathlib.Path(os.environ[var])
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "entry").write_text("cached")
+        try:
+            (pathlib.Path.home() / ".triton").mkdir()
+        except OSError:
+            pass
+        """, end=HONEST_END)
+    assert run.result.status == "ok"
+    assert not (home / ".triton").exists()
+    run.assert_contained()

@@ -37,6 +37,12 @@ SECRET_DIRS = (".ray", ".aws", ".ssh", ".gnupg", ".azure", ".kube", ".docker", "
                ".huggingface", ".cache/huggingface/token")
 SECRET_FILES = (".netrc", ".git-credentials", ".pypirc", ".config/openai", ".openai")
 GiB = 2**30
+# Under bubblewrap only /tmp (private to the run) and the run dir are writable: point the caches that
+# default to the read-only home folder there (Triton's kernel cache; Inductor's already lives in /tmp).
+# Each sandboxed GPU run therefore compiles afresh: a cache shared between runs would let one candidate
+# plant code that another candidate's run loads.
+CACHE_ENV = {"TRITON_HOME": "/tmp", "TRITON_CACHE_DIR": "/tmp/.triton/cache", "MPLCONFIGDIR": "/tmp/matplotlib",
+             "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor"}
 
 
 class SandboxError(RuntimeError):

@@ -194,6 +194,8 @@ class Trainer:
                    else 2 * cand.budget_seconds + 60)
         argv = distributed(format_command(self.target.command, **values), len(self.gpu_ids))
         env = child_env(self.target, env)
+        if self._box_mode == "bwrap":  # caches that default to the (read-only) home go to the run's private /tmp
+            env = {**sandbox.CACHE_ENV, **env}
         data_before = sandbox.fingerprint(self.target.data, env)
 
         code, timed_out, child_seconds, broken = self._spawn(argv, run_dir, env, log, timeout, confine=True)

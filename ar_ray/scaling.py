@@ -552,10 +552,13 @@ def plot(fits_by_variant: Mapping[str, PowerLawFit | None], runs_by_variant: Map
             for lab in dict.fromkeys(r[0] for r in runs):
                 m = np.array([r[0] == lab for r in runs])
                 err = l[m].std(ddof=1) / math.sqrt(m.sum()) if m.sum() > 1 else 0.0
-                pts.append((c[m].mean(), l[m].mean(), err))
+                pts.append((c[m].mean(), l[m].mean(), err, lab))
             pts.sort()
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="o",
                         color=color, capsize=3, label=f"{name} runs")
+            if k == 0:  # the scale of each point (e.g. d2-tok100k), once: the variants share the grid
+                for x, y, _, lab in pts:
+                    ax.annotate(str(lab), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color="0.3")
         fit = fits_by_variant.get(name)
         if fit is not None and np.isfinite(cmin):
             grid = np.geomspace(cmin / 1.5, cmax * 1.5, 200)

@@ -84,9 +84,12 @@ def start_trainers(p: Plan, target: Target, work_root: str, run_id: str, keep_fi
     return actors
 
 
-def start_proposers(config: RunConfig, target: Target, run_id: str) -> list:
+def start_proposers(config: RunConfig, target: Target, run_id: str, gpus: bool = False) -> list:
     cls = ray.remote(ProposerActor)
     program = target.program_text()
+    options = dict(config.proposer_options)
+    if config.proposer == "mutate":  # it leaves alone the knobs of the hardware the trainers do not have
+        options.setdefault("hardware", "gpu" if gpus else "cpu")
     env = {}
     if config.proposer == "llm":
         # on other nodes, workers see that node's environment, not the driver's: hand the API key over
@@ -97,7 +100,7 @@ def start_proposers(config: RunConfig, target: Target, run_id: str) -> list:
     return [cls.options(name=f"ar-ray:{run_id}:proposer-{i}", num_cpus=0, max_restarts=-1, max_task_retries=0,
                         max_concurrency=8, runtime_env={"env_vars": env} if env else None)
             .remote(config.proposer, f"{config.proposer}-{i}", target.editable, program, config.seed * 1000 + i,
-                    config.proposer_options)
+                    options)
             for i in range(config.proposers)]
 
 

@@ -7,7 +7,9 @@ doubled/halved, booleans toggled, strings switched to another choice. The edit
 replaces only the literal's characters, so formatting and comments survive and
 the diff reads like a human's. Names that hold seeds or touch the evaluation
 are never changed (changing them would game the metric, not improve it), nor
-are lines marked `# fixed`.
+are lines marked `# fixed`. Told the trainers' hardware, it leaves alone the
+knobs that do not apply there: `GPU_X` on CPU, and on GPU an `X` that has a
+`GPU_X` twin (a run that changes only those would be a deterministic no-op).
 """
 
 from __future__ import annotations
@@ -103,6 +105,16 @@ def mutate_value(knob: Knob, rng: random.Random) -> object:
     return float(f"{v * factor:.4g}")
 
 
+def applicable(knobs: list[Knob], hardware: str | None) -> list[Knob]:
+    """The knobs that matter on this hardware: no GPU_X on CPU; on GPU, no X that a GPU_X twin replaces."""
+    if hardware == "cpu":
+        return [k for k in knobs if not k.name.startswith("GPU_")]
+    if hardware == "gpu":
+        twins = {k.name[4:] for k in knobs if k.name.startswith("GPU_")}
+        return [k for k in knobs if k.name not in twins]
+    return knobs
+
+
 def render(value: object) -> str:
     if isinstance(value, str):
         return repr(value)
@@ -113,8 +125,12 @@ def render(value: object) -> str:
 
 
 class MutateProposer(ProposerBase):
-    def __init__(self, name: str, editable: tuple[str, ...], program: str = "", seed: int = 0, max_changes: int = 2):
+    def __init__(self, name: str, editable: tuple[str, ...], program: str = "", seed: int = 0, max_changes: int = 2,
+                 hardware: str | None = None):
         super().__init__(name, editable, program, seed)
+        if hardware not in (None, "cpu", "gpu"):
+            raise ValueError(f"hardware must be 'cpu' or 'gpu', got {hardware!r}")
+        self.hardware = hardware
         self.rng = random.Random(f"{name}-{seed}")
         self.max_changes = max_changes
         self.tried: set[tuple[int, str]] = set()  # (base version, description): no repeats from one proposer
@@ -128,7 +144,8 @@ class MutateProposer(ProposerBase):
         return description, files
 
     def _one_edit(self, base: Baseline):
-        knobs = [k for p in self.editable if p.endswith(".py") for k in find_knobs(p, base.files[p])]
+        knobs = applicable([k for p in self.editable if p.endswith(".py") for k in find_knobs(p, base.files[p])],
+                           self.hardware)
         if not knobs:
             raise ProposalFailed("proposer_error", "no mutable hyperparameters found: the mutate proposer needs "
                                  "top-level UPPER_CASE = literal assignments in the editable .py files")

@@ -85,3 +85,19 @@ def test_the_default_gpt_target_has_knobs_to_mutate():
 def test_no_knobs_is_a_clear_proposer_error():
     (p,) = proposals("print('hello')\n", 1)
     assert p.status == "proposer_error" and "UPPER_CASE = literal" in p.error
+
+
+def test_knobs_of_the_other_hardware_are_left_alone():
+    """On CPU trainers a GPU_* knob changes nothing (a wasted, deterministic run); on GPU its CPU twin does not."""
+    files = {"train.py": (default_target() / "train.py").read_text()}
+    names = {k.name for k in find_knobs("train.py", files["train.py"])}
+    assert {"GPU_DEPTH", "DEPTH"} <= names
+    for hardware, absent, present in (("cpu", "GPU_DEPTH", "DEPTH"), ("gpu", "DEPTH", "GPU_DEPTH")):
+        p = MutateProposer("mutate-0", ("train.py",), seed=1, hardware=hardware)
+        touched = set()
+        for version in range(120):
+            prop = p.propose([], [], Baseline(version, files))
+            touched |= {part.split(" ")[0] for part in prop.description.split("; ")}
+        assert absent not in touched and present in touched, (hardware, sorted(touched))
+        if hardware == "cpu":
+            assert not any(n.startswith("GPU_") for n in touched)

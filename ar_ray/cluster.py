@@ -39,8 +39,10 @@ def connect(address: str | None, ship_code: bool = True) -> bool:
         ray.init(address=address, log_to_driver=False, namespace=NAMESPACE,
                  runtime_env=package_runtime_env() if ship_code else None)
     except ConnectionError as e:
-        raise ConfigError(f"cannot join the Ray cluster at {address!r}: {e}. Start it with `ray start --head` "
-                          "(or `ray up cluster.yaml`), or leave out --address to run on this machine.") from None
+        raise ConfigError(f"cannot join the Ray cluster at {address!r}: {e}. Is it running? Start it with "
+                          "`ray start --head` (or `ray up cluster.yaml`), or leave out --address to run on this "
+                          "machine. If its log above says InvalidAuthToken, this machine lacks the cluster's token: "
+                          "copy it to ~/.ray/auth_token, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.") from None
     return False
 
 

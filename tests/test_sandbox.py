@@ -9,9 +9,11 @@ watchdogs that do not need it are also tested with `--sandbox none`.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import uuid
@@ -310,3 +312,45 @@ def test_caches_that_default_to_home_are_writable_inside_the_sandbox(bwrap, home
     assert run.result.status == "ok"
     assert not (home / ".triton").exists()
     run.assert_contained()
+
+
+def test_what_is_bound_back_under_the_private_tmp():
+    root = Path(tempfile.mkdtemp(prefix="ark-"))  # under /tmp, like a CI checkout
+    try:
+        for d in ("venv/lib/site", "runs/r1/ledger", "runs/r1/experiments/e1"):
+            (root / d).mkdir(parents=True)
+        hidden = [root / "runs" / "r1", root / "runs" / "r1" / "experiments"]
+        paths = [root / "venv", root / "venv" / "lib" / "site", "/tmp", root / "runs", root / "runs" / "r1" / "ledger",
+                 "/usr/lib", "relative", root / "missing"]
+        # the venv, once; never /tmp itself, a parent of the run or a hidden folder, or what a hidden folder holds;
+        # /usr is not under /tmp (the read-only root already shows it)
+        assert sandbox.kept([str(p) for p in paths], hidden, root / "runs/r1/experiments/e1") == [root / "venv"]
+    finally:
+        shutil.rmtree(root)
+
+
+def test_a_python_installed_under_tmp_still_runs_in_the_sandbox(bwrap, tmp_path):
+    """CI's checkout (and its venv) may live under /tmp, which the sandbox replaces with an empty private one."""
+    venv = Path(tempfile.mkdtemp(prefix="arv-"))
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+        site = next((venv / "lib").glob("python3*/site-packages"))
+        (site / "outer.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")) + "\n")
+        script = f"""
+import sys
+sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parent.parent)]!r}
+from helpers_targets import candidate, make_target
+from trainers.sandbox import Sandbox
+from trainers.trainer import Trainer
+target = make_target(__import__("pathlib").Path({str(tmp_path / "t")!r}), "import sys\\nprint('val_bpb: 1.0', sys.prefix)\\n")
+t = Trainer(target, {str(tmp_path / "run" / "experiments")!r}, box=Sandbox(mode="bwrap"))
+t.sandbox_note()
+r = t.run(candidate(target))
+print(r.status, r.error_tail)
+"""
+        out = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, timeout=120)
+        assert out.stdout.startswith("ok"), out.stdout + out.stderr
+        assert str(venv) in (tmp_path / "run" / "experiments").joinpath(
+            next(p.name for p in (tmp_path / "run" / "experiments").iterdir()), "log.txt").read_text()
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)

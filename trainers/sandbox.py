@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,8 +122,10 @@ def _home() -> Path:
 
 
 def bwrap_argv(argv: list[str], run_dir: Path, readonly: tuple[str, ...], hide: tuple[Path, ...],
-               network: bool) -> list[str]:
-    """`argv` wrapped in bubblewrap. `hide`: folders to cover with an empty tmpfs (other experiments, the ledger)."""
+               network: bool, keep: tuple[str, ...] = ()) -> list[str]:
+    """`argv` wrapped in bubblewrap. `hide`: folders to cover with an empty tmpfs (other experiments, the ledger).
+    `keep`: paths the run needs that may lie under a covered folder (the Python installation, its sys.path, the
+    data): bound back read-only, unless that would uncover a hidden folder or the run dir's parents."""
     run_dir = Path(run_dir).resolve()
     args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
@@ -130,6 +133,16 @@ def bwrap_argv(argv: list[str], run_dir: Path, readonly: tuple[str, ...], hide: 
         args.append("--unshare-net")
     for dev in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):  # GPUs stay usable
         args += ["--dev-bind", dev, dev]
+    # Mount order matters: cover the run's parents, bind back what the run needs, hide the credentials,
+    # then bind the run dir itself on top.
+    hidden = []
+    for folder in hide:
+        folder = Path(folder).resolve()
+        if folder.is_dir() and run_dir.is_relative_to(folder):
+            args += ["--tmpfs", str(folder)]
+            hidden.append(folder)
+    for path in kept(keep, hidden, run_dir):
+        args += ["--ro-bind", str(path), str(path)]
     home = _home()
     for rel in SECRET_DIRS:
         if (home / rel).is_dir():
@@ -139,17 +152,36 @@ def bwrap_argv(argv: list[str], run_dir: Path, readonly: tuple[str, ...], hide: 
     for rel in SECRET_FILES:
         if (home / rel).exists() and not (home / rel).is_dir():
             args += ["--ro-bind", "/dev/null", str(home / rel)]
-    # Mount order matters: cover the run's parents first, then bind the run dir back on top.
-    for folder in hide:
-        folder = Path(folder).resolve()
-        if folder.is_dir() and run_dir.is_relative_to(folder):
-            args += ["--tmpfs", str(folder)]
     args += ["--bind", str(run_dir), str(run_dir)]
     for rel in readonly:
         if (run_dir / rel).exists():
             args += ["--ro-bind", str(run_dir / rel), str(run_dir / rel)]
     args += ["--chdir", str(run_dir), "--", *argv]
     return args
+
+
+def kept(paths, hidden: list[Path], run_dir: Path) -> list[Path]:
+    """Of `paths`, those under /tmp (replaced by an empty private one) that can be bound back without uncovering
+    anything: not inside a hidden folder, not /tmp itself, not an ancestor of a hidden folder or of the run
+    dir. Sorted, without paths inside another."""
+    tmp = Path("/tmp")
+    out: list[Path] = []
+    for raw in sorted({str(Path(p).resolve()) for p in paths if p and os.path.isabs(p) and os.path.exists(p)}):
+        p = Path(raw)
+        if p == tmp or not p.is_relative_to(tmp) or any(p.is_relative_to(h) for h in hidden):
+            continue
+        if any(h.is_relative_to(p) for h in hidden) or run_dir.is_relative_to(p):
+            continue
+        if not any(p.is_relative_to(q) for q in out):
+            out.append(p)
+    return out
+
+
+def python_paths(env: dict[str, str]) -> list[str]:
+    """Where the child's Python lives and looks for modules: the installation, sys.path, PYTHONPATH."""
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+             os.path.dirname(sys.executable), *sys.path]
+    return paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
 
 
 def expand(path: str, env: dict[str, str]) -> str | None:

@@ -244,8 +244,9 @@ class Trainer:
             flags += ["--rlimit", f"{name}={limit}"]
         # (a command that does not exist is left to the reaper, whose error names it plainly)
         if self._box_mode == "bwrap" and shutil.which(argv[0], path=env.get("PATH")):
+            data = [sandbox.expand(d, env) for d in self.target.data]
             argv = sandbox.bwrap_argv(argv, run_dir, self.target.readonly, (self.work_root.parent, self.work_root),
-                                      self.target.network)
+                                      self.target.network, keep=(*sandbox.python_paths(env), *filter(None, data)))
         return [*flags, "--", *argv]
 
     def _spawn(self, argv: list[str], cwd: Path, env: dict, log: Path, timeout: float,

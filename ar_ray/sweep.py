@@ -41,7 +41,7 @@ from ar_ray.types import Candidate, Proposal, Result
 
 ROLE = "sweep"
 DECISION = "sweep"  # not a research decision: every sweep run is simply recorded
-MAX_TRIES = 3  # runs of one candidate lost with their trainer before it is recorded as status "infra"
+MAX_TRIES = 4  # runs of one candidate lost with their trainer before it is recorded as "infra" (1 + 3 re-queues, as the driver)
 TICK = 0.5
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+]*$")
 KNOB = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

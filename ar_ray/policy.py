@@ -116,6 +116,7 @@ class Policy:
         self.best_id: str | None = None
         self.best_runs: dict[int, list[tuple[float, str]]] = {}  # rung -> (metric, GPU model) of the best's runs
         self.spread: dict[tuple, _Stats] = {}  # (code hash, rung, GPU model) -> runs of identical code (the noise pool)
+        self.code_means: dict[tuple, _Stats] = {}  # (code hash, rung) -> the same runs, every GPU model together
         self._ss: dict[int, float] = {}  # rung -> pooled sum of squares, kept up to date
         self._dof: dict[int, int] = {}  # rung -> pooled degrees of freedom
         self.rung_gains: dict[int, list[float]] = {}  # every gain seen at a rung (the promotion rule ranks in it)
@@ -161,18 +162,20 @@ class Policy:
         stats = self.spread.setdefault((code, rung, gpu), _Stats())
         before = stats.m2
         stats.add(metric)
+        self.code_means.setdefault((code, rung), _Stats()).add(metric)
         self._ss[rung] = self._ss.get(rung, 0.0) + stats.m2 - before
         self._dof[rung] = self._dof.get(rung, 0) + (stats.n > 1)
 
     def _gain(self, metric: float, reference: float | None = None) -> float:
         return self.sign * ((self.best_mean if reference is None else reference) - metric)
 
-    def _version_mean(self, version: int, rung: int | None = None, gpu: str = "") -> float | None:
-        """Mean of the unselected runs of a past best's code (what a stale candidate was built on)."""
+    def _version_mean(self, version: int, rung: int | None = None) -> float | None:
+        """Mean of the unselected runs of a past best's code (what a stale candidate was built on): on the GPU
+        model being judged when it has any, else on all of them."""
         rung = self.config.top if rung is None else rung
         if version not in self._hashes:
             self._hashes[version] = code_hash(self.versions.get(version, {}))
-        stats = self.spread.get((self._hashes[version], rung, gpu))
+        stats = self.spread.get((self._hashes[version], rung, self.gpu)) or self.code_means.get((self._hashes[version], rung))
         return stats.mean if stats else None
 
     def restore(self, version: int, versions: dict[int, dict[str, str]], best_id: str | None,
@@ -251,8 +254,7 @@ class Policy:
         if metric is None:
             return Verdict("discard", numbers=self._numbers(rung=rung))
         nums = self._numbers(metric, rung=rung)
-        parent_mean = (self._version_mean(base_version, rung, self.gpu) or self._version_mean(base_version, rung)
-                       if base_version != self.best_version else None)
+        parent_mean = self._version_mean(base_version, rung) if base_version != self.best_version else None
         if parent_mean is not None and self.config.acceptance != "greedy":
             # a stale candidate is screened against the code it edited; if its change helps there,
             # the change is re-applied to the current best below

@@ -22,13 +22,13 @@ def edited(files, **changes):
     return {"train.py": text}
 
 
-def started(config=PolicyConfig(), metrics=(1.000, 1.002, 0.998)):
+def started(config=PolicyConfig(), metrics=(1.000, 1.002, 0.998), gpu=""):
     p = Policy(config, "min")
     specs = p.start(BASE, "e0")
     repeats = 1 if config.acceptance == "greedy" else config.baseline_repeats
     assert [s.role for s in specs] == ["baseline"] * repeats
     for i, m in enumerate(metrics[: len(specs)]):
-        v = p.on_result(f"e{i}", "baseline", "e0", 0, BASE, None, "ok", m)
+        v = p.on_result(f"e{i}", "baseline", "e0", 0, BASE, None, "ok", m, gpu=gpu)
         assert v.decision == "baseline"
     return p
 
@@ -160,6 +160,25 @@ def problem(seed: int, n: int = 200, n_real: int = 5):
     real = set(rng.sample(range(n), n_real))
     effects = [-0.006 if i in real else rng.choice([0.0, 0.0, 0.0005, 0.001, 0.002, 0.004]) for i in range(n)]
     return effects, real
+
+
+@pytest.mark.parametrize("gpu", ["cpu", "NVIDIA H100 80GB HBM3"])
+def test_a_stale_winner_is_still_judged_against_its_parent_when_its_confirmation_ends(gpu):
+    """Runs carry their trainer's GPU model: the parent's runs are found on that model (or pooled over all)."""
+    p = started(gpu=gpu)
+    a, c = edited(BASE, LR=0.3), edited(BASE, WIDTH=12)
+    assert p.on_result("a", "screen", None, 0, a, "e0", "ok", 0.990, gpu=gpu).decision == "screened"
+    assert p.on_result("c", "screen", None, 0, c, "e0", "ok", 0.994, gpu=gpu).decision == "screened"
+    p.on_result("a1", "confirm", "a", 0, a, "e0", "ok", 0.990, gpu=gpu)
+    assert p.on_result("a2", "confirm", "a", 0, a, "e0", "ok", 0.990, gpu=gpu).decision == "keep"
+    p.on_result("c1", "confirm", "c", 0, c, "e0", "ok", 0.994, gpu=gpu)
+    # worse than the new best (0.990), but 0.006 better than the code it edited: rebased, not rejected
+    v = p.on_result("c2", "confirm", "c", 0, c, "e0", "ok", 0.994, gpu=gpu)
+    assert v.numbers["parent_mean"] == pytest.approx(1.0) and v.decision == "screened"
+    assert {r.role for r in v.runs} == {"rebase"}
+    # on a GPU model the parent never ran on, its runs on every model stand in
+    assert p.on_result("d", "screen", None, 0, edited(BASE, DEPTH=3), "e0", "ok", 0.994,
+                       gpu="L4").numbers["parent_mean"] == pytest.approx(1.0)
 
 
 def test_with_16_parallel_noisy_trainers_the_policy_finds_real_gains_and_greedy_accepts_noise():

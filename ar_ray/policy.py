@@ -179,12 +179,14 @@ class Policy:
         return stats.mean if stats else None
 
     def restore(self, version: int, versions: dict[int, dict[str, str]], best_id: str | None,
-                best_runs: dict[int, list[tuple[float, str]]], spread: dict[tuple, list[float]]) -> None:
+                best_runs: dict[int, list[tuple[float, str]]], spread: dict[tuple, list[float]],
+                rung_gains: dict[int, list[float]] | None = None) -> None:
         """State from a ledger (resume): the best, its runs per rung, every version's files, the noise pool
-        ((code hash, rung, GPU model) -> metrics)."""
+        ((code hash, rung, GPU model) -> metrics), and the gains each lower rung has seen."""
         self.best_version, self.versions, self.best_id = version, dict(versions), best_id
         self.best_files = self.versions[version]
         self.best_runs = {r: list(runs) for r, runs in best_runs.items()}
+        self.rung_gains = {r: list(g) for r, g in (rung_gains or {}).items()}
         for (code, rung, gpu), metrics in spread.items():
             for m in metrics:
                 self.add_run(code, m, rung, gpu)

@@ -57,7 +57,7 @@ def restore(driver: Driver, run_dir: str) -> None:
     if table.num_rows == 0:
         return
     rows = table.select(["experiment_id", "decision", "status", "role", "edit_hash", "best_version", "metric",
-                         "files", "cost_usd", "budget_seconds", "knobs", "gpu_model"]).to_pylist()
+                         "files", "cost_usd", "budget_seconds", "knobs", "gpu_model", "gain", "group_mean"]).to_pylist()
     journal = [e["experiment_id"] for e in Journal(run_dir).entries()]
     ids = [int(x[1:]) for x in [r["experiment_id"] for r in rows] + journal if x[1:].isdigit()]
     driver.next_id = max(ids) + 1 if ids else 0
@@ -68,11 +68,16 @@ def restore(driver: Driver, run_dir: str) -> None:
     driver.count.kept = sum(r["decision"] == "keep" for r in ran)
     driver.count.cost_usd = sum(r["cost_usd"] or 0.0 for r in rows)
     spread: dict[tuple, list[float]] = {}  # (code hash, rung, GPU model) -> metrics, as the live policy keeps them
+    rung_gains: dict[int, list[float]] = {}  # what each rung below the top has seen (the promotion rule ranks in it)
     default_budget = driver.budget or driver.target.budget_seconds
+    top = len(driver.scales) - 1
     for r in ran:
+        rung = rung_of(driver.scales, r["budget_seconds"], dict(r["knobs"] or []), default_budget)
         if r["status"] == "ok" and r["metric"] is not None and r["role"] != "screen":
-            rung = rung_of(driver.scales, r["budget_seconds"], dict(r["knobs"] or []), default_budget)
             spread.setdefault((r["edit_hash"], rung, r["gpu_model"] or ""), []).append(r["metric"])
+        concluded = r["role"] == "screen" or (r["role"] == "promote" and r["group_mean"] is not None)
+        if rung < top and concluded and r["gain"] is not None:
+            rung_gains.setdefault(rung, []).append(r["gain"])
     versions, best = {}, None
     for r in ran:
         if r["decision"] in ("keep", "baseline") and r["files"]:
@@ -88,7 +93,7 @@ def restore(driver: Driver, run_dir: str) -> None:
         if h == code:
             best_runs.setdefault(rung, []).extend((m, gpu) for m in metrics)
     driver.policy.restore(best["best_version"], {v: f for v, (f, _) in versions.items()}, best["experiment_id"],
-                          best_runs, spread)
+                          best_runs, spread, rung_gains)
     driver.versions.update({v: e for v, (_, e) in versions.items()})
     driver.best = Baseline(best["best_version"], files, best["experiment_id"], driver.policy.best_mean)
     driver.followups.extend(driver._job(spec) for spec in driver.policy.missing_repeats())

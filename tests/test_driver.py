@@ -224,9 +224,18 @@ def test_a_promotion_ladder_screens_cheap_promotes_and_reports_transfer(ray_loca
     the best has its repeats at both rungs; the transfer report pairs the two scales."""
     make_toy(tmp_path / "target", "", train=LADDER_TRAIN)
     script = [[{"LR": 0.3}, "big gain"], [{"USE_X": True}, "gain"], [{"WIDTH": 9}, "worse"]]
-    summary = execute(RunConfig(target=str(tmp_path / "target"), run_dir=str(tmp_path / "run"), proposer=SCRIPT,
-                                proposer_options={"script": script}, proposers=1, trainers=2, max_experiments=3,
-                                queue_depth=1, ladder="1,2", promote_fraction=1.0))
+    live = {}
+
+    def on_event(kind, driver, row):
+        if kind == "finished":
+            pol = driver.policy
+            live.update(best_runs=pol.best_runs, spread=pol.spread, code_means=pol.code_means,
+                        rung_gains=pol.rung_gains, version=pol.best_version)
+
+    cfg = RunConfig(target=str(tmp_path / "target"), run_dir=str(tmp_path / "run"), proposer=SCRIPT,
+                    proposer_options={"script": script}, proposers=1, trainers=2, max_experiments=3,
+                    queue_depth=1, ladder="1,2", promote_fraction=1.0)
+    summary = execute(cfg, on_event=on_event)
     ran = ledger.load(tmp_path / "run").query("decision != 'skip'")
     first = ran[(ran.role == "baseline") & (ran.base_version == 0)]
     assert sorted(first.budget_seconds) == [1.0] * 3 + [2.0] * 3
@@ -243,3 +252,17 @@ def test_a_promotion_ladder_screens_cheap_promotes_and_reports_transfer(ray_loca
     from ar_ray import report
     page = report.build(tmp_path / "run").html.read_text()
     assert "Transfer across the ladder" in page and "rank transfer over 2 candidates" in page
+    # a resume rebuilds the ladder's state: the best's runs and the noise per rung, what each rung has seen
+    from ar_ray.driver import Driver
+    from ar_ray.ledger import Ledger
+    from ar_ray.policy import Policy
+    from ar_ray.run import restore
+    from ar_ray.target import load_target
+    t = load_target(cfg.target)
+    fresh = Driver(t, Ledger(tmp_path / "run"), summary["run_id"], [], [], Policy(cfg.policy(), t.direction),
+                   queue_depth=1, scales=cfg.scales())
+    restore(fresh, str(tmp_path / "run"))
+    pol = fresh.policy
+    assert pol.best_version == live["version"] and pol.rung_gains == live["rung_gains"]
+    assert {r: sorted(v) for r, v in pol.best_runs.items()} == {r: sorted(v) for r, v in live["best_runs"].items()}
+    assert pol.spread == live["spread"] and pol.code_means == live["code_means"]

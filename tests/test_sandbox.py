@@ -26,6 +26,8 @@ from trainers import sandbox
 from trainers.sandbox import Sandbox
 from trainers.trainer import Trainer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "trainers"))
+
 pytestmark = pytest.mark.timeout(120)
 
 SECRET = f"sk-must-not-leak-{uuid.uuid4().hex}"
@@ -73,7 +75,8 @@ class Run:
         self.before = self.snapshot()
         env = {"AR_TEST_MARK": self.mark}
         self.target = make_target(tmp_path / "target", "print('val_bpb: 1.5')\n", env=env, data=(str(self.data),),
-                                  network=limits.pop("network", None), result_file=limits.pop("result_file", None))
+                                  network=limits.pop("network", None), result_file=limits.pop("result_file", None),
+                                  timeout_seconds=limits.pop("timeout", None))
         self.trainer = Trainer(self.target, str(self.root / "experiments"), name="t-box", grace_seconds=0.5,
                                box=Sandbox(mode=mode, **limits))
         self.trainer.sandbox_note()
@@ -354,3 +357,38 @@ print(r.status, r.error_tail)
             next(p.name for p in (tmp_path / "run" / "experiments").iterdir()), "log.txt").read_text()
     finally:
         shutil.rmtree(venv, ignore_errors=True)
+
+
+def test_an_exponential_fork_bomb_is_stopped_by_the_kernel_where_a_pids_cgroup_can_be_made(tmp_path):
+    """Unconfined, as root: RLIMIT_NPROC does not bind root, so only the run's own pids cgroup stops every process
+    of the tree from forking. The watchdog is turned off here (max_processes is huge) to show the cgroup alone."""
+    import reaper  # trainers/reaper.py, on sys.path below
+    probe = reaper.make_pids_cgroup(64)
+    if probe is None:
+        pytest.skip("this machine does not let us make a pids cgroup (not root, or no delegated cgroup v2)")
+    try:  # and a process can be put in it: otherwise the bomb below would run unbounded
+        def enter():
+            with open(os.path.join(probe, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        seen = subprocess.run(["cat", "/proc/self/cgroup"], preexec_fn=enter, capture_output=True, text=True).stdout
+    finally:
+        reaper._remove_cgroup(probe)
+    if os.path.basename(probe) not in seen:
+        pytest.skip("a pids cgroup can be made here but a process cannot be moved into it")
+    bomb = """
+        import os, sys
+        refused = False
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                if not refused and os.getpid() == ORIGIN:
+                    print("fork refused", flush=True)
+                    refused = True
+        """.replace("ORIGIN", "__import__('os').getpgrp()")
+    run = Run(tmp_path, bomb, mode="none", max_processes=100_000, max_tasks=64, timeout=2)
+    assert run.result.status == "limit" and "fork refused" in run.log
+    assert "the kernel refused" in run.result.error_tail and "cap of 64 tasks" in run.result.error_tail
+    run.assert_contained()
+    assert not [d for root in reaper._pids_roots() if os.path.isdir(root)
+                for d in os.listdir(root) if d.startswith(reaper.CGROUP_PREFIX)], "a run's cgroup was left behind"

@@ -14,7 +14,11 @@ While the child runs it is also the watchdog for limits the kernel cannot
 enforce for every user: the number of processes in the tree and the size of the
 run dir. Past a limit it kills the tree and writes one JSON line saying which
 limit to --verdict-fd, a pipe only the trainer reads (the child cannot forge it).
-Resource limits (--rlimit) are set in the child before it starts.
+Resource limits (--rlimit) are set in the child before it starts. With
+--max-tasks, the child also goes into a pids cgroup of its own capped at that
+many tasks, where the machine lets us make one (root on cgroup v1, or a
+delegated v2 subtree): the kernel then stops a fork bomb at once, even for root,
+whom RLIMIT_NPROC does not bind.
 Its exit status is the child's (128 + signal number when the child was killed).
 
 Standard library only, so it starts in a few milliseconds.
@@ -143,8 +147,59 @@ def over_limit(opts: dict, last_disk_check: list) -> str | None:
     return None
 
 
+CGROUP_PREFIX = "ar-ray-run-"
+
+
+def _pids_roots() -> list[str]:
+    """Where this process sits in a pids-controlled cgroup hierarchy (v1 first, then the v2 unified one)."""
+    roots = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                hierarchy, controllers, path = line.rstrip("\n").split(":", 2)
+                if "pids" in controllers.split(","):
+                    roots.insert(0, "/sys/fs/cgroup/pids" + path)
+                elif hierarchy == "0":
+                    roots.append("/sys/fs/cgroup" + path)
+    except (OSError, ValueError):
+        pass
+    return roots
+
+
+def make_pids_cgroup(limit: int) -> str | None:
+    """A cgroup of our own capped at `limit` tasks, or None where the machine does not let us make one."""
+    for root in _pids_roots():
+        for stale in (os.listdir(root) if os.path.isdir(root) else []):  # left by reapers that were SIGKILLed
+            if stale.startswith(CGROUP_PREFIX) and not os.path.exists(f"/proc/{stale[len(CGROUP_PREFIX):]}"):
+                _remove_cgroup(os.path.join(root, stale), tries=1)
+        path = os.path.join(root, f"{CGROUP_PREFIX}{os.getpid()}")
+        try:
+            os.mkdir(path)
+        except OSError:
+            continue
+        try:
+            with open(os.path.join(path, "pids.max"), "w") as f:
+                f.write(str(limit))
+            return path
+        except OSError:
+            _remove_cgroup(path, tries=1)
+    return None
+
+
+def _remove_cgroup(path: str, tries: int = 50) -> None:
+    for _ in range(tries):  # the tasks of a killed tree leave the cgroup a moment after they die
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)
+
+
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
-    opts = {"grace": 5.0, "max_procs": 0, "quota_dir": None, "quota_bytes": 0, "rlimits": {}, "verdict_fd": None}
+    opts = {"grace": 5.0, "max_procs": 0, "quota_dir": None, "quota_bytes": 0, "rlimits": {}, "verdict_fd": None,
+            "max_tasks": 0}
     while argv and argv[0] != "--":
         flag, value, argv = argv[0], argv[1], argv[2:]
         if flag == "--grace":
@@ -160,6 +215,8 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
             opts["rlimits"][name] = int(limit)
         elif flag == "--verdict-fd":
             opts["verdict_fd"] = int(value)
+        elif flag == "--max-tasks":
+            opts["max_tasks"] = int(value)
         else:
             raise SystemExit(f"reaper.py: unknown flag {flag}")
     return opts, argv[1:]
@@ -167,8 +224,8 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: reaper.py [--grace S] [--max-procs N] [--quota-dir D --quota-bytes B] [--rlimit NAME=V]... "
-              "[--verdict-fd FD] -- COMMAND...", file=sys.stderr)
+        print("usage: reaper.py [--grace S] [--max-procs N] [--max-tasks N] [--quota-dir D --quota-bytes B] "
+              "[--rlimit NAME=V]... [--verdict-fd FD] -- COMMAND...", file=sys.stderr)
         return 2
     opts, argv = parse_args(argv)
     grace = opts["grace"]
@@ -199,8 +256,38 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         for name, limit in opts["rlimits"].items():
             resource.setrlimit(getattr(resource, "RLIMIT_" + name.upper()), (limit, limit))
+        if cgroup:
+            try:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+            except OSError:
+                pass  # the watchdog still counts processes
 
     verdict_fd = opts.pop("verdict_fd")
+    cgroup = make_pids_cgroup(opts["max_tasks"]) if opts["max_tasks"] else None
+    try:
+        return _supervise(argv, child_setup, opts, verdict_fd, grace, cgroup)
+    finally:
+        if cgroup:
+            _remove_cgroup(cgroup)
+
+
+def _refused_forks(cgroup: str | None) -> int:
+    """Forks the kernel refused at the cgroup's cap (pids.events: `max N`)."""
+    try:
+        with open(os.path.join(cgroup, "pids.events")) as f:
+            return sum(int(line.split()[1]) for line in f if line.startswith("max "))
+    except (OSError, TypeError, ValueError, IndexError):
+        return 0
+
+
+def _report(broken: str, verdict_fd: int | None) -> None:
+    print(f"ar-ray: stopped the run: {broken}", flush=True)
+    if verdict_fd is not None:
+        os.write(verdict_fd, (json.dumps({"limit": broken}) + "\n").encode())
+
+
+def _supervise(argv, child_setup, opts, verdict_fd, grace, cgroup) -> int:
     try:
         child = subprocess.Popen(argv, preexec_fn=child_setup, start_new_session=True)
     except OSError as e:
@@ -208,15 +295,17 @@ def main(argv: list[str]) -> int:
         return 127
     broken = watch(child.pid, opts)
     if broken:
-        print(f"ar-ray: stopped the run: {broken}", flush=True)
-        if verdict_fd is not None:
-            os.write(verdict_fd, (json.dumps({"limit": broken}) + "\n").encode())
+        _report(broken, verdict_fd)
         signal.setitimer(signal.ITIMER_REAL, 0)
         kill_tree(0.0)  # no grace for a run that broke a limit: a fork bomb must not get time to grow
     _, status = os.waitpid(child.pid, 0)  # blocking; signal handlers run in between (PEP 475)
     child.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting on it again
     signal.setitimer(signal.ITIMER_REAL, 0)
     kill_tree(grace)
+    refused = _refused_forks(cgroup)
+    if refused and not broken:
+        _report(f"process limit: the kernel refused {refused} forks at the run's cap of {opts['max_tasks']} tasks",
+                verdict_fd)
     code = child.returncode
     return code if code >= 0 else 128 - code
 

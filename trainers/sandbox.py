@@ -12,8 +12,9 @@ Two layers, so a machine without the first still gets the second:
    everything in it, so nothing can escape the reaper.
 2. **Always**, with or without bubblewrap: an environment with credentials
    removed (trainers/trainer.py), resource limits (open files, size of any
-   file written, data memory on CPU runs), and watchdogs in the reaper for the
-   number of processes and the size of the run dir. After the run the trainer
+   file written, data memory on CPU runs), a pids cgroup per run where the
+   machine allows one, and watchdogs in the reaper for the number of processes
+   and the size of the run dir. After the run the trainer
    checks the read-only files and the data by hash and fingerprint.
 
 `Sandbox` is plain data (it travels to trainer actors); `resolve` decides what
@@ -55,6 +56,7 @@ class Sandbox:
     mode: str = "auto"  # auto | bwrap | none
     network: bool = False  # the target may opt in (`network = true` in ar-ray.toml)
     max_processes: int = 512  # processes in the run's tree (the reaper's watchdog)
+    max_tasks: int | None = None  # tasks (threads too) in the run's pids cgroup, where one can be made; None: 8 x max_processes
     max_open_files: int = 4096
     max_file_gb: float = 64.0  # any one file the run writes (RLIMIT_FSIZE)
     disk_quota_gb: float = 64.0  # the whole run dir, checked during the run

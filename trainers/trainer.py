@@ -238,7 +238,8 @@ class Trainer:
     def _confinement(self, argv: list[str], run_dir: Path, env: dict, verdict_fd: int) -> list[str]:
         """Reaper flags for the limits, and argv inside bubblewrap when this node has it (see trainers/sandbox.py)."""
         box = self.box
-        flags = ["--max-procs", str(box.max_processes), "--quota-dir", str(run_dir),
+        flags = ["--max-procs", str(box.max_processes), "--max-tasks", str(box.max_tasks or 8 * box.max_processes),
+                 "--quota-dir", str(run_dir),
                  "--quota-bytes", str(int(box.disk_quota_gb * sandbox.GiB)), "--verdict-fd", str(verdict_fd)]
         for name, limit in sandbox.rlimits(box, bool(self.gpu_ids), self.cpu_share).items():
             flags += ["--rlimit", f"{name}={limit}"]

@@ -322,7 +322,7 @@ def run_sweep(config: RunConfig, spec: SweepSpec | None, on_row=None, on_event=N
 
     `spec` None with config.resume: the spec stored in the run dir. Runs already in the ledger are skipped (with
     `rerun_failed`, only those that finished ok; a re-run adds a row, and the analysis reads the last). A run
-    whose trainer dies is re-queued (up to 3 tries). `on_row(row, done, total)` after each row is written;
+    whose trainer dies is re-queued (up to MAX_TRIES runs in all). `on_row(row, done, total)` after each row is written;
     `on_event(kind, data)` for "start", "note" (sandbox), "retry". Ctrl-C / SIGTERM stop cleanly: running children
     are killed and not recorded, so `--resume` runs them again."""
     import ray

@@ -11,6 +11,7 @@ import ray
 from ar_ray import ledger
 from ar_ray.config import RunConfig
 from ar_ray.run import execute
+from helpers_targets import wait_for
 from toys import make_toy, read_trace
 
 SCRIPT = "toys:ScriptedProposer"
@@ -69,8 +70,15 @@ def test_best_reaches_every_proposer_and_stale_work_is_visible(ray_local, tmp_pa
               [{"LR": 0.35}, "LR 0.35"], [{"WIDTH": 11}, "WIDTH 11"], [{"LR": 0.3}, "LR 0.3"]]
 
     def probe(driver):
-        return {"versions": ray.get([p.baseline_version.remote() for p in driver.proposers]),
-                "best": driver.best.version}
+        # the broadcast is fire-and-forget, and an async actor may run a later call first: wait (boundedly)
+        def versions():
+            seen = ray.get([p.baseline_version.remote() for p in driver.proposers])
+            return seen if seen == [driver.best.version] * len(seen) else None
+        try:
+            got = wait_for(versions, 10, "every proposer to hold the newest best")
+        except AssertionError:
+            got = ray.get([p.baseline_version.remote() for p in driver.proposers])
+        return {"versions": got, "best": driver.best.version}
 
     summary, df, _, seen = run(tmp_path, monkeypatch, sleep=0.5, max_experiments=12, proposers=3, proposer=SCRIPT,
                                proposer_options={"script": script}, probe=probe)

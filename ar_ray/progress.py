@@ -27,7 +27,11 @@ def snapshot(driver, state: str = "running") -> dict:
     eta = None
     if driver.max_experiments and c.ran:  # from the pace of new candidates started so far
         eta = elapsed / c.ran * max(driver.max_experiments - c.ran, 0)
+    pol = driver.policy
+    rungs = [{"scale": scale.describe(), "noise": pol.noise(i), "best_mean": pol.mean_at(i),
+              "best_runs": len(pol.best_runs.get(i, []))} for i, scale in enumerate(driver.scales)]
     return {"state": state, "run_id": driver.run_id, "updated_at": now, "elapsed": elapsed, "eta": eta,
+            "rungs": rungs if len(rungs) > 1 else [],
             "metric": driver.target.metric, "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id,
             "best_version": driver.best.version, "noise": driver.policy.noise(),
             "acceptance": driver.policy.config.acceptance, "experiments": c.ran, "max_experiments": driver.max_experiments,
@@ -66,12 +70,16 @@ def render(snap: dict) -> Group:
         f"  kept {snap['kept']}  failed {snap['failed']}  skipped {snap['skipped']}  infra {snap['infra']}",
         f"   elapsed {fmt_seconds(snap['elapsed'])}  eta {fmt_seconds(snap['eta'])}",
     )
+    parts = [head]
+    for i, r in enumerate(snap.get("rungs") or []):  # a promotion ladder: the best and the noise at each rung
+        parts.append(Text(f"  rung {i} ({r['scale']}): best {fmt_metric(r['best_mean'])} over {r['best_runs']} runs, "
+                          f"noise {fmt_metric(r['noise'])}", style="dim"))
     table = Table(box=None, show_header=True, header_style="dim")
     for col in ("trainer", "experiment", "elapsed", "change"):
         table.add_column(col)
     for r in snap["running"]:
         table.add_row(str(r["trainer"]), r["experiment_id"], fmt_seconds(r["elapsed"]), r["description"][:70])
-    return Group(head, table)
+    return Group(*parts, table)
 
 
 def row_line(row: dict) -> Text:

@@ -7,12 +7,14 @@ import textwrap
 
 import pytest
 import ray
+from helpers_targets import wait_for
+from rich.console import Console
+from toys import make_toy, read_trace
 
 from ar_ray import ledger
 from ar_ray.config import RunConfig
+from ar_ray.progress import render, snapshot
 from ar_ray.run import execute
-from helpers_targets import wait_for
-from toys import make_toy, read_trace
 
 SCRIPT = "toys:ScriptedProposer"
 
@@ -238,7 +240,7 @@ def test_a_promotion_ladder_screens_cheap_promotes_and_reports_transfer(ray_loca
         if kind == "finished":
             pol = driver.policy
             live.update(best_runs=pol.best_runs, spread=pol.spread, code_means=pol.code_means,
-                        rung_gains=pol.rung_gains, version=pol.best_version)
+                        rung_gains=pol.rung_gains, version=pol.best_version, snap=snapshot(driver, "finished"))
 
     cfg = RunConfig(target=str(tmp_path / "target"), run_dir=str(tmp_path / "run"), proposer=SCRIPT,
                     proposer_options={"script": script}, proposers=1, trainers=2, max_experiments=3,
@@ -260,6 +262,13 @@ def test_a_promotion_ladder_screens_cheap_promotes_and_reports_transfer(ray_loca
     from ar_ray import report
     page = report.build(tmp_path / "run").html.read_text()
     assert "Transfer across the ladder" in page and "rank transfer over 2 candidates" in page
+    # the status view shows the best and the noise at each rung
+    rungs = live["snap"]["rungs"]
+    assert [r["scale"] for r in rungs] == ["budget 1 s", "budget 2 s"] and all(r["noise"] > 0 for r in rungs)
+    assert rungs[0]["best_mean"] > rungs[1]["best_mean"]  # the toy's metric falls with the budget
+    console = Console(record=True, width=200)
+    console.print(render(live["snap"]))
+    assert "rung 1 (budget 2 s): best" in console.export_text()
     # a resume rebuilds the ladder's state: the best's runs and the noise per rung, what each rung has seen
     from ar_ray.driver import Driver
     from ar_ray.ledger import Ledger

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ar_ray import scaling
+from ar_ray import gains, scaling
 from ar_ray.ledger import RUN_FILE, LedgerError, load
 from ar_ray.ranks import spearman
 from ar_ray.sweep import FIT_PNG, GAIN_PNG, ROLE, SWEEP_JSON, SweepError, _label_of
@@ -184,7 +184,7 @@ def analyze(df: pd.DataFrame, run_dir: str | os.PathLike | None = None, *, varia
         for v in variants[1:]:
             c = {"a": ref, "b": v, "comparison": None, "error": None}
             try:
-                cmp = scaling.compare(runs_of[ref], runs_of[v])
+                cmp = gains.compare(runs_of[ref], runs_of[v])
                 c["comparison"] = {**cmp.to_dict(), "describe": cmp.describe()}
                 comparisons.append((v, cmp))
             except ValueError as e:
@@ -199,7 +199,7 @@ def analyze(df: pd.DataFrame, run_dir: str | os.PathLike | None = None, *, varia
         out["plots"].append(FIT_PNG)
         for k, (v, cmp) in enumerate(comparisons):
             name = GAIN_PNG if k == 0 else f"sweep_gain-{v}.png"
-            scaling.plot_gain(cmp, d / name)
+            gains.plot_gain(cmp, d / name)
             out["plots"].append(name)
     return _write(out, run_dir)
 

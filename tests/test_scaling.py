@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ar_ray import gains as G
 from ar_ray import scaling as S
 
 E_TRUE, A_TRUE, ALPHA_TRUE = 0.8, 1.2e4, 0.3
@@ -88,11 +89,11 @@ def test_fit_rejects_bad_input(compute, loss, match):
 
 
 def test_t_quantiles():
-    assert S.t975(1) == pytest.approx(12.706, abs=1e-3)
-    assert S.t975(3) == pytest.approx(3.182, abs=1e-3)
-    assert S.t975(10) == pytest.approx(2.228, abs=1e-3)
-    assert S.t975(float("inf")) == pytest.approx(1.960, abs=1e-3)
-    assert S.t975(3) > S.t975(3.5) > S.t975(4)
+    assert G.t975(1) == pytest.approx(12.706, abs=1e-3)
+    assert G.t975(3) == pytest.approx(3.182, abs=1e-3)
+    assert G.t975(10) == pytest.approx(2.228, abs=1e-3)
+    assert G.t975(float("inf")) == pytest.approx(1.960, abs=1e-3)
+    assert G.t975(3) > G.t975(3.5) > G.t975(4)
 
 
 # ---------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def variants(gains, wobble=1.0):
 
 
 def test_verdict_holds():
-    cmp = S.compare(*variants([0.02, 0.02, 0.02, 0.02]))
+    cmp = G.compare(*variants([0.02, 0.02, 0.02, 0.02]))
     assert cmp.verdict == "holds"
     assert [r.label for r in cmp.rows] == ["s1", "s2", "s3", "s4"]
     assert all(r.lo > 0 and r.n_a == 4 and r.n_b == 4 for r in cmp.rows)
@@ -123,42 +124,42 @@ def test_verdict_holds():
 
 
 def test_verdict_holds_when_the_fall_keeps_half():
-    cmp = S.compare(*variants([0.040, 0.037, 0.034, 0.031]))
+    cmp = G.compare(*variants([0.040, 0.037, 0.034, 0.031]))
     assert cmp.slope + 1.96 * cmp.slope_se < 0  # falls significantly ...
     assert cmp.verdict == "holds"  # ... but keeps more than half its relative size
 
 
 def test_verdict_shrinks():
-    cmp = S.compare(*variants([0.04, 0.03, 0.02, 0.01]))
+    cmp = G.compare(*variants([0.04, 0.03, 0.02, 0.01]))
     assert cmp.verdict == "shrinks"
     assert cmp.slope == pytest.approx(-0.01, rel=0.05)
     assert cmp.rows[-1].lo > 0  # still clearly ahead, but a quarter of what it was
 
 
 def test_verdict_flips():
-    cmp = S.compare(*variants([0.02, 0.01, 0.0, -0.02]))
+    cmp = G.compare(*variants([0.02, 0.01, 0.0, -0.02]))
     assert cmp.verdict == "flips"
     assert cmp.rows[0].lo > 0 and cmp.rows[-1].hi < 0
 
 
 def test_verdict_unclear_with_huge_noise():
-    cmp = S.compare(*variants([0.02, 0.02, 0.02, 0.02], wobble=100.0))
+    cmp = G.compare(*variants([0.02, 0.02, 0.02, 0.02], wobble=100.0))
     assert cmp.verdict == "unclear"
     assert all(r.lo < 0 < r.hi for r in cmp.rows)
 
 
 def test_compare_edge_cases():
     a, b = variants([0.02, 0.02, 0.02, 0.02])
-    one = S.compare([r for r in a if r[0] == "s1"], b)
+    one = G.compare([r for r in a if r[0] == "s1"], b)
     assert one.verdict == "unclear" and len(one.rows) == 1 and math.isnan(one.slope)
-    single = S.compare([r for r in a if r[2] == max(x[2] for x in a if x[0] == r[0])], b)  # one A run per scale
+    single = G.compare([r for r in a if r[2] == max(x[2] for x in a if x[0] == r[0])], b)  # one A run per scale
     assert all(math.isinf(r.se) for r in single.rows) and single.verdict == "unclear"
-    frame = S.compare(pd.DataFrame(a, columns=["scale", "compute", "loss"]),
+    frame = G.compare(pd.DataFrame(a, columns=["scale", "compute", "loss"]),
                       [{"scale": s, "compute": c, "loss": l} for s, c, l in b])
     assert frame.verdict == "holds"
     with pytest.raises(ValueError, match="share no scale"):
-        S.compare([("x", 1e15, 1.0)], [("y", 1e15, 1.0)])
-    text = S.compare(a, b).describe()
+        G.compare([("x", 1e15, 1.0)], [("y", 1e15, 1.0)])
+    text = G.compare(a, b).describe()
     assert "verdict: holds" in text and "s4" in text
 
 
@@ -210,7 +211,7 @@ def test_plots_write_png(tmp_path):
     fits = {name: S.fit_power_law([r[1] for r in runs], [r[2] for r in runs], groups=[r[0] for r in runs],
                                   bootstrap=0) for name, runs in (("A", a), ("B", b))}
     p1 = S.plot(fits, {"A": a, "B": b}, tmp_path / "loss.png")
-    p2 = S.plot_gain(S.compare(a, b), tmp_path / "sub" / "gain.png")
+    p2 = G.plot_gain(G.compare(a, b), tmp_path / "sub" / "gain.png")
     for p in (p1, p2):
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000

@@ -392,3 +392,19 @@ def test_an_exponential_fork_bomb_is_stopped_by_the_kernel_where_a_pids_cgroup_c
     run.assert_contained()
     assert not [d for root in reaper._pids_roots() if os.path.isdir(root)
                 for d in os.listdir(root) if d.startswith(reaper.CGROUP_PREFIX)], "a run's cgroup was left behind"
+
+
+def test_the_data_fingerprint_flags_changed_and_removed_files_not_new_ones(tmp_path):
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    for name in ("a.bin", "sub/b.bin", "c.bin"):
+        (data / name).write_bytes(b"x" * 10)
+    env = {"DATA": str(data)}
+    before = sandbox.fingerprint(("$DATA", "$UNSET/else"), env)
+    assert len(before) == 3  # an entry whose variable is unset does not apply
+    with open(data / "a.bin", "ab") as f:  # (a same-size rewrite is caught by ctime, at the clock's granularity)
+        f.write(b"y")
+    (data / "sub" / "b.bin").unlink()
+    (data / "new-cache").mkdir()
+    (data / "new-cache" / "meta.json").write_text("{}")  # another job's setup, say
+    assert sandbox.changed(before, sandbox.fingerprint(("$DATA",), env)) == [str(data / "a.bin"), str(data / "sub" / "b.bin")]

@@ -221,5 +221,6 @@ def fingerprint(paths: tuple[str, ...], env: dict[str, str]) -> dict[str, tuple[
 
 
 def changed(before: dict, after: dict) -> list[str]:
-    """Files added, removed or modified between two fingerprints, sorted."""
-    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    """Files modified or removed between two fingerprints, sorted. Files added are not counted: on a shared
+    node another job's setup may build a cache of its own beside this one while a run is in flight."""
+    return sorted(k for k in before if before[k] != after.get(k))

@@ -154,14 +154,15 @@ def per_trainer(ran) -> dict:
             "runs_per_trainer": runs_per}
 
 
-def run_ar_ray(n: int, m: int, d: float, target: Path, root: Path, proposers: int) -> dict:
+def run_ar_ray(n: int, m: int, d: float, target: Path, root: Path, proposers: int, sandbox: str = "auto") -> dict:
     from ar_ray.config import RunConfig
     from ar_ray.ledger import load
     from ar_ray.run import execute
 
-    run_dir = root / f"ar-ray-N{n}-M{m}-D{d:g}"
+    run_dir = root / f"ar-ray-N{n}-M{m}-D{d:g}-{sandbox}-{time.time_ns()}"
     config = RunConfig(target=str(target), run_dir=str(run_dir), proposer="mutate", proposers=proposers,
-                       trainers=n, cpus_per_trainer=1, gpus_per_trainer=0, max_experiments=m, budget_seconds=d)
+                       trainers=n, cpus_per_trainer=1, gpus_per_trainer=0, max_experiments=m, budget_seconds=d,
+                       sandbox=sandbox)
     timer = DriverTimer()
     events = collections.Counter()
     errors: list[str] = []
@@ -291,6 +292,8 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=2.0, help="D: seconds the stand-in child sleeps")
     ap.add_argument("--proposers", type=int, default=2)
     ap.add_argument("--skip-tune", action="store_true")
+    ap.add_argument("--sandbox", nargs="+", default=["auto"], choices=["auto", "bwrap", "none"],
+                    help="ar-ray's --sandbox; several values run ar-ray once per value, one after the other")
     ap.add_argument("--skip-ar-ray", action="store_true")
     ap.add_argument("--tune-reuse-actors", action="store_true",
                     help="TuneConfig(reuse_actors=True) (Tune's default is False: one new actor per trial)")
@@ -317,12 +320,13 @@ def main(argv=None) -> int:
     for n, m in zip(args.trainers, exps):
         start_ray(n)
         try:
-            if not args.skip_ar_ray:
+            for mode in ([] if args.skip_ar_ray else args.sandbox):
                 load0 = os.getloadavg()[0]
-                r = run_ar_ray(n, m, args.duration, target, root, args.proposers)
+                r = run_ar_ray(n, m, args.duration, target, root, args.proposers, mode)
                 r["loadavg_1min_before_after"] = (load0, os.getloadavg()[0])
+                r["sandbox"] = mode
                 results.append(r)
-                print(f"ar-ray   N={n} M={m} D={args.duration:g}: wall {r['wall_s']:.1f}s, overhead/exp "
+                print(f"ar-ray   N={n} M={m} D={args.duration:g} sandbox {mode}: wall {r['wall_s']:.1f}s, overhead/exp "
                       f"(a) {r['overhead_a_s']*1e3:.1f} ms (b) {r['overhead_b_s']*1e3:.1f} ms, duty min "
                       f"{r['duty_min']:.3%} (all runs {r['all_duty_min']:.3%}, max gap {r['gap_max_s']*1e3:.0f} ms / "
                       f"{r['all_gap_max_s']*1e3:.0f} ms), status {r['status']}, skipped {r['skipped']}, "

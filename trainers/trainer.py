@@ -171,8 +171,10 @@ class Trainer:
     def _run(self, cand: Candidate, t0: float) -> Result:
         m0 = time.monotonic()  # durations on the monotonic clock; timestamps on the wall clock
         self.setup()
-        if self._box_mode is None and self.sandbox_note()["problem"]:
-            raise SetupError(self.sandbox_note()["problem"])
+        if self._box_mode is None:  # resolved once per trainer; `--sandbox bwrap` without bubblewrap stops here
+            problem = self.sandbox_note()["problem"]
+            if problem:
+                raise SetupError(problem)
         run_dir = self.work_root / cand.experiment_id
         if run_dir.exists():  # a re-queued experiment: start clean
             shutil.rmtree(run_dir)

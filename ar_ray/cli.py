@@ -58,7 +58,7 @@ def main():
 @click.option("--budget", type=float, default=None, help="Training budget in seconds per experiment (overrides the target).")
 @click.option("--budget-tokens", type=int, default=None,
               help="Train for this many tokens instead of a wall-clock budget (results independent of hardware speed).")
-@click.option("--timeout", type=float, default=None, help="Hard timeout per experiment in seconds (default: 2 x budget + 60).")
+@click.option("--timeout", type=float, default=None, help="Hard timeout per experiment in seconds (default: 2 x budget + 60; for token budgets, 3 x the best's slowest run + 60).")
 @click.option("--command", "run_command", default=None, help="Override the target's run command.")
 @click.option("--metric", default=None, help="Override the target's metric name.")
 @click.option("--metric-pattern", default=None, help="Regex with one group; the last matching line wins.")

@@ -84,7 +84,7 @@ def build_knobs(depths: str | None, budget_tokens: str | None, knob: tuple[str, 
 @click.option("--budgets", default=None, help="Wall-clock budgets in seconds, e.g. 10,20.")
 @click.option("--knob", multiple=True, help="NAME=v1,v2,...: any knob, passed to the run as AR_<NAME>. Repeatable.")
 @click.option("--repeats", type=int, default=None, help="Runs of each (variant, scale), seeds 0..n-1 (default 3).")
-@click.option("--timeout", type=float, default=None, help="Hard timeout per run in seconds (default: 2 x budget + 60).")
+@click.option("--timeout", type=float, default=None, help="Hard timeout per run in seconds (default: 2 x budget + 60; 30 min for token budgets).")
 @click.option("--address", default=None, help="Ray cluster to join ('auto' or host:port); default: a local Ray.")
 @click.option("--trainers", type=int, default=None, help="Trainer actors (default: one per GPU; on CPU, one per 2 CPUs).")
 @click.option("--gpus-per-trainer", type=float, default=1.0, show_default=True, help="GPUs per trainer.")

@@ -24,6 +24,7 @@ from ar_ray.ledger import Ledger
 from ar_ray.scale import Scale
 from ar_ray.policy import Policy, RunSpec, Verdict
 from ar_ray.target import Target
+from ar_ray.timeouts import Timeouts
 from ar_ray.types import Attempt, Baseline, Candidate, Proposal, Result
 
 TICK = 0.5  # seconds between status refreshes when nothing lands
@@ -89,6 +90,7 @@ class Driver:
         self.deadline = time.time() + time_limit if time_limit else None
         self.seed, self.budget = seed, budget_seconds
         self.scales = scales or (Scale(),)  # rung -> budget and knobs; one rung without a ladder
+        self.timeouts = Timeouts(target.timeout_seconds, target.budget_tokens)  # learns from the best's runs
         self.max_skipped_in_a_row, self.max_cost = max_skipped_in_a_row, max_cost
         self.on_event = on_event or (lambda kind, driver, row: None)
         self.started_at = time.time()
@@ -249,9 +251,11 @@ class Driver:
             seed = self.seed + (self.seeds[group] if self.policy.config.acceptance != "greedy" else 0)
             self.seeds[group] += 1
             scale = self.scales[job.rung]
+            budget = scale.budget_seconds or self.budget
             job.candidate = Candidate(experiment_id=job.experiment_id, base_version=job.proposal.base_version,
-                                      files=job.proposal.files, seed=seed, budget_seconds=scale.budget_seconds or self.budget,
-                                      knobs=scale.knobs)
+                                      files=job.proposal.files, seed=seed, budget_seconds=budget, knobs=scale.knobs,
+                                      timeout_seconds=self.timeouts.for_run(job.rung, budget or self.target.budget_seconds,
+                                                                            scale.knobs))
             job.dispatched_at = time.time()
             self.count.runs += 1
         self.running[self.trainers[t].run.remote(job.candidate)] = Flight(t, job)
@@ -290,6 +294,8 @@ class Driver:
             self._record(self._row(flight, r, Verdict("baseline")))
             raise RunAborted(f"the unmodified target failed ({r.status}): {r.error_tail.strip()[-1500:]}\n"
                              f"log: {r.log_path}. Fix the target (command, metric_pattern, files) and run again.")
+        if job.role == "baseline" and r.status == "ok":
+            self.timeouts.observe(job.rung, r.child_seconds)
         verdict = self.policy.on_result(r.experiment_id, job.role, job.group, job.proposal.base_version,
                                         job.proposal.files, job.parent_id, r.status, r.metric, job.rung, r.gpu_model)
         if verdict.new_best:

@@ -57,7 +57,8 @@ def restore(driver: Driver, run_dir: str) -> None:
     if table.num_rows == 0:
         return
     rows = table.select(["experiment_id", "decision", "status", "role", "edit_hash", "best_version", "metric",
-                         "files", "cost_usd", "budget_seconds", "knobs", "gpu_model", "gain", "group_mean"]).to_pylist()
+                         "files", "cost_usd", "budget_seconds", "knobs", "gpu_model", "gain", "group_mean",
+                         "run_seconds"]).to_pylist()
     journal = [e["experiment_id"] for e in Journal(run_dir).entries()]
     ids = [int(x[1:]) for x in [r["experiment_id"] for r in rows] + journal if x[1:].isdigit()]
     driver.next_id = max(ids) + 1 if ids else 0
@@ -75,6 +76,8 @@ def restore(driver: Driver, run_dir: str) -> None:
         rung = rung_of(driver.scales, r["budget_seconds"], dict(r["knobs"] or []), default_budget)
         if r["status"] == "ok" and r["metric"] is not None and r["role"] != "screen":
             spread.setdefault((r["edit_hash"], rung, r["gpu_model"] or ""), []).append(r["metric"])
+        if r["status"] == "ok" and r["role"] == "baseline":
+            driver.timeouts.observe(rung, r["run_seconds"] or 0.0)
         concluded = r["role"] == "screen" or (r["role"] == "promote" and r["group_mean"] is not None)
         if rung < top and concluded and r["gain"] is not None:
             rung_gains.setdefault(rung, []).append(r["gain"])

@@ -20,6 +20,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ar_ray.timeouts import Timeouts
+
 CONFIG_NAME = "ar-ray.toml"
 DEFAULT_PATTERN = r"^val_bpb:\s*(\S+)"
 # Never copied into a run dir: caches, VCS data, our own run dirs, notebooks' checkpoints.
@@ -43,7 +45,7 @@ class Target:
     direction: str = "min"
     budget_seconds: float | None = 300.0
     budget_tokens: int | None = None
-    timeout_seconds: float | None = None  # None: 2 x budget + 60 s
+    timeout_seconds: float | None = None  # None: learned or 2 x budget + 60 s (ar_ray/timeouts.py)
     setup: str | None = None  # run once per node before the first experiment
     program: str | None = None  # research instructions for LLM proposers
     result_file: bool = False  # the harness writes the metric to $AR_RESULT_FILE as JSON
@@ -59,9 +61,8 @@ class Target:
 
     @property
     def hard_timeout(self) -> float:
-        if self.timeout_seconds is not None:
-            return self.timeout_seconds
-        return 2 * (self.budget_seconds or 300.0) + 60.0
+        """The timeout of a run with the target's own budget (`ar_ray.timeouts` has the rule)."""
+        return Timeouts(self.timeout_seconds, self.budget_tokens).for_run(None, self.budget_seconds, {})
 
     def better(self, a: float, b: float | None) -> bool:
         """Is metric `a` strictly better than `b` (None counts as worst)?"""

@@ -70,6 +70,7 @@ class Candidate:
     seed: int = 0
     budget_seconds: float | None = None  # None: the target's budget
     knobs: dict[str, str] = field(default_factory=dict)  # scale knobs, passed as AR_<NAME> env vars
+    timeout_seconds: float | None = None  # the hard timeout; None: the trainer applies `timeouts` alone
 
 
 @dataclass(frozen=True)

@@ -287,3 +287,32 @@ def test_a_promotion_ladder_screens_cheap_promotes_and_reports_transfer(ray_loca
     assert pol.best_version == live["version"] and pol.rung_gains == live["rung_gains"]
     assert {r: sorted(v) for r, v in pol.best_runs.items()} == {r: sorted(v) for r, v in live["best_runs"].items()}
     assert pol.spread == live["spread"] and pol.code_means == live["code_means"]
+
+
+def test_token_budgeted_runs_get_a_timeout_learned_from_the_best(ray_local, tmp_path, monkeypatch):
+    """A token budget says nothing about wall time: the first runs may take FIRST seconds, later ones
+    3 x the slowest run of the best + 60 s; a resume learns the same from the ledger."""
+    from ar_ray import timeouts
+    live = {}
+    summary, df, trace, _ = run(tmp_path, monkeypatch, sleep=0.3, max_experiments=12, toml="budget_tokens = 1000\n",
+                                probe=lambda d: live.update(slowest=dict(d.timeouts.slowest)) or {})
+    ran = df[df.decision != "skip"]
+    base = ran[ran.role == "baseline"]
+    learned = timeouts.FACTOR * base.run_seconds.max() + timeouts.SLACK
+    got = {t["id"]: t["timeout"] for t in trace}
+    assert got[base.experiment_id.iloc[0]] == timeouts.FIRST  # nothing was known when the baseline started
+    later = [got[e] for e in ran.experiment_id if got[e] != timeouts.FIRST]
+    assert later and all(t == pytest.approx(learned, rel=1e-5) for t in later)
+    assert learned < 70 < timeouts.wall_rule(None)  # neither the first limit nor the wall-clock rule
+    assert live["slowest"] == {0: pytest.approx(base.run_seconds.max())}
+    # a resume restores what was learned
+    from ar_ray.driver import Driver
+    from ar_ray.ledger import Ledger
+    from ar_ray.policy import Policy, PolicyConfig
+    from ar_ray.run import restore
+    from ar_ray.target import load_target
+    t = load_target(tmp_path / "target", budget_tokens=1000)
+    fresh = Driver(t, Ledger(tmp_path / "run"), summary["run_id"], [], [], Policy(PolicyConfig("greedy")), queue_depth=1)
+    assert fresh.timeouts.for_run(0, None, {}) == timeouts.FIRST
+    restore(fresh, str(tmp_path / "run"))
+    assert fresh.timeouts.for_run(0, None, {}) == pytest.approx(learned)

@@ -400,4 +400,9 @@ while True:
     wait_for(lambda: marked_pids(mark) == [], 15, f"the run's processes {victims} to go after the actor died")
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(ref, timeout=30)
-    assert ray.get(actor.ping.remote(), timeout=60) == "t-ray"  # restarted (max_restarts=-1)
+    def pong():  # restarted (max_restarts=-1); while it restarts, calls fail with ActorUnavailableError
+        try:
+            return ray.get(actor.ping.remote(), timeout=60)
+        except ray.exceptions.ActorUnavailableError:
+            return None
+    assert wait_for(pong, 60, "the actor to restart") == "t-ray"

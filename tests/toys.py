@@ -31,7 +31,8 @@ time.sleep(SLEEP)
 v = abs(LR - 0.3) + abs(WIDTH - 12) * 0.01 + (0.0 if USE_X else 0.05)
 if log:  # one line in the run's log (the run dir is all a sandboxed run may write)
     print("trace: " + json.dumps({"id": os.environ["AR_EXPERIMENT_ID"], "start": start, "end": time.time(),
-                                  "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}))
+                                  "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid(),
+                                  "timeout": float(os.environ["AR_TIMEOUT_SECONDS"])}))
 print("---")
 if MODE != "silent":
     print(f"val_bpb: {v:.6f}")

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ar_ray.target import Target, format_command, materialize, tampered_files
+from ar_ray.timeouts import Timeouts
 from ar_ray.types import Candidate, Result
 from trainers import outcome, sandbox
 from trainers.sandbox import Sandbox
@@ -191,9 +192,9 @@ class Trainer:
         if self.target.budget_tokens:
             env["AR_BUDGET_TOKENS"] = str(self.target.budget_tokens)
         env.update({f"AR_{k.upper()}": str(v) for k, v in cand.knobs.items()})
-        # an explicit timeout_seconds wins; otherwise 2 x the budget actually used + 60 s
-        timeout = (self.target.hard_timeout if self.target.timeout_seconds is not None or cand.budget_seconds is None
-                   else 2 * cand.budget_seconds + 60)
+        timeout = cand.timeout_seconds or Timeouts(self.target.timeout_seconds, self.target.budget_tokens).for_run(
+            None, budget, cand.knobs)
+        env["AR_TIMEOUT_SECONDS"] = f"{timeout:g}"
         argv = distributed(format_command(self.target.command, **values), len(self.gpu_ids))
         env = child_env(self.target, env)
         if self._box_mode == "bwrap":  # caches that default to the (read-only) home go to the run's private /tmp
@@ -222,7 +223,7 @@ class Trainer:
                 status = "metric_mismatch"
                 error = f"printed {self.target.metric}={metric} but the harness's result file says {reported}"
         elif status == "timeout":
-            error = f"killed after the hard timeout of {timeout:.0f} s"
+            error = f"killed after the hard timeout of {timeout:.0f} s (--timeout sets it)"
         if status != "ok" and not error:
             error = outcome.error_tail(text)
         if not self.keep_files:

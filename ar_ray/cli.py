@@ -68,6 +68,9 @@ def main():
 @click.option("--baseline-repeats", type=int, default=3, show_default=True, help="Runs of each best (noise floor).")
 @click.option("--confirm-runs", type=int, default=2, show_default=True, help="Re-runs of a screened candidate.")
 @click.option("--k", "k", type=float, default=1.0, show_default=True, help="Screen: a run's gain must exceed k x noise.")
+@click.option("--max-confirm-runs", type=int, default=4, show_default=True,
+              help="A confirmation too close to call (mean gain above half the bar) gets --confirm-runs more runs, "
+                   "up to this many in all; set it to --confirm-runs for a fixed number.")
 @click.option("--k-confirm", type=float, default=2.0, show_default=True,
               help="Accept: the confirmed mean gain must exceed k-confirm standard errors.")
 @click.option("--sanity-gain", type=float, default=None, help="Gains above this get twice the confirmation runs.")
@@ -88,7 +91,7 @@ def main():
 def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_url, api_key_env, config_file, max_cost,
         trainers, gpus_per_trainer, cpus_per_trainer,
         queue_depth, max_experiments, time_limit, budget, budget_tokens, timeout, run_command, metric, metric_pattern, direction,
-        acceptance, baseline_repeats, confirm_runs, k, k_confirm, sanity_gain, seed, keep_files, sandbox,
+        acceptance, baseline_repeats, confirm_runs, max_confirm_runs, k, k_confirm, sanity_gain, seed, keep_files, sandbox,
         max_processes, disk_quota_gb, max_memory_gb, ladder, promote_fraction):
     """Run the research loop: propose, train, keep what improves."""
     from ar_ray.progress import Progress
@@ -121,7 +124,7 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
                        gpus_per_trainer=gpus_per_trainer, cpus_per_trainer=cpus_per_trainer, queue_depth=queue_depth,
                        max_experiments=max_experiments, time_limit=parse_duration(time_limit), budget_seconds=budget,
                        seed=seed, keep_files=keep_files, target_overrides=overrides, acceptance=acceptance,
-                       baseline_repeats=baseline_repeats, confirm_runs=confirm_runs, k=k, k_confirm=k_confirm, sanity_gain=sanity_gain,
+                       baseline_repeats=baseline_repeats, confirm_runs=confirm_runs, max_confirm_runs=max_confirm_runs, k=k, k_confirm=k_confirm, sanity_gain=sanity_gain,
                        sandbox=sandbox, sandbox_limits=limits, ladder=ladder, promote_fraction=promote_fraction)
     console = Console()
     console.print(f"run dir: {run_dir}")

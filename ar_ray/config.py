@@ -38,6 +38,7 @@ class RunConfig:
     acceptance: str = "confirm"  # or "greedy" (upstream's rule)
     baseline_repeats: int = 3
     confirm_runs: int = 2
+    max_confirm_runs: int = 4  # sequential confirmation: a close call gets more runs, up to this many
     k: float = 1.0
     k_confirm: float = 2.0
     sanity_gain: float | None = None
@@ -88,7 +89,7 @@ class RunConfig:
     def policy(self):
         from ar_ray.policy import PolicyConfig
         return PolicyConfig(acceptance=self.acceptance, baseline_repeats=self.baseline_repeats,
-                            confirm_runs=self.confirm_runs, k=self.k, k_confirm=self.k_confirm, sanity_gain=self.sanity_gain,
+                            confirm_runs=self.confirm_runs, max_confirm_runs=self.max_confirm_runs, k=self.k, k_confirm=self.k_confirm, sanity_gain=self.sanity_gain,
                             rungs=max(1, len(self.scales())), promote_fraction=self.promote_fraction)
 
     def scales(self):

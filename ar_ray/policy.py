@@ -11,7 +11,8 @@ Two rules:
   run-to-run spread (noise) is pooled from every group of identical code. A new run
   that beats the best by more than k x noise is *screened*; it is re-run with new seeds
   (confirmation) and accepted only if the mean of those re-runs (not the lucky screening
-  run) beats the best's mean by more than k_confirm standard errors. A screened winner made from an older best is
+  run) beats the best's mean by more than k_confirm standard errors; a close call (above half that bar) gets more
+  runs first, up to max_confirm_runs (a sequential test). A screened winner made from an older best is
   first re-applied to the current best (three-way merge: a *rebase*); two concurrent
   winners thereby end up combined and the combination is what gets tested.
 
@@ -45,6 +46,7 @@ class PolicyConfig:
     acceptance: str = "confirm"  # "confirm" or "greedy"
     baseline_repeats: int = 3  # runs of each new best (the first best included)
     confirm_runs: int = 2  # extra runs of a screened candidate
+    max_confirm_runs: int = 4  # an undecided confirmation adds confirm_runs more, up to this many (sequential test)
     k: float = 1.0  # screen: a single run's gain > k x noise (permissive: confirmation catches the noise)
     k_confirm: float = 2.0  # accept: mean gain > k_confirm x standard error of the difference
     sanity_gain: float | None = None  # gains above this need twice the confirmation runs
@@ -297,6 +299,19 @@ class Policy:
         return Verdict("promoted", runs=tuple(RunSpec(group.files, group.base_version, "promote", gid, group.parent_id,
                                                       group.rung) for _ in range(group.waiting)), numbers=nums)
 
+    def _undecided(self, group: _Group, nums: dict) -> bool:
+        """Sequential confirmation: a mean gain between half the threshold and the threshold is too close to
+        call; more runs (up to max_confirm_runs) shrink the standard error instead of rejecting a real gain."""
+        cap = max(self.config.max_confirm_runs, self.config.confirm_runs) * (2 if self._insane(nums["gain"]) else 1)
+        return (group.role in ("confirm", "rebase", "promote") and len(group.metrics) < cap
+                and nums["gain"] > 0.5 * nums["threshold"])
+
+    def _more_runs(self, gid: str, group: _Group, nums: dict) -> Verdict:
+        group.waiting = max(1, self.config.confirm_runs)
+        return Verdict("confirming", runs=tuple(RunSpec(group.files, group.base_version, group.role, gid, group.parent_id,
+                                                        group.rung) for _ in range(group.waiting)),
+                       numbers={**nums, "reason": "too close to call: more runs"})
+
     def _insane(self, gain: float) -> bool:
         return self.config.sanity_gain is not None and gain > self.config.sanity_gain
 
@@ -355,6 +370,8 @@ class Policy:
         if parent_mean is not None and mean is not None:  # judged against the code it edited, as at the screen
             nums.update(gain=self._gain(mean, parent_mean), parent_mean=parent_mean)
         if group.failed or mean is None or nums.get("threshold") is None or nums["gain"] <= nums["threshold"]:
+            if not group.failed and self._undecided(group, nums):
+                return self._more_runs(gid, group, nums)
             del self.groups[gid]
             return Verdict("reject", numbers=nums)
         if group.base_version != self.best_version:  # the best moved while we confirmed

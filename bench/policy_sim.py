@@ -102,10 +102,11 @@ def run_one(config: PolicyConfig, trainers: int, effects: list[float], real: set
 
 def policies(trainers: int) -> list[tuple[str, PolicyConfig, int]]:
     return [
-        (f"confirm, {trainers} trainers", PolicyConfig(acceptance="confirm"), trainers),
+        (f"confirm, fixed 2 confirmation runs, {trainers} trainers", PolicyConfig(max_confirm_runs=2), trainers),
         (f"greedy, {trainers} trainers", PolicyConfig(acceptance="greedy"), trainers),
         ("greedy, sequential (1 trainer)", PolicyConfig(acceptance="greedy"), 1),
         (f"confirm + ladder (1-min screens), {trainers} trainers", PolicyConfig(rungs=2), trainers),
+        (f"confirm, default (sequential: up to 4 confirmation runs), {trainers} trainers", PolicyConfig(), trainers),
     ]
 
 
@@ -135,7 +136,7 @@ def plot(results: dict, gains: list[tuple[str, float]], path: str) -> None:
     import numpy as np
 
     fig, axes = plt.subplots(len(gains), 2, figsize=(12, 4.2 * len(gains)), squeeze=False)
-    colors = ["tab:blue", "tab:red", "tab:gray", "tab:green"]
+    colors = ["tab:blue", "tab:red", "tab:gray", "tab:green", "tab:purple"]
     for row, (gain_label, gain) in enumerate(gains):
         names = [name for (g, name) in results if g == gain_label]
         for col, (axis, xlabel) in enumerate([(0, "GPU-hours"), (1, "wall-clock hours (log scale)")]):
@@ -160,7 +161,7 @@ def plot(results: dict, gains: list[tuple[str, float]], path: str) -> None:
     fig.suptitle(f"Simulated research run: noise sd {NOISE}, 5-minute runs, {n_seeds} problem seeds\n"
                  "(line: median over seeds, band: min–max; a finished policy keeps its final best)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 0.98))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

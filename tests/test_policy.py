@@ -82,6 +82,32 @@ def test_noise_is_rejected_at_the_screen_or_at_confirmation():
     assert p.on_result("e9", "confirm", "e7", 0, cand, "e0", "ok", 0.98).decision == "reject"
 
 
+def test_a_close_call_gets_more_confirmation_runs_before_a_verdict():
+    """Sequential confirmation: a mean gain above half the bar but below it earns --confirm-runs more runs,
+    up to max_confirm_runs; the verdict then uses them all. A fixed design rejects the same real gain."""
+    def close_call(config):
+        p = started(config)
+        cand = edited(BASE, LR=0.3)
+        assert p.on_result("e3", "screen", None, 0, cand, "e0", "ok", 0.995).decision == "screened"
+        p.on_result("e4", "confirm", "e3", 0, cand, "e0", "ok", 0.9975)
+        return p, cand, p.on_result("e5", "confirm", "e3", 0, cand, "e0", "ok", 0.9975)
+
+    p, cand, v = close_call(PolicyConfig())
+    assert 0.5 * v.numbers["threshold"] < v.numbers["gain"] < v.numbers["threshold"]
+    assert v.decision == "confirming" and [(r.role, r.group) for r in v.runs] == [("confirm", "e3")] * 2
+    p.on_result("e6", "confirm", "e3", 0, cand, "e0", "ok", 0.996)
+    v = p.on_result("e7", "confirm", "e3", 0, cand, "e0", "ok", 0.996)
+    assert v.decision == "keep" and v.numbers["group_n"] == 4 and v.numbers["group_mean"] == pytest.approx(0.99675)
+    # at the cap, a close call is rejected
+    p, cand, v = close_call(PolicyConfig())
+    p.on_result("e6", "confirm", "e3", 0, cand, "e0", "ok", 0.999)
+    v = p.on_result("e7", "confirm", "e3", 0, cand, "e0", "ok", 0.999)
+    assert v.decision == "reject" and v.numbers["group_n"] == 4 and not v.runs
+    # max_confirm_runs = confirm_runs: the fixed design of two runs decides at once
+    _, _, v = close_call(PolicyConfig(max_confirm_runs=2))
+    assert v.decision == "reject" and not v.runs
+
+
 def test_greedy_keeps_any_better_run():
     p = started(PolicyConfig(acceptance="greedy"), metrics=(1.0,))
     v = p.on_result("e1", "screen", None, 0, edited(BASE, LR=0.4), "e0", "ok", 0.9999)

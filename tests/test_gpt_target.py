@@ -223,3 +223,37 @@ def test_parquet_shards_last_is_validation(prep, tmp_path, monkeypatch):
     train_text, val_text = tok.decode(prep.load_tokens("train")), tok.decode(prep.load_tokens("val"))
     assert "shard0 text 199" in train_text and "shard1 text 0 " in train_text and "shard2" not in train_text
     assert "shard2 text 0 " in val_text and "shard0" not in val_text and "shard1" not in val_text
+
+
+def run_parity(env, *args):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AR_")}
+    full_env.update(env)
+    proc = subprocess.run([sys.executable, str(TARGET / "parity.py"), "--device", "cpu", "--steps", "6", "--batch", "4", "--depth", "1",
+                           "--seq-len", "128", *args], env=full_env, capture_output=True, text=True, timeout=600)
+    diffs = {k: float(v) for k, v in re.findall(r"^(forward|curve)_rel_diff:\s+(\S+)", proc.stdout, re.M)}
+    return proc, diffs
+
+
+def test_parity_check_compiled_bf16_path_against_float32(env, prep):
+    """The check the GPU runs (parity.py): exact against itself, bf16-close when compiled under bf16 autocast,
+    and a failure when the tolerance is tighter than bf16 rounding."""
+    same, diffs = run_parity(env, "--dtype", "fp32")
+    assert same.returncode == 0 and diffs == {"forward": 0.0, "curve": 0.0}, same.stdout + same.stderr
+    fast, diffs = run_parity(env, "--dtype", "bf16", "--compile")  # torch.compile traces train.py's model, as on CUDA
+    assert fast.returncode == 0, fast.stdout + fast.stderr
+    assert 0 < diffs["forward"] < 0.01 and diffs["curve"] < 0.05
+    strict, _ = run_parity(env, "--dtype", "bf16", "--tol-forward", "0")
+    assert strict.returncode == 1 and "FAIL: the cpu bf16 path differs" in strict.stdout and "same-weights" in strict.stdout
+
+
+def test_peak_flops_by_gpu_name(prep, monkeypatch):
+    monkeypatch.delenv("AR_PEAK_FLOPS", raising=False)
+    assert prep.peak_flops("cpu") == 0.0
+    assert prep.peak_flops("cuda", "NVIDIA H100 80GB HBM3") == 989.5e12
+    assert prep.peak_flops("cuda", "NVIDIA H100 PCIe") == 756e12
+    assert prep.peak_flops("cuda", "NVIDIA H200") == 989.5e12
+    assert prep.peak_flops("cuda", "NVIDIA A100-SXM4-80GB") == 312e12
+    assert prep.peak_flops("cuda", "NVIDIA L40S") == 362e12 and prep.peak_flops("cuda", "NVIDIA L4") == 121e12
+    assert prep.peak_flops("cuda", "Some Future GPU") == 0.0  # unknown: MFU reads 0, not a wrong number
+    monkeypatch.setenv("AR_PEAK_FLOPS", "1e15")
+    assert prep.peak_flops("cuda", "Some Future GPU") == 1e15

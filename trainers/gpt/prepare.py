@@ -12,7 +12,7 @@ the number of evaluated tokens, and the metric itself: summed cross-entropy
 Environment (all optional): AR_CACHE_DIR (default ~/.cache/ar-ray/gpt), AR_DATA
 (opt-in real data: a text file, or a directory/glob of parquet shards with a
 `text` column), AR_PRESET (cpu|gpu), AR_VOCAB_SIZE (override the preset's),
-AR_SEED, AR_THREADS, AR_BUDGET_SECONDS, AR_BUDGET_TOKENS, AR_RESULT_FILE.
+AR_SEED, AR_THREADS, AR_BUDGET_SECONDS, AR_BUDGET_TOKENS, AR_RESULT_FILE, AR_PEAK_FLOPS (for MFU).
 """
 import fcntl, functools, glob, hashlib, heapq, itertools, json, math, os, random, re, sys, time
 from collections import Counter, defaultdict
@@ -61,6 +61,22 @@ def init_runtime():
     if device == "cuda":
         torch.set_float32_matmul_precision("high")    # TF32 for any float32 matmul
     return device, seed
+
+
+# Peak dense bf16 tensor-core throughput (FLOP/s) by GPU name, the denominator of MFU. Checked in order
+# (the most specific name first); AR_PEAK_FLOPS overrides, e.g. for a GPU not listed here.
+PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.5e12), ("H200", 989.5e12),
+              ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12))
+
+
+def peak_flops(device, name=None):
+    """FLOP/s the device could do at best (0 when unknown: MFU is then reported as 0)."""
+    if os.environ.get("AR_PEAK_FLOPS"):
+        return float(os.environ["AR_PEAK_FLOPS"])
+    if device != "cuda":
+        return 0.0
+    name = name or torch.cuda.get_device_name()
+    return next((flops for key, flops in PEAK_FLOPS if key in name), 0.0)
 
 
 def get_budget():

@@ -271,6 +271,7 @@ def main():
           f"budget {f'{budget_s:.0f}s' if budget_s else f'{budget_tokens} tokens'}", flush=True)
 
     step, tokens, train_time, progress, last_log = 0, 0, 0.0, 0.0, 0.0
+    t_loop = time.time()
     diverge_bound = 3 * math.log(vocab_size)
     while progress < 1:
         t0 = time.time()
@@ -296,6 +297,9 @@ def main():
         tokens += tokens_per_step
         if step > prepare.UNTIMED_STEPS:
             train_time += time.time() - t0
+        elif step == prepare.UNTIMED_STEPS:
+            print(f"startup {t_loop - T_START:.1f}s | untimed first {step} steps (compile, warm-up) "
+                  f"{time.time() - t_loop:.1f}s", flush=True)
         progress = tokens / budget_tokens if budget_tokens else train_time / budget_s
         if train_time - last_log >= (5 if device == "cpu" else 15) or step == 1:
             last_log = train_time
@@ -306,7 +310,7 @@ def main():
     if not math.isfinite(val_bpb):
         print(f"FAIL: val_bpb is {val_bpb} (diverged)", flush=True)
         sys.exit(1)
-    peak_flops = 989.5e12 if device == "cuda" else 0.0          # H100 bf16 dense
+    peak_flops = prepare.peak_flops(device)                      # dense bf16, by GPU model
     timed_tokens = tokens - min(step, prepare.UNTIMED_STEPS) * tokens_per_step
     mfu = 100 * model.flops_per_token(seq_len) * timed_tokens / train_time / peak_flops if peak_flops and train_time else 0.0
     peak_vram = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0

@@ -83,6 +83,9 @@ def build_knobs(depths: str | None, budget_tokens: str | None, knob: tuple[str, 
 @click.option("--budget-tokens", default=None, help="Token budgets, e.g. 100000,200000 (the knob budget_tokens).")
 @click.option("--budgets", default=None, help="Wall-clock budgets in seconds, e.g. 10,20.")
 @click.option("--knob", multiple=True, help="NAME=v1,v2,...: any knob, passed to the run as AR_<NAME>. Repeatable.")
+@click.option("--paired", is_flag=True,
+              help="Take the i-th value of every axis together instead of every combination: a path such as "
+                   "--depths 2,4,8 --budget-tokens 100000,400000,1600000 (tokens growing with the model).")
 @click.option("--repeats", type=int, default=None, help="Runs of each (variant, scale), seeds 0..n-1 (default 3).")
 @click.option("--timeout", type=float, default=None, help="Hard timeout per run in seconds (default: 2 x budget + 60; 30 min for token budgets).")
 @click.option("--address", default=None, help="Ray cluster to join ('auto' or host:port); default: a local Ray.")
@@ -92,19 +95,21 @@ def build_knobs(depths: str | None, budget_tokens: str | None, knob: tuple[str, 
 @click.option("--sandbox", type=click.Choice(["auto", "bwrap", "none"]), default="auto", show_default=True,
               help="Confine the runs with bubblewrap (auto: where the node can).")
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap replicates for the fits' intervals.")
-def sweep(target, run_dir, resume_dir, rerun_failed, analyze_dir, variants, depths, budget_tokens, budgets, knob, repeats, timeout,
+def sweep(target, run_dir, resume_dir, rerun_failed, analyze_dir, variants, depths, budget_tokens, budgets, knob, paired,
+          repeats, timeout,
           address, trainers, gpus_per_trainer, cpus_per_trainer, sandbox, bootstrap):
     """Scaling sweep: run variants over a grid of scales with repeats, fit L = E + A*C^-alpha, compare the variants.
 
     \b
     ar-ray sweep --depths 2,3,4 --budget-tokens 100000,200000 --repeats 3
     ar-ray sweep --variant baseline --variant runs/x --depths 2,3,4 --budgets 10,20
+    ar-ray sweep --depths 2,4,8 --budget-tokens 100000,400000,1600000 --paired   # 3 scales, not 9
     ar-ray sweep --resume runs/sweep-1 --repeats 5      # more repeats; finished runs are kept
     ar-ray sweep --analyze runs/sweep-1                 # fits and verdicts again, nothing run
     """
     console = Console(highlight=False, soft_wrap=True)
     if analyze_dir:
-        given = [resume_dir, run_dir, rerun_failed or None, depths, budget_tokens, budgets, repeats, timeout,
+        given = [resume_dir, run_dir, rerun_failed or None, paired or None, depths, budget_tokens, budgets, repeats, timeout,
                  *variants, *knob]
         if any(v is not None and v != () for v in given):
             raise click.UsageError("--analyze only reads a finished sweep; leave out the other sweep flags")
@@ -135,7 +140,7 @@ def sweep(target, run_dir, resume_dir, rerun_failed, analyze_dir, variants, dept
                        cpus_per_trainer=cpus_per_trainer, sandbox=sandbox,
                        target_overrides={"timeout_seconds": timeout})
     try:
-        spec = _spec(config, resume_dir, variants, knobs, seconds, repeats)
+        spec = _spec(config, resume_dir, variants, knobs, seconds, repeats, paired)
         console.print(f"sweep dir: {escape(run_dir)}")
         if spec is not None:
             console.print(f"{len(spec.variants)} variant(s) ({', '.join(spec.names)}) x {len(spec.grid)} scales x "
@@ -160,7 +165,7 @@ def sweep(target, run_dir, resume_dir, rerun_failed, analyze_dir, variants, dept
         console.print(f"continue with: ar-ray sweep --resume {escape(run_dir)}")
 
 
-def _spec(config: RunConfig, resume_dir, variants, knobs, seconds, repeats) -> S.SweepSpec | None:
+def _spec(config: RunConfig, resume_dir, variants, knobs, seconds, repeats, paired=False) -> S.SweepSpec | None:
     """The sweep spec from the flags; on --resume, what was not given comes from the stored spec (None: all of it)."""
     stored = S.load_spec(resume_dir) if resume_dir else None
     if stored is not None and not (variants or knobs or seconds or repeats):
@@ -172,7 +177,7 @@ def _spec(config: RunConfig, resume_dir, variants, knobs, seconds, repeats) -> S
         resolved = list(stored.variants)
     else:
         resolved = [S.resolve_variant("baseline", target)]
-    scales = S.grid(knobs, seconds) if (knobs or seconds) else (stored.grid if stored is not None else ())
+    scales = S.grid(knobs, seconds, paired) if (knobs or seconds) else (stored.grid if stored is not None else ())
     if not scales:
         raise S.SweepError("the grid is empty: give scales to sweep, e.g. --depths 2,3,4 --budget-tokens 100000,200000, "
                            "--budgets 10,20 (seconds) or --knob NAME=v1,v2,v3")

@@ -123,8 +123,11 @@ class SweepSpec:
                    grid=tuple(_checked_scale(s) for s in d["grid"]), repeats=d["repeats"])
 
 
-def grid(knobs: dict[str, list[str]] | None = None, budgets: list[float] | None = None) -> tuple[Scale, ...]:
-    """Every combination of the knobs' values (in the order given) and of the budgets (seconds), budgets last."""
+def grid(knobs: dict[str, list[str]] | None = None, budgets: list[float] | None = None,
+         paired: bool = False) -> tuple[Scale, ...]:
+    """Every combination of the knobs' values (in the order given) and of the budgets (seconds), budgets last.
+    `paired`: the i-th value of every axis together instead (a path through the grid, e.g. depth with
+    proportionally more tokens: the compute-optimal frontier), so every axis needs as many values."""
     knobs = {k: [str(v) for v in vs] for k, vs in (knobs or {}).items()}
     for k, vs in knobs.items():
         if not vs:
@@ -133,8 +136,12 @@ def grid(knobs: dict[str, list[str]] | None = None, budgets: list[float] | None 
     if not knobs and not budgets:
         return ()
     axes = list(knobs.values()) + ([budgets] if budgets else [])
+    if paired and len({len(a) for a in axes}) > 1:
+        sizes = ", ".join(f"{name} {len(a)}" for name, a in zip([*knobs, "budgets"], axes))
+        raise SweepError(f"a paired sweep takes the i-th value of every axis together, so every axis needs the same "
+                         f"number of values; got {sizes}")
     out = []
-    for combo in itertools.product(*axes):
+    for combo in (zip(*axes) if paired else itertools.product(*axes)):
         values = dict(zip(knobs, combo[:len(knobs)]))
         out.append(Scale(values, combo[-1] if budgets else None))
     return tuple(out)

@@ -93,6 +93,15 @@ def test_plan_is_deterministic_and_complete():
     assert S.SweepSpec(variants=[("b", files)], grid=[{"depth": 2, "budget_seconds": 5}]).grid[0] == S.Scale({"depth": "2"}, 5.0)
 
 
+def test_a_paired_grid_is_a_path_not_every_combination():
+    path = S.grid({"depth": ["2", "4", "8"], "budget_tokens": ["100000", "400000", "1600000"]}, paired=True)
+    assert [s.label for s in path] == ["d2-tok100k", "d4-tok400k", "d8-tok1600k"]
+    assert len(S.grid({"depth": ["2", "4", "8"], "budget_tokens": ["100000", "400000", "1600000"]})) == 9
+    assert [s.budget_seconds for s in S.grid({"depth": ["1", "2"]}, [10, 20], paired=True)] == [10.0, 20.0]
+    with pytest.raises(S.SweepError, match="same number of values; got depth 3, budget_tokens 2"):
+        S.grid({"depth": ["2", "4", "8"], "budget_tokens": ["100000", "400000"]}, paired=True)
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(grid=()), "the grid is empty"),
     (dict(variants=()), "no variant"),
@@ -323,6 +332,7 @@ def test_a_lost_trainer_reruns_the_run(ray_local, tmp_path):
     (["--knob", "seed=1,2"], "set by ar-ray"),
     (["--depths", "1", "--repeats", "0"], "at least 1"),
     (["--depths", "1", "--rerun-failed"], "goes with --resume"),
+    (["--depths", "1,2", "--budget-tokens", "1000", "--paired"], "same number of values"),
 ])
 def test_cli_errors(tmp_path, args, message):
     target = power_target(tmp_path / "target")

@@ -7,7 +7,7 @@ import hashlib
 import io
 import tokenize
 
-from ar_ray.edits import _split
+from ar_ray.textlines import split_lines
 
 
 
@@ -67,7 +67,7 @@ def _scan_cuts(text: str) -> tuple[dict[int, int], set[int]]:
 
 
 def _normalize_code(path: str, text: str) -> str:
-    lines, _ = _split(text)
+    lines, _ = split_lines(text)
     cuts: dict[int, int] = {}
     protected: set[int] = set()
     if path.endswith(".py"):

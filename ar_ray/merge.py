@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 
-from ar_ray.edits import _keepends
+from ar_ray.textlines import keepends
 
 
 
@@ -85,7 +85,7 @@ def three_way_merge(base: str, ours: str, theirs: str) -> tuple[str, bool]:
         return ours, False
     if ours == base:
         return theirs, False
-    bl, ol, tl = _keepends(base), _keepends(ours), _keepends(theirs)
+    bl, ol, tl = keepends(base), keepends(ours), keepends(theirs)
     out: list[str] = []
     conflicted = False
     ib = io_ = it = 0

@@ -175,7 +175,7 @@ def _label_of(experiment: str, variant: str) -> str:
 
 
 def _run_files(run_dir: Path, experiment: str | None, target: Target) -> dict[str, str]:
-    from ar_ray import analysis, edits
+    from ar_ray import analysis, answers, edits
     from ar_ray.ledger import LedgerError, load
 
     try:
@@ -206,7 +206,7 @@ def _run_files(run_dir: Path, experiment: str | None, target: Target) -> dict[st
         raise SweepError(f"cannot rebuild {experiment}'s files: the files of version {r['base_version']} it was made "
                          f"from are not in {run_dir}'s ledger")
     try:
-        files = edits.apply_edits(dict(base), edits.parse_answer(r["diff"], base, set(target.editable)),
+        files = edits.apply_edits(dict(base), answers.parse_answer(r["diff"], base, set(target.editable)),
                                   set(target.editable))
     except edits.EditError as e:
         raise SweepError(f"cannot rebuild {experiment}'s files from its diff: {e}") from None

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import openai
 
-from ar_ray import edits
+from ar_ray import answers, edits
 from ar_ray.types import Attempt, Baseline, Proposal
 from proposers import llm_config
 from proposers.base import ProposalFailed, ProposerBase
@@ -142,7 +142,7 @@ class LLMProposer(ProposerBase):
                                   f"{self.max_answer_chars}; send only the DESCRIPTION line and short "
                                   "SEARCH/REPLACE blocks, never whole files")
         try:
-            parsed = edits.parse_answer(text, base.files, set(self.editable))
+            parsed = answers.parse_answer(text, base.files, set(self.editable))
         except edits.EditError as e:
             if looks_like_refusal(text):
                 raise edits.EditError(f"the model declined instead of proposing an edit ({_short(text)}); the task "

@@ -1,4 +1,4 @@
-"""Tests for ar_ray.edits: parsing LLM answers, tolerant application, diffs, hashes, merges."""
+"""Tests for ar_ray.answers and ar_ray.edits: parsing LLM answers, tolerant application, diffs, hashes, merges."""
 
 import pytest
 
@@ -7,9 +7,9 @@ from ar_ray.edits import (
     apply_edits,
     check_syntax,
     diff_stats,
-    parse_answer,
     unified_diff,
 )
+from ar_ray.answers import parse_answer
 from ar_ray.codehash import edit_hash
 from ar_ray.merge import rebase, three_way_merge
 

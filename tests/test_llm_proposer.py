@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ar_ray import edits
+from ar_ray import answers, edits
 from ar_ray.types import Attempt, Baseline
 from llm_server import LLMServer, error, reply
 from proposers import prompt as prompt_mod
@@ -194,7 +194,7 @@ def test_an_edit_that_does_not_apply_is_asked_again_in_the_same_conversation(ser
     assert "LR = 0.3" in p.files["train.py"]
     first, second = server.bodies()
     with pytest.raises(edits.EditError) as reason:  # the exact reason edits gives for this answer
-        edits.apply_edits({"train.py": TRAIN}, edits.parse_answer(NO_MATCH, {"train.py": TRAIN}, {"train.py"}),
+        edits.apply_edits({"train.py": TRAIN}, answers.parse_answer(NO_MATCH, {"train.py": TRAIN}, {"train.py"}),
                           {"train.py"})
     assert second["messages"][:2] == first["messages"]  # same conversation, continued
     assert second["messages"][2] == {"role": "assistant", "content": NO_MATCH}

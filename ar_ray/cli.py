@@ -117,7 +117,8 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
     limits = {k: v for k, v in {"max_processes": max_processes, "disk_quota_gb": disk_quota_gb,
                                  "max_memory_gb": max_memory_gb}.items() if v is not None}
     overrides = {"command": run_command, "metric": metric, "metric_pattern": metric_pattern, "direction": direction,
-                 "timeout_seconds": timeout, "budget_seconds": budget, "budget_tokens": budget_tokens}
+                 "timeout_seconds": timeout, "budget_seconds": budget, "cpu_budget_seconds": budget,
+                 "budget_tokens": budget_tokens}
     config = RunConfig(target=target or str(default_target()), run_dir=run_dir, resume=bool(resume_dir),
                        address=address, proposer=proposer, proposer_options=options, proposers=proposers,
                        max_cost=max_cost, trainers=trainers,

@@ -251,11 +251,9 @@ class Driver:
             seed = self.seed + (self.seeds[group] if self.policy.config.acceptance != "greedy" else 0)
             self.seeds[group] += 1
             scale = self.scales[job.rung]
-            budget = scale.budget_seconds or self.budget
             job.candidate = Candidate(experiment_id=job.experiment_id, base_version=job.proposal.base_version,
-                                      files=job.proposal.files, seed=seed, budget_seconds=budget, knobs=scale.knobs,
-                                      timeout_seconds=self.timeouts.for_run(job.rung, budget or self.target.budget_seconds,
-                                                                            scale.knobs))
+                                      files=job.proposal.files, seed=seed, budget_seconds=scale.budget_seconds or self.budget,
+                                      knobs=scale.knobs, timeout_seconds=self.timeouts.learned(job.rung, scale.knobs))
             job.dispatched_at = time.time()
             self.count.runs += 1
         self.running[self.trainers[t].run.remote(job.candidate)] = Flight(t, job)

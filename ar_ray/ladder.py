@@ -55,4 +55,7 @@ def rung_of(scales: tuple[Scale, ...], budget_seconds: float | None, knobs: dict
     for i, s in enumerate(scales):
         if s.knobs == knobs and (s.budget_seconds or default_budget) == budget_seconds:
             return i
+    for i, s in enumerate(scales):  # a rung without a budget of its own ran at the trainer's (CPU or GPU) budget
+        if s.knobs == knobs and s.budget_seconds is None:
+            return i
     return max(0, len(scales) - 1)

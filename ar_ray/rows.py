@@ -37,7 +37,7 @@ def result_row(run_id: str, parent_id: str | None, p: Proposal, c: Candidate, r:
     row.update({
         "decision": decision, "metric": r.metric, "extra": extra,
         **{k: _float(r.metrics.get(k)) for k in METRIC_COLUMNS},
-        "seed": c.seed, "budget_seconds": c.budget_seconds or budget, "knobs": c.knobs,
+        "seed": c.seed, "budget_seconds": c.budget_seconds or r.budget_seconds or budget, "knobs": c.knobs,
         "trainer": r.trainer, "node": r.node, "gpu_model": r.gpu_model,
         "started_at": r.started_at or None, "ended_at": r.ended_at or None,
         "queue_seconds": max(0.0, dispatched_at - p.created_at), "run_seconds": r.child_seconds,

@@ -44,6 +44,7 @@ class Target:
     metric_pattern: str = DEFAULT_PATTERN
     direction: str = "min"
     budget_seconds: float | None = 300.0
+    cpu_budget_seconds: float | None = None  # the budget on trainers without a GPU (None: budget_seconds)
     budget_tokens: int | None = None
     timeout_seconds: float | None = None  # None: learned or 2 x budget + 60 s (ar_ray/timeouts.py)
     setup: str | None = None  # run once per node before the first experiment
@@ -59,10 +60,14 @@ class Target:
     # materialize runs from it and never need the target folder itself
     contents: dict[str, bytes] = field(default_factory=dict, repr=False)
 
+    def budget_for(self, gpus: int) -> float | None:
+        """The wall-clock budget of a run on a trainer with this many GPUs."""
+        return self.cpu_budget_seconds if gpus == 0 and self.cpu_budget_seconds else self.budget_seconds
+
     @property
     def hard_timeout(self) -> float:
         """The timeout of a run with the target's own budget (`ar_ray.timeouts` has the rule)."""
-        return Timeouts(self.timeout_seconds, self.budget_tokens).for_run(None, self.budget_seconds, {})
+        return Timeouts(self.timeout_seconds, self.budget_tokens).for_run(self.budget_seconds, {})
 
     def better(self, a: float, b: float | None) -> bool:
         """Is metric `a` strictly better than `b` (None counts as worst)?"""
@@ -155,7 +160,7 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
         raise TargetError(f"metric_pattern {pattern!r} is not a valid regular expression: {e}") from None
     if compiled.groups < 1:
         raise TargetError(f"metric_pattern {pattern!r} needs one capture group around the number, e.g. '^val_bpb:\\s*(\\S+)'")
-    for key in ("budget_seconds", "timeout_seconds"):
+    for key in ("budget_seconds", "cpu_budget_seconds", "timeout_seconds"):
         if decl.get(key) is not None and float(decl[key]) <= 0:
             raise TargetError(f"{key} must be positive, got {decl[key]}")
     if decl.get("budget_tokens") is not None and int(decl["budget_tokens"]) <= 0:

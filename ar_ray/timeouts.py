@@ -42,11 +42,15 @@ class Timeouts:
         if seconds > 0:
             self.slowest[scale] = max(seconds, self.slowest.get(scale, 0.0))
 
-    def for_run(self, scale: Hashable, budget_seconds: float | None, knobs: Mapping[str, str]) -> float:
+    def learned(self, scale: Hashable, knobs: Mapping[str, str]) -> float | None:
+        """The driver's part: a token-budgeted run's limit once the best has finished a run at its scale
+        (None: the trainer applies `for_run`, which knows the budget it runs with)."""
+        if self.explicit is None and token_budgeted(self.budget_tokens, knobs) and scale in self.slowest:
+            return FACTOR * self.slowest[scale] + SLACK
+        return None
+
+    def for_run(self, budget_seconds: float | None, knobs: Mapping[str, str]) -> float:
+        """The trainer's rule, with nothing learned: explicit, else FIRST for token budgets, else the wall rule."""
         if self.explicit is not None:
             return self.explicit
-        if not token_budgeted(self.budget_tokens, knobs):
-            return wall_rule(budget_seconds)
-        if scale not in self.slowest:
-            return FIRST
-        return FACTOR * self.slowest[scale] + SLACK
+        return FIRST if token_budgeted(self.budget_tokens, knobs) else wall_rule(budget_seconds)

@@ -90,4 +90,5 @@ class Result:
     started_at: float = 0.0
     ended_at: float = 0.0
     child_seconds: float = 0.0  # wall time of the training child itself
+    budget_seconds: float | None = None  # the wall-clock budget the trainer applied (CPU and GPU budgets differ)
     overhead_seconds: float = 0.0  # trainer-side work outside the child (materialize, parse, verify)

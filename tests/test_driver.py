@@ -313,6 +313,6 @@ def test_token_budgeted_runs_get_a_timeout_learned_from_the_best(ray_local, tmp_
     from ar_ray.target import load_target
     t = load_target(tmp_path / "target", budget_tokens=1000)
     fresh = Driver(t, Ledger(tmp_path / "run"), summary["run_id"], [], [], Policy(PolicyConfig("greedy")), queue_depth=1)
-    assert fresh.timeouts.for_run(0, None, {}) == timeouts.FIRST
+    assert fresh.timeouts.learned(0, {}) is None
     restore(fresh, str(tmp_path / "run"))
-    assert fresh.timeouts.for_run(0, None, {}) == pytest.approx(learned)
+    assert fresh.timeouts.learned(0, {}) == pytest.approx(learned)

@@ -75,8 +75,11 @@ def parse_summary(stdout):
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\w+):\s+(\S+)$", block, re.M)}
 
 
-def test_target_declaration():
+def test_target_declaration(prep):
     decl = tomllib.loads((TARGET / "ar-ray.toml").read_text())["target"]
+    # the engine passes AR_BUDGET_SECONDS, so the declared budgets must be the presets' own
+    assert decl["budget_seconds"] == prep.PRESETS["gpu"]["budget_seconds"] == 300
+    assert decl["cpu_budget_seconds"] == prep.PRESETS["cpu"]["budget_seconds"] == 20
     assert decl["editable"] == ["train.py"] and decl["metric"] == "val_bpb" and decl["direction"] == "min"
     assert set(decl["readonly"]) == {"prepare.py", "program.md"} and decl["result_file"] is True
     assert re.search(decl["metric_pattern"], "---\nval_bpb:          1.234567\n", re.M).group(1) == "1.234567"

@@ -406,3 +406,16 @@ while True:
         except ray.exceptions.ActorUnavailableError:
             return None
     assert wait_for(pong, 60, "the actor to restart") == "t-ray"
+
+
+def test_a_cpu_trainer_runs_with_the_targets_cpu_budget(tmp_path):
+    """The GPT target declares 300 s for GPUs and 20 s for CPUs: each trainer applies the one for its device
+    and reports it, so the ledger records what really ran."""
+    train = "import os\nprint('budget', os.environ['AR_BUDGET_SECONDS'], os.environ['AR_TIMEOUT_SECONDS'])\nprint('val_bpb: 1')\n"
+    target, trainer, _ = toy(tmp_path, train, budget_seconds=300.0, cpu_budget_seconds=7.0)
+    assert trainer.gpu_ids == [] and target.budget_for(1) == 300.0 and target.budget_for(0) == 7.0
+    res = trainer.run(candidate(target))
+    assert res.status == "ok" and res.budget_seconds == 7.0
+    assert "budget 7.0 74" in Path(res.log_path).read_text()  # and the wall rule's timeout: 2 x 7 + 60
+    res = trainer.run(candidate(target, budget_seconds=3.0))  # a ladder rung's own budget wins
+    assert res.budget_seconds == 3.0 and "budget 3.0 66" in Path(res.log_path).read_text()

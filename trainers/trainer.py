@@ -182,7 +182,7 @@ class Trainer:
         materialize(self.target, cand.files, run_dir)
         log = run_dir / "log.txt"
         result_file = run_dir / "result.json"
-        budget = cand.budget_seconds or self.target.budget_seconds
+        budget = cand.budget_seconds or self.target.budget_for(len(self.gpu_ids))
         values = {"run_dir": str(run_dir), "seed": cand.seed, "budget_seconds": budget or "",
                   "budget_tokens": self.target.budget_tokens or "", "result_file": str(result_file)}
         env = {"AR_RUN_DIR": str(run_dir), "AR_SEED": str(cand.seed), "AR_RESULT_FILE": str(result_file),
@@ -193,7 +193,7 @@ class Trainer:
             env["AR_BUDGET_TOKENS"] = str(self.target.budget_tokens)
         env.update({f"AR_{k.upper()}": str(v) for k, v in cand.knobs.items()})
         timeout = cand.timeout_seconds or Timeouts(self.target.timeout_seconds, self.target.budget_tokens).for_run(
-            None, budget, cand.knobs)
+            budget, cand.knobs)
         env["AR_TIMEOUT_SECONDS"] = f"{timeout:g}"
         argv = distributed(format_command(self.target.command, **values), len(self.gpu_ids))
         env = child_env(self.target, env)
@@ -235,7 +235,7 @@ class Trainer:
             experiment_id=cand.experiment_id, status=status, metric=metric if status == "ok" else None,
             metrics=outcome.parse_summary(text), returncode=code, error_tail=error, log_path=str(log),
             trainer=self.name, node=self.node, gpu_model=self.gpu_model, started_at=t0, ended_at=t1,
-            child_seconds=child_seconds, overhead_seconds=(m1 - m0) - child_seconds,
+            child_seconds=child_seconds, overhead_seconds=(m1 - m0) - child_seconds, budget_seconds=budget,
         )
 
     def _confinement(self, argv: list[str], run_dir: Path, env: dict, verdict_fd: int) -> list[str]:

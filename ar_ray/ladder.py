@@ -8,40 +8,86 @@ a rung into the budget and knobs of a `Candidate`, and a ledger row back into it
 
 from __future__ import annotations
 
+import math
 import re
 
 from ar_ray.config import ConfigError
 from ar_ray.scale import Scale
 
 KNOB = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+EXAMPLE = "write rungs like 60,300 or budget_tokens=100000,budget_tokens=400000"
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _positive(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def _parse_rung(rung: str, number: int) -> Scale:
+    budget, knobs = None, {}
+    items = [part.strip() for part in rung.split(":") if part.strip()]
+    if not items:
+        raise ConfigError(f"--ladder: rung {number} is empty (a comma too many?); {EXAMPLE}")
+    for item in items:
+        if "=" in item:
+            name, value = (x.strip() for x in item.split("=", 1))
+            if not KNOB.match(name) or not value:
+                raise ConfigError(f"--ladder: {item!r} is not NAME=VALUE (e.g. depth=12)")
+            if name in knobs:
+                raise ConfigError(f"--ladder: rung {rung.strip()!r} sets {name} twice; give each knob once per rung")
+            if name == "budget_tokens" and not _positive(_number(value)):
+                raise ConfigError(f"--ladder: budget_tokens must be a positive number of tokens, got {value!r}")
+            knobs[name] = value
+        elif budget is not None:
+            raise ConfigError(f"--ladder: rung {rung.strip()!r} has two budgets; give one budget in seconds per rung")
+        else:
+            budget = _number(item)
+            if budget is None:
+                raise ConfigError(f"--ladder: {item!r} is neither a budget in seconds nor NAME=VALUE; {EXAMPLE}")
+            if not _positive(budget):
+                raise ConfigError(f"--ladder: budgets must be a positive number of seconds, got {item!r}")
+    return Scale(knobs=knobs, budget_seconds=budget)
+
+
+def _cheaper(a: Scale, b: Scale) -> bool:
+    """Is rung `a` surely cheaper than rung `b`: the same other knobs, and budgets (seconds, tokens) that are
+    all comparable, none larger and one smaller?"""
+    def others(s):
+        return {k: v for k, v in s.knobs.items() if k != "budget_tokens"}
+
+    def tokens(s):
+        return None if "budget_tokens" not in s.knobs else float(s.knobs["budget_tokens"])
+
+    if others(a) != others(b):
+        return False
+    pairs = [(x, y) for x, y in ((a.budget_seconds, b.budget_seconds), (tokens(a), tokens(b)))
+             if x is not None or y is not None]
+    if any(x is None or y is None for x, y in pairs):
+        return False  # a rung without a budget of its own runs at the trainer's: not comparable
+    return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
 
 def parse_ladder(text: str | None) -> tuple[Scale, ...]:
     """'60,300' or 'budget_tokens=1e5,budget_tokens=4e5:depth=12' -> scales, cheapest first. None/'' -> no ladder."""
     if not text:
         return ()
-    scales = []
-    for rung in text.split(","):
-        budget, knobs = None, {}
-        for item in filter(None, (part.strip() for part in rung.split(":"))):
-            if "=" in item:
-                name, value = (x.strip() for x in item.split("=", 1))
-                if not KNOB.match(name) or not value:
-                    raise ConfigError(f"--ladder: {item!r} is not NAME=VALUE (e.g. depth=12)")
-                knobs[name] = value
-            else:
-                try:
-                    budget = float(item)
-                except ValueError:
-                    raise ConfigError(f"--ladder: {item!r} is neither a budget in seconds nor NAME=VALUE; "
-                                      "write rungs like 60,300 or budget_tokens=100000,budget_tokens=400000") from None
-                if budget <= 0:
-                    raise ConfigError(f"--ladder: budgets must be positive, got {item!r}")
-        scales.append(Scale(knobs=knobs, budget_seconds=budget))
+    rungs = text.split(",")
+    scales = [_parse_rung(rung, i + 1) for i, rung in enumerate(rungs)]
     if len(scales) < 2:
         raise ConfigError("--ladder needs at least two rungs, cheapest first (e.g. 60,300)")
-    if len(set(scales_key(s) for s in scales)) < len(scales):
+    if len({scales_key(s) for s in scales}) < len(scales):
         raise ConfigError(f"--ladder {text!r} repeats a rung; each rung must be a different scale")
+    for i, later in enumerate(scales):
+        for j in range(i):
+            if _cheaper(later, scales[j]):
+                raise ConfigError(f"--ladder {text!r}: rung {rungs[i].strip()!r} is cheaper than rung {rungs[j].strip()!r} "
+                                  "before it; list rungs cheapest first (e.g. 60,300)")
     return tuple(scales)
 
 

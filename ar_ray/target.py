@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import hashlib
+import math
 import os
 import re
 import shlex
+import string
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ DEFAULT_PATTERN = r"^val_bpb:\s*(\S+)"
 # Never copied into a run dir: caches, VCS data, our own run dirs, notebooks' checkpoints.
 IGNORE = (".git", "__pycache__", "*.pyc", ".venv", "runs", ".ipynb_checkpoints", "*.egg-info", ".pytest_cache")
 MAX_READONLY_BYTES = 64 * 2**20  # read-only files are copied per run: data belongs in a cache, not here
+# What `command` and `setup` may use: the trainer fills each of them for every run (trainers/trainer.py).
+PLACEHOLDERS = ("python", "seed", "budget_seconds", "budget_tokens", "result_file", "run_dir")
 
 
 class TargetError(ValueError):
@@ -102,14 +106,91 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _as_tuple(value, key: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TargetError(f"'{key}' must be a list of file names, got {value!r}")
-    return tuple(value)
+def _is_str(v) -> bool:
+    return isinstance(v, str)
+
+
+def _is_bool(v) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_number(v) -> bool:  # TOML integers are fine; booleans (a subclass of int), nan and inf are not
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _is_count(v) -> bool:
+    return _is_number(v) and isinstance(v, int)
+
+
+def _is_names(v) -> bool:  # one name, or a list of them
+    return isinstance(v, str) or isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
+
+
+def _is_env(v) -> bool:  # numbers are written out as strings; nested tables, lists and booleans are refused
+    return isinstance(v, dict) and all(isinstance(k, str) and k and "=" not in k and not isinstance(x, bool)
+                                       and isinstance(x, (str, int, float)) for k, x in v.items())
+
+
+# Every key of [target]: how its value is checked, what it must be, and an example to write instead.
+FIELDS = {
+    "name": (_is_str, "a string", 'name = "gpt"'),
+    "editable": (_is_names, "a list of file names", 'editable = ["train.py"]'),
+    "readonly": (_is_names, "a list of file names", 'readonly = ["prepare.py"]'),
+    "command": (_is_str, "a command line", 'command = "{python} train.py"'),
+    "setup": (_is_str, "a command line", 'setup = "{python} prepare.py"'),
+    "program": (_is_str, "a file name", 'program = "program.md"'),
+    "metric": (_is_str, "a string", 'metric = "val_bpb"'),
+    "metric_pattern": (_is_str, "a regular expression", "metric_pattern = '^val_bpb:\\s*(\\S+)'"),
+    "direction": (_is_str, "'min' or 'max'", 'direction = "min"'),
+    "budget_seconds": (_is_number, "a positive number of seconds", "budget_seconds = 300"),
+    "cpu_budget_seconds": (_is_number, "a positive number of seconds", "cpu_budget_seconds = 20"),
+    "timeout_seconds": (_is_number, "a positive number of seconds", "timeout_seconds = 660"),
+    "budget_tokens": (_is_count, "a positive whole number of tokens", "budget_tokens = 50_000_000"),
+    "result_file": (_is_bool, "true or false", "result_file = true"),
+    "network": (_is_bool, "true or false", "network = false"),
+    "env": (_is_env, "a table of NAME = value strings", 'env = { OMP_NUM_THREADS = "4" }'),
+    "data": (_is_names, "a list of paths", 'data = ["~/.cache/my-data"]'),
+}
+
+
+def _read_declaration(config_path: Path) -> dict:
+    """The [target] table of ar-ray.toml ({} without the file), its keys known."""
+    if not config_path.exists():
+        return {}
+    try:
+        doc = tomllib.loads(config_path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise TargetError(f"{config_path} is not valid TOML: {e}") from None
+    stray = sorted(set(doc) - {"target"})
+    if stray:
+        raise TargetError(f"{config_path}: unknown table(s) or key(s) {stray} at the top level; "
+                          "ar-ray reads only the table [target]: write the settings under a line [target]")
+    decl = doc.get("target", {})
+    if not isinstance(decl, dict):
+        raise TargetError(f"{config_path}: target must be the table [target], got target = {decl!r}")
+    unknown = set(decl) - set(FIELDS)
+    if unknown:
+        raise TargetError(f"{config_path}: unknown key(s) {sorted(unknown)} under [target]; known keys: {sorted(FIELDS)}")
+    return decl
+
+
+def check_command(key: str, command: str) -> None:
+    """A `command` or `setup` that format_command can fill: balanced quotes, only known {placeholders}."""
+    hint = f"the placeholders are {', '.join(f'{{{p}}}' for p in PLACEHOLDERS)}; write {{{{ and }}}} for a literal brace"
+    try:
+        parts = shlex.split(command)
+    except ValueError as e:
+        raise TargetError(f"{key} {command!r} cannot be split into arguments ({e}); close the quote or escape it with \\") from None
+    if not parts:
+        raise TargetError(f"{key} is empty; set '{key}' in {CONFIG_NAME}, e.g. {FIELDS[key][2]}")
+    for part in parts:
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(part) if name is not None]
+        except ValueError as e:
+            raise TargetError(f"{key} {command!r} has a stray brace ({e}); {hint}") from None
+        for name in names:
+            if name not in PLACEHOLDERS:
+                raise TargetError(f"{key} {command!r} uses unknown placeholder {{{name}}}; {hint}")
 
 
 def load_target(path: str | os.PathLike, **overrides) -> Target:
@@ -117,25 +198,26 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
     root = Path(path).resolve()
     if not root.is_dir():
         raise TargetError(f"target folder {root} does not exist; pass --target with a folder holding train.py (or ar-ray.toml)")
-    config_path = root / CONFIG_NAME
-    decl: dict = {}
-    if config_path.exists():
-        try:
-            decl = tomllib.loads(config_path.read_text()).get("target", {})
-        except tomllib.TOMLDecodeError as e:
-            raise TargetError(f"{config_path} is not valid TOML: {e}") from None
-    known = {f.name for f in dataclasses.fields(Target)} - {"root", "readonly_hashes", "contents"}
-    unknown = set(decl) - known
-    if unknown:
-        raise TargetError(f"{config_path}: unknown key(s) {sorted(unknown)} under [target]; known keys: {sorted(known)}")
+    decl = _read_declaration(root / CONFIG_NAME)
     decl.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in decl.items():
+        check, what, example = FIELDS[key]
+        if not check(value):
+            raise TargetError(f"{key} must be {what}, got {value!r}; write e.g. {example}")
+    for key in ("editable", "readonly", "data"):
+        if key in decl:
+            decl[key] = (decl[key],) if isinstance(decl[key], str) else tuple(decl[key])
+    if "env" in decl:
+        decl["env"] = {k: str(v) for k, v in decl["env"].items()}
 
-    editable = _as_tuple(decl.pop("editable", ["train.py"]), "editable")
+    editable = decl.pop("editable", ("train.py",))
+    if not editable:
+        raise TargetError(f"editable is empty; list the file(s) proposers may change, e.g. {FIELDS['editable'][2]}")
     for rel in editable:
         if not (root / rel).is_file():
             raise TargetError(f"editable file {rel!r} is missing from target folder {root}; create it or list the right file under 'editable' in {CONFIG_NAME}")
     all_files = [f for f in _list_files(root) if f not in editable]
-    readonly = _as_tuple(decl.pop("readonly"), "readonly") if "readonly" in decl else tuple(all_files)
+    readonly = decl.pop("readonly", tuple(all_files))
     for rel in readonly:
         if not (root / rel).is_file():
             raise TargetError(f"read-only file {rel!r} listed in {CONFIG_NAME} is missing from {root}")
@@ -146,10 +228,6 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
         raise TargetError(f"read-only files in {root} total {size / 2**20:.0f} MiB; they are copied into every run. "
                           "Keep data in a cache outside the target folder (prepare.py can build it) or list fewer files under 'readonly'.")
 
-    if "data" in decl:
-        decl["data"] = _as_tuple(decl["data"], "data")
-    if not isinstance(decl.get("network", False), bool):
-        raise TargetError(f"network must be true or false, got {decl['network']!r}")
     direction = decl.pop("direction", "min")
     if direction not in ("min", "max"):
         raise TargetError(f"direction must be 'min' or 'max', got {direction!r}")
@@ -160,14 +238,10 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
         raise TargetError(f"metric_pattern {pattern!r} is not a valid regular expression: {e}") from None
     if compiled.groups < 1:
         raise TargetError(f"metric_pattern {pattern!r} needs one capture group around the number, e.g. '^val_bpb:\\s*(\\S+)'")
-    for key in ("budget_seconds", "cpu_budget_seconds", "timeout_seconds"):
-        if decl.get(key) is not None and float(decl[key]) <= 0:
-            raise TargetError(f"{key} must be positive, got {decl[key]}")
-    if decl.get("budget_tokens") is not None and int(decl["budget_tokens"]) <= 0:
-        raise TargetError(f"budget_tokens must be positive, got {decl['budget_tokens']}")
-    command = decl.pop("command", "{python} " + editable[0])
-    if not command.strip():
-        raise TargetError("command is empty; set 'command' in ar-ray.toml, e.g. \"{python} train.py\"")
+    command = decl.pop("command", "{python} " + shlex.quote(editable[0]))
+    check_command("command", command)
+    if decl.get("setup"):
+        check_command("setup", decl["setup"])
     program = decl.pop("program", "program.md" if (root / "program.md").is_file() else None)
     if program and not (root / program).is_file():
         raise TargetError(f"program file {program!r} is missing from {root}")
@@ -180,12 +254,10 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
 
 
 def format_command(command: str, **values) -> list[str]:
-    """Split a command template into argv, filling {python}, {seed}, {budget_seconds}, ... placeholders."""
+    """Split a command template into argv, filling the PLACEHOLDERS ({python} defaults to this interpreter)."""
+    check_command("command", command)
     values.setdefault("python", sys.executable)
-    try:
-        return [part.format(**values) for part in shlex.split(command)]
-    except KeyError as e:
-        raise TargetError(f"command {command!r} uses unknown placeholder {e}; known: {sorted(values)}") from None
+    return [part.format(**values) for part in shlex.split(command)]
 
 
 def materialize(target: Target, files: dict[str, str], run_dir: Path) -> None:

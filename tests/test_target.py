@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ar_ray.config import default_target
-from ar_ray.target import TargetError, format_command, load_target, materialize, tampered_files
+from ar_ray.target import (
+    FIELDS,
+    PLACEHOLDERS,
+    Target,
+    TargetError,
+    format_command,
+    load_target,
+    materialize,
+    tampered_files,
+)
+from ar_ray.types import Candidate
 from trainers import outcome
+from trainers.sandbox import Sandbox
+from trainers.trainer import Trainer
 
 UPSTREAM_SUMMARY = """\
 step 00953 (100.0%) | loss: 3.012 | lrm: 0.00 | dt: 310ms | tok/sec: 1,690,000 | mfu: 39.8% | epoch: 1 | remaining: 0s
@@ -58,15 +72,62 @@ def test_toml_declaration_and_cli_overrides(tmp_path):
         format_command("{python} train.py {nope}")
 
 
+PLACEHOLDER_HINT = "the placeholders are {python}, {seed}, {budget_seconds}, {budget_tokens}, {result_file}, {run_dir}"
+
+
 @pytest.mark.parametrize("toml, message", [
     ('[target]\neditable = ["model.py"]', "editable file 'model.py' is missing"),
     ('[target]\nreadonly = ["data.bin"]', "read-only file 'data.bin'"),
     ('[target]\ndirection = "down"', "direction must be 'min' or 'max'"),
     ('[target]\nmetric_pattern = "val_bpb: \\\\S+"', "needs one capture group"),
     ('[target]\nbudget = 300', "unknown key(s) ['budget']"),
-    ('[target]\nbudget_seconds = 0', "budget_seconds must be positive"),
     ('[target\n', "is not valid TOML"),
     ('[target]\nreadonly = ["train.py"]', "both as editable and read-only"),
+    # wrong value types: which key, what was given, what to write
+    ('[target]\nbudget_seconds = 0', "budget_seconds must be a positive number of seconds, got 0; write e.g. budget_seconds = 300"),
+    ('[target]\nbudget_seconds = "abc"', "budget_seconds must be a positive number of seconds, got 'abc'; write e.g. budget_seconds = 300"),
+    ('[target]\nbudget_seconds = [1]', "budget_seconds must be a positive number of seconds, got [1]"),
+    ('[target]\nbudget_seconds = true', "budget_seconds must be a positive number of seconds, got True"),
+    ('[target]\nbudget_seconds = nan', "budget_seconds must be a positive number of seconds, got nan"),
+    ('[target]\ncpu_budget_seconds = -5', "cpu_budget_seconds must be a positive number of seconds, got -5; write e.g. cpu_budget_seconds = 20"),
+    ('[target]\ntimeout_seconds = inf', "timeout_seconds must be a positive number of seconds, got inf"),
+    ('[target]\nbudget_tokens = "1e5"', "budget_tokens must be a positive whole number of tokens, got '1e5'; write e.g. budget_tokens = 50_000_000"),
+    ('[target]\nbudget_tokens = 1e5', "budget_tokens must be a positive whole number of tokens, got 100000.0"),
+    ('[target]\nbudget_tokens = 0', "budget_tokens must be a positive whole number of tokens, got 0"),
+    ('[target]\nmetric = 5', "metric must be a string, got 5; write e.g. metric = \"val_bpb\""),
+    ('[target]\nname = 3', "name must be a string, got 3; write e.g. name = \"gpt\""),
+    ('[target]\ncommand = 5', "command must be a command line, got 5; write e.g. command = \"{python} train.py\""),
+    ('[target]\nresult_file = "no"', "result_file must be true or false, got 'no'; write e.g. result_file = true"),
+    ('[target]\nnetwork = 1', "network must be true or false, got 1"),
+    ('[target]\neditable = 5', "editable must be a list of file names, got 5; write e.g. editable = [\"train.py\"]"),
+    ('[target]\neditable = []', "editable is empty; list the file(s) proposers may change"),
+    ('[target]\nreadonly = ["prepare.py", 2]', "readonly must be a list of file names, got ['prepare.py', 2]"),
+    ('[target]\ndata = [["a"]]', "data must be a list of paths, got [['a']]"),
+    ('[target]\nenv = "FOO=1"', "env must be a table of NAME = value strings, got 'FOO=1'; write e.g. env = { OMP_NUM_THREADS = \"4\" }"),
+    ('[target]\nenv = { A = [1] }', "env must be a table of NAME = value strings, got {'A': [1]}"),
+    ('[target]\nenv = { A = { B = "1" } }', "env must be a table of NAME = value strings"),
+    ('[target]\nenv = { A = true }', "env must be a table of NAME = value strings, got {'A': True}"),
+    ('[target]\nenv = { "A=B" = "1" }', "env must be a table of NAME = value strings"),
+    ('[target]\nmetric_pattern = 1', "metric_pattern must be a regular expression, got 1"),
+    ('[target]\nprogram = false', "program must be a file name, got False"),
+    ('[target]\nsetup = ["a"]', "setup must be a command line, got ['a']"),
+    # commands: the placeholders the trainer fills, quoting
+    ('[target]\ncommand = "{python} train.py --out {out_dir}"',
+     "command '{python} train.py --out {out_dir}' uses unknown placeholder {out_dir}; " + PLACEHOLDER_HINT),
+    ('[target]\nsetup = "{python} prepare.py {data}"', "setup '{python} prepare.py {data}' uses unknown placeholder {data}"),
+    ('[target]\ncommand = "{python} train.py {}"', "uses unknown placeholder {}"),
+    ('[target]\ncommand = "{python} train.py {run_dir.name}"', "uses unknown placeholder {run_dir.name}"),
+    ("[target]\ncommand = '{python} -c \"d = {1: 2}\"'", "uses unknown placeholder {1}; " + PLACEHOLDER_HINT
+     + "; write {{ and }} for a literal brace"),
+    ('[target]\ncommand = "{python} train.py {seed"', "has a stray brace"),
+    ('[target]\ncommand = "{python} train.py }"', "has a stray brace"),
+    ("[target]\ncommand = '{python} train.py \"--x'", "cannot be split into arguments (No closing quotation); close the quote"),
+    ('[target]\ncommand = "  "', "command is empty; set 'command' in ar-ray.toml, e.g. command = \"{python} train.py\""),
+    ('[target]\nsetup = " "', "setup is empty"),
+    # the table itself
+    ('[targets]\nname = "x"', "unknown table(s) or key(s) ['targets'] at the top level; ar-ray reads only the table [target]"),
+    ('name = "x"\n[target]\n', "unknown table(s) or key(s) ['name'] at the top level"),
+    ('target = 5', "target must be the table [target], got target = 5"),
 ])
 def test_bad_declarations_say_what_to_do(tmp_path, toml, message):
     root = upstream_layout(tmp_path / "t")
@@ -74,6 +135,45 @@ def test_bad_declarations_say_what_to_do(tmp_path, toml, message):
     with pytest.raises(TargetError) as e:
         load_target(root)
     assert message in str(e.value)
+    assert "\n" not in str(e.value) or "TOML" in str(e.value)  # one line
+
+
+def test_good_values_load_as_declared(tmp_path):
+    root = upstream_layout(tmp_path / "t")
+    (root / "ar-ray.toml").write_text('[target]\nbudget_seconds = 30\ncpu_budget_seconds = 2.5\nbudget_tokens = 1_000\n'
+                                      'timeout_seconds = 90\nresult_file = true\nnetwork = false\neditable = "train.py"\n'
+                                      'data = ["~/d"]\nenv = { A = "x", B = 2, C = 0.5 }\n'
+                                      'setup = "{python} prepare.py --out {run_dir} --tokens {budget_tokens:d}"\n'
+                                      """command = '{python} -c "print({{1: 2}})" {seed!s}'\n""")
+    t = load_target(root)
+    assert (t.budget_seconds, t.cpu_budget_seconds, t.budget_tokens, t.timeout_seconds) == (30, 2.5, 1000, 90)
+    assert t.result_file is True and t.network is False and t.editable == ("train.py",) and t.data == ("~/d",)
+    assert t.env == {"A": "x", "B": "2", "C": "0.5"}
+    assert format_command(t.command, seed=3)[1:] == ["-c", "print({1: 2})", "3"]
+    # CLI overrides arrive typed (floats, ints, tuples) and are checked like the file's values
+    t = load_target(root, budget_seconds=10.0, cpu_budget_seconds=10.0, budget_tokens=5, timeout_seconds=20.0,
+                    data=("/x",), command="{python} train.py", metric=None)
+    assert (t.budget_seconds, t.budget_tokens, t.timeout_seconds, t.data) == (10.0, 5, 20.0, ("/x",))
+    with pytest.raises(TargetError, match="budget_tokens must be a positive whole number of tokens, got 0"):
+        load_target(root, budget_tokens=0)
+
+
+def test_every_target_key_is_checked():
+    internal = {"root", "readonly_hashes", "contents"}
+    assert set(FIELDS) == {f.name for f in dataclasses.fields(Target)} - internal
+
+
+def test_the_trainer_fills_every_placeholder(tmp_path):
+    """load_target accepts exactly PLACEHOLDERS; the trainer must give each a value, in setup and in the run."""
+    every = " ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+    root = upstream_layout(tmp_path / "t")
+    (root / "train.py").write_text("import sys\nprint('val_bpb:', len(sys.argv))\n")
+    (root / "ar-ray.toml").write_text(f'[target]\nsetup = "{{python}} -c pass {every}"\n'
+                                      f'command = "{{python}} train.py {every}"\nbudget_tokens = 100\n')
+    t = load_target(root)
+    trainer = Trainer(t, str(tmp_path / "work"), name="t-test", grace_seconds=0.3, box=Sandbox(mode="none"))
+    res = trainer.run(Candidate(experiment_id="exp-all", base_version=0, files=t.read_editable()))
+    assert res.status == "ok" and res.metric == 1 + len(PLACEHOLDERS), res.error_tail
 
 
 def test_missing_folder(tmp_path):

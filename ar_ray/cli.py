@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
@@ -101,10 +102,8 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
     if resume_dir and run_dir and Path(resume_dir).resolve() != Path(run_dir).resolve():
         raise click.UsageError("--resume names the run dir to continue; do not also pass a different --run-dir")
     run_dir = resume_dir or run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
-    if resume_dir and target is None:
-        meta = Path(resume_dir) / "run.json"
-        if meta.exists():
-            target = json.loads(meta.read_text()).get("target")
+    stored = _stored_run(resume_dir) if resume_dir else {}
+    target = target or stored.get("target")
     options = {}
     if proposer == "llm":
         from proposers.llm_config import LLMConfigError, build_options
@@ -129,12 +128,34 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
                        sandbox=sandbox, sandbox_limits=limits, ladder=ladder, promote_fraction=promote_fraction)
     console = Console()
     console.print(f"run dir: {run_dir}")
+    if stored.get("config"):
+        ctx = click.get_current_context()
+        given = {p for p in ctx.params if ctx.get_parameter_source(p) not in (ParameterSource.DEFAULT, None)}
+        config = config.resumed(stored["config"], given)
+        console.print("resuming with the settings the run was started with" +
+                      (f"; changed now: {', '.join('--' + g.replace('_', '-') for g in sorted(given - {'resume_dir'}))}"
+                       if given - {"resume_dir"} else ""), soft_wrap=True)
     try:
         with Progress(Path(run_dir), console) as progress:
             result = execute(config, on_event=progress)
     except USER_ERRORS + (SetupError,) as e:
         raise click.ClickException(str(e)) from None
     print_summary(console, result)
+
+
+def _stored_run(run_dir: str) -> dict:
+    """run.json of a run dir ({} when there is none: `execute` then says what is wrong)."""
+    path = Path(run_dir) / "run.json"
+    if not path.exists():
+        return {}
+    try:
+        stored = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise click.ClickException(f"{path} is not valid JSON ({e}); it was written by `ar-ray run` and edited since. "
+                                   "Restore it, or start a new run") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("config", {}), dict):
+        raise click.ClickException(f"{path} does not hold a run's settings; start a new run")
+    return stored
 
 
 def print_summary(console: Console, s: dict) -> None:

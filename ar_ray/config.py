@@ -12,6 +12,17 @@ class ConfigError(ValueError):
     """Flags that cannot work together; the message says which and what to do."""
 
 
+# On --resume, a field none of whose flags is given now comes back from the run's run.json, so a resumed run
+# goes on as it was started. Fields and the click parameters that set them, where the names differ:
+FLAGS = {
+    "budget_seconds": ("budget",),
+    "proposer": ("proposer", "model", "base_url", "api_key_env", "config_file"),
+    "proposer_options": ("proposer", "model", "base_url", "api_key_env", "config_file"),
+    "sandbox_limits": ("max_processes", "disk_quota_gb", "max_memory_gb"),
+}
+NOT_RESUMED = ("target", "run_dir", "resume", "address")  # where the run is, and the cluster it runs on now
+
+
 def default_target() -> Path:
     import trainers
     return Path(trainers.__file__).resolve().parent / "gpt"
@@ -55,6 +66,9 @@ class RunConfig:
             raise ConfigError(f"--proposers must be at least 1, got {self.proposers}")
         if self.trainers is not None and self.trainers < 1:
             raise ConfigError(f"--trainers must be at least 1, got {self.trainers}")
+        if self.cpus_per_trainer is not None and self.cpus_per_trainer <= 0:
+            raise ConfigError(f"--cpus-per-trainer must be positive, got {self.cpus_per_trainer:g}")
+        self.check_proposer()
         if self.gpus_per_trainer < 0:
             raise ConfigError(f"--gpus-per-trainer must be >= 0, got {self.gpus_per_trainer}")
         if self.gpus_per_trainer > 1 and self.gpus_per_trainer != int(self.gpus_per_trainer):
@@ -86,6 +100,22 @@ class RunConfig:
             raise ConfigError("no run dir: pass --run-dir")
         return self
 
+    def check_proposer(self) -> None:
+        """The proposer kind exists (before any Ray actor is started with it)."""
+        if self.proposer in ("mutate", "llm"):
+            return
+        module, colon, cls = self.proposer.partition(":")
+        if not colon or not module or not cls:
+            raise ConfigError(f"--proposer must be 'mutate', 'llm' or 'package.module:Class', got {self.proposer!r}")
+        import importlib
+        try:
+            found = getattr(importlib.import_module(module), cls, None)
+        except ImportError as e:
+            raise ConfigError(f"--proposer {self.proposer}: cannot import {module!r} ({e}); it must be importable "
+                              "here and on every node (installed, or on PYTHONPATH)") from None
+        if found is None:
+            raise ConfigError(f"--proposer {self.proposer}: module {module!r} has no {cls!r}")
+
     def policy(self):
         from ar_ray.policy import PolicyConfig
         return PolicyConfig(acceptance=self.acceptance, baseline_repeats=self.baseline_repeats,
@@ -105,3 +135,15 @@ class RunConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    def resumed(self, stored: dict, given: set[str]) -> "RunConfig":
+        """This config for a resumed run: the flags `given` now win, the rest is as `stored` (run.json's config)."""
+        changes = {}
+        for f in dataclasses.fields(self):
+            if f.name in NOT_RESUMED or f.name not in stored:
+                continue
+            if f.name == "target_overrides":  # per target key: the ones given now win
+                changes[f.name] = {**stored[f.name], **{k: v for k, v in self.target_overrides.items() if v is not None}}
+            elif not given.intersection(FLAGS.get(f.name, (f.name,))):
+                changes[f.name] = stored[f.name]
+        return dataclasses.replace(self, **changes)

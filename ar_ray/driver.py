@@ -29,6 +29,7 @@ from ar_ray.types import Attempt, Baseline, Candidate, Proposal, Result
 
 TICK = 0.5  # seconds between status refreshes when nothing lands
 HISTORY = 30  # attempts shown to proposers
+FIRST_FAILURES = 10  # proposals failing in a row before any candidate ran: the proposer cannot work, stop early
 
 
 class RunAborted(RuntimeError):
@@ -231,6 +232,10 @@ class Driver:
 
     def _skipped_again(self, last: str) -> None:
         self.skipped_in_a_row += 1
+        if self.count.ran == 0 and not self.queue and self.skipped_in_a_row >= FIRST_FAILURES:
+            raise RunAborted(f"the first {self.skipped_in_a_row} proposals all failed (last: {last[:400]}); nothing "
+                             "can run until the proposer works: check its configuration (model, --base-url, API key) "
+                             "and the target's editable files")
         if self.skipped_in_a_row >= self.max_skipped_in_a_row:
             raise RunAborted(f"{self.skipped_in_a_row} proposals in a row could not run (last: {last[:400]}); "
                              "check the proposer's configuration and the ledger's error column")
@@ -290,8 +295,10 @@ class Driver:
         job = flight.job
         if job.role == "baseline" and job.proposal.base_version == 0 and r.status != "ok":
             self._record(self._row(flight, r, Verdict("baseline")))
+            fix = ("If it only needs longer, raise --timeout." if r.status == "timeout" else
+                   "Fix the target (command, metric_pattern, files) and run again.")
             raise RunAborted(f"the unmodified target failed ({r.status}): {r.error_tail.strip()[-1500:]}\n"
-                             f"log: {r.log_path}. Fix the target (command, metric_pattern, files) and run again.")
+                             f"log: {r.log_path}. {fix}")
         if job.role == "baseline" and r.status == "ok":
             self.timeouts.observe(job.rung, r.child_seconds)
         verdict = self.policy.on_result(r.experiment_id, job.role, job.group, job.proposal.base_version,

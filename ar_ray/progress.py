@@ -84,8 +84,12 @@ def render(snap: dict) -> Group:
 
 def row_line(row: dict) -> Text:
     style = {"keep": "bold green", "baseline": "bold", "discard": "", "skip": "dim"}.get(row["decision"], "")
+    detail = (row.get("description") or "")[:70]
+    errors = [line.strip() for line in (row.get("error") or "").splitlines() if line.strip()]
+    if row["status"] != "ok" and errors:  # why it failed, on the console (the whole text: `ar-ray show`)
+        detail = f"{detail} | {errors[-1][:120]}" if detail else errors[-1][:160]
     return Text(f"{row['experiment_id']}  {row['status']:<15} {fmt_metric(row.get('metric')):>10}  "
-                f"{row['decision']:<8} {(row.get('description') or '')[:70]}", style=style)
+                f"{row['decision']:<8} {detail}", style=style)
 
 
 class Progress:

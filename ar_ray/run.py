@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 import uuid
@@ -34,13 +35,20 @@ def prepare_run_dir(config: RunConfig) -> tuple[str, dict | None]:
         if not meta_path.exists():
             raise ConfigError(f"--resume: {run_dir} holds no run ({RUN_FILE} missing); "
                               "give the run dir of an earlier `ar-ray run`, or leave out --resume to start a new run")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+            run_id = meta["run_id"]
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"--resume: {meta_path} is not a run's {RUN_FILE} (not JSON, or no run_id); restore it, "
+                              "or start a new run") from None
         if meta.get("kind") == "sweep":
             raise ConfigError(f"{run_dir} is a scaling sweep; continue it with `ar-ray sweep --resume {run_dir}`")
-        return meta["run_id"], meta
-    if has_ledger or meta_path.exists():
+        return run_id, meta
+    if has_ledger:
         raise ConfigError(f"{run_dir} already holds a run's ledger; pass --resume to continue it, "
                           "or choose a new --run-dir")
+    # a run that failed before its first row left run.json (and maybe an in-flight journal): start afresh
+    shutil.rmtree(run_dir / "inflight", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     return run_id, None
@@ -95,6 +103,8 @@ def restore(driver: Driver, run_dir: str) -> None:
     for (h, rung, gpu), metrics in spread.items():
         if h == code:
             best_runs.setdefault(rung, []).extend((m, gpu) for m in metrics)
+    if driver.policy.config.acceptance == "greedy" and best["decision"] == "keep":  # greedy: its one run made it best
+        best_runs = {top: [(best["metric"], best["gpu_model"] or "")]}
     driver.policy.restore(best["best_version"], {v: f for v, (f, _) in versions.items()}, best["experiment_id"],
                           best_runs, spread, rung_gains)
     driver.versions.update({v: e for v, (_, e) in versions.items()})

@@ -37,6 +37,13 @@ def test_a_target_without_its_editable_file_is_refused(tmp_path):
     (["--metric-pattern", "val_bpb: no group"], "needs one capture group"),
     (["--metric-pattern", "val_bpb: ((("], "not a valid regular expression"),
     (["--budget", "-5"], "must be positive"),
+    (["--cpus-per-trainer", "0"], "--cpus-per-trainer must be positive, got 0"),
+    (["--cpus-per-trainer", "-2"], "--cpus-per-trainer must be positive, got -2"),
+    (["--max-memory-gb", "0"], "--max-memory-gb must be positive, got 0"),
+    (["--max-processes", "0"], "--max-processes must be positive, got 0"),
+    (["--proposer", "foo"], "--proposer must be 'mutate', 'llm' or 'package.module:Class', got 'foo'"),
+    (["--proposer", "nosuch.mod:Cls"], "cannot import 'nosuch.mod'"),
+    (["--proposer", "toys:NoSuchClass"], "module 'toys' has no 'NoSuchClass'"),
 ])
 def test_bad_flags_say_what_is_wrong(tmp_path, toy, args, message):
     r = invoke("run", "--target", toy, "--run-dir", tmp_path / "run", *args)
@@ -75,6 +82,44 @@ def test_a_run_command_that_does_not_exist_is_reported(ray_local, tmp_path, toy)
 def test_too_many_trainers_for_the_cluster(ray_local, tmp_path, toy):
     r = invoke("run", "--target", toy, "--run-dir", tmp_path / "run", "--trainers", "9", "--gpus-per-trainer", "0.5")
     assert r.exit_code == 1 and "needs 4.5 GPUs; the cluster has 4" in r.output
+
+
+def test_a_run_that_failed_before_its_first_row_can_be_started_again(ray_local, tmp_path, toy):
+    r = invoke("run", "--target", toy, "--run-dir", tmp_path / "run", "--trainers", "9", "--gpus-per-trainer", "0.5")
+    assert r.exit_code == 1 and (tmp_path / "run" / "run.json").exists()  # it failed after writing run.json
+    r = invoke("run", "--target", toy, "--run-dir", tmp_path / "run", "--max-experiments", "1", "--trainers", "1",
+               "--acceptance", "greedy")
+    assert r.exit_code == 0, r.output
+    assert len(ledger.load(tmp_path / "run")) == 2
+
+
+def test_resume_goes_on_with_the_settings_the_run_was_started_with(ray_local, tmp_path, toy):
+    run_dir = tmp_path / "run"
+    r = invoke("run", "--target", toy, "--run-dir", run_dir, "--max-experiments", "2", "--trainers", "1",
+               "--acceptance", "greedy", "--budget-tokens", "1000", "--seed", "5")
+    assert r.exit_code == 0, r.output
+    # only --max-experiments given now: greedy, the token budget, one trainer and the seed come from run.json
+    r = invoke("run", "--resume", run_dir, "--max-experiments", "4")
+    assert r.exit_code == 0, r.output
+    assert "resuming with the settings the run was started with; changed now: --max-experiments" in r.output
+    df = ledger.load(run_dir)
+    ran = df[df.decision != "skip"]
+    assert (ran.role == "screen").sum() == 4
+    assert (ran.role == "baseline").sum() == 1  # confirm mode (the default) would have added baseline repeats
+    assert set(ran.decision) <= {"baseline", "keep", "discard"} and set(ran.seed) == {5}
+    assert ran.trainer.nunique() == 1
+    config = json.loads((run_dir / "run.json").read_text())["config"]
+    assert config["acceptance"] == "greedy" and config["target_overrides"]["budget_tokens"] == 1000
+
+
+def test_a_damaged_run_json_is_reported_on_resume(tmp_path, toy):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{not json")
+    r = invoke("run", "--resume", tmp_path / "run")
+    assert r.exit_code == 1 and "is not valid JSON" in r.output
+    (tmp_path / "run" / "run.json").write_text("{}")
+    r = invoke("run", "--target", toy, "--resume", tmp_path / "run")
+    assert r.exit_code == 1 and "is not a run's run.json" in r.output
 
 
 def test_run_then_ledger_best_status_and_a_refused_rerun(ray_local, tmp_path, toy):
@@ -134,3 +179,17 @@ def test_best_git_writes_the_kept_changes_as_commits(ray_local, tmp_path, toy):
     assert head.strip() != "ar-ray/best"  # the user's checkout is untouched
     r = invoke("best", run_dir, "--git", "ar-ray/best")
     assert r.exit_code == 1 and "exists" in r.output
+
+
+def test_a_proposer_that_cannot_work_stops_the_run_early_and_says_why(ray_local, tmp_path):
+    """The mutate proposer on a script with no UPPER_CASE constants fails every time: the run stops after the
+    first ten failures (not two hundred), every failure is a row, and the console shows the reason."""
+    train = "import time\ntime.sleep(0.5)\nprint('---')\nprint('val_bpb: 1.0')\n"
+    target = make_toy(tmp_path / "target", "[target]\n", train=train)
+    r = invoke("run", "--target", target, "--run-dir", tmp_path / "run", "--trainers", "1", "--max-experiments", "5")
+    assert r.exit_code == 1
+    assert "the first 10 proposals all failed" in r.output and "no mutable hyperparameters found" in r.output
+    df = ledger.load(tmp_path / "run")
+    assert (df.status == "proposer_error").sum() == 10 and not ((df.role == "screen") & (df.decision != "skip")).any()
+    assert "proposer_error" in r.output and "| no mutable hyperparameters" not in r.output  # skip rows: reason alone
+    assert any(line.startswith("e0") and "no mutable hyperparameters found" in line for line in r.output.splitlines())

@@ -65,9 +65,11 @@ class Sandbox:
     def __post_init__(self):
         if self.mode not in MODES:
             raise SandboxError(f"--sandbox must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("max_processes", "max_open_files", "max_file_gb", "disk_quota_gb"):
-            if getattr(self, name) <= 0:
-                raise SandboxError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
+        flags = {"max_processes": "--max-processes", "disk_quota_gb": "--disk-quota-gb", "max_memory_gb": "--max-memory-gb"}
+        for name in ("max_processes", "max_open_files", "max_file_gb", "disk_quota_gb", "max_memory_gb"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise SandboxError(f"{flags.get(name, 'sandbox limit ' + name)} must be positive, got {value:g}")
 
 
 @functools.cache

@@ -188,16 +188,50 @@ def lineage(df: pd.DataFrame, direction: str = "min") -> pd.DataFrame:
     return out[cols]
 
 
+def _root_baselines(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the unmodified target (version 0): baseline rows with no parent."""
+    return _rows(df, (df["role"] == "baseline") & df["parent_id"].isna(), ["experiment_id", "status", "metric"])
+
+
+def has_baseline(df: pd.DataFrame) -> bool:
+    """Whether some run of the unmodified target finished with status ok (and a metric): the run has a best."""
+    if df.empty:
+        return False
+    base = _root_baselines(df)
+    return bool(((base["status"] == "ok") & base["metric"].notna()).any())
+
+
+def baseline_problem(df: pd.DataFrame, run_dir: str | os.PathLike) -> str | None:
+    """Why the run has no best yet (no finished run of the unmodified target), or None when it has one."""
+    if has_baseline(df):
+        return None
+    ended = _root_baselines(df) if not df.empty else pd.DataFrame(columns=["experiment_id", "status"])
+    ended = ended[ended["status"].notna()]
+    if ended.empty:
+        return (f"{run_dir} has no finished baseline yet: the unmodified target has not finished a run "
+                f"(see `ar-ray status {run_dir}`)")
+    how = ", ".join(f"{e}: {s}" for e, s in zip(ended["experiment_id"].head(3), ended["status"].astype(str).head(3)))
+    how += ", ..." if len(ended) > 3 else ""
+    return (f"{run_dir} has no finished baseline yet: no run of the unmodified target succeeded ({how}; "
+            f"see `ar-ray ledger {run_dir}`)")
+
+
 def best_path(df: pd.DataFrame, direction: str = "min") -> pd.DataFrame:
-    """The current best's history: the unmodified target, then each kept change it is built on, oldest first."""
+    """The current best's history: the unmodified target, then each kept change it is built on, oldest first.
+
+    Empty while no run of the unmodified target has succeeded (`baseline_problem` says why): a failed
+    baseline is no best."""
     lin = lineage(df, direction)
+    if not has_baseline(df):
+        return lin.iloc[:0].reset_index(drop=True)
     return lin[lin["on_best_path"]].reset_index(drop=True)
 
 
 def best_files(df: pd.DataFrame) -> dict[str, str] | None:
-    """The editable files of the current best (the newest kept change, else the unmodified target)."""
+    """The editable files of the current best (the newest kept change, else the unmodified target); None while no
+    run of the unmodified target has succeeded."""
     lin = lineage(df)
-    return lin["files"].iloc[-1] if len(lin) else None
+    return lin["files"].iloc[-1] if len(lin) and has_baseline(df) else None
 
 
 def frontier(df: pd.DataFrame, direction: str = "min") -> pd.DataFrame:
@@ -355,6 +389,6 @@ def _num(v) -> float | None:
 
 
 __all__ = ["run_info", "when", "ran", "attempts", "group_of", "origin", "model_key", "running_best", "lineage",
-           "best_path", "best_files", "frontier", "proposer_stats", "model_stats", "gpu_stats", "throughput",
-           "summary"]
+           "has_baseline", "baseline_problem", "best_path", "best_files", "frontier", "proposer_stats", "model_stats",
+           "gpu_stats", "throughput", "summary"]
 

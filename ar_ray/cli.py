@@ -205,41 +205,6 @@ def ledger_cmd(run_dir, limit, status_filter):
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None, help="Write the best files here.")
-@click.option("--git", "git_branch", default=None,
-              help="Write the kept changes as commits on this new branch of the target's git repository.")
-@click.option("--repo", type=click.Path(file_okay=False), default=None, help="With --git: another repository.")
-def best(run_dir, export_dir, git_branch, repo):
-    """The best result, its lineage of kept changes, and its files."""
-    from ar_ray import analysis
-    df = _load(run_dir)
-    info = analysis.run_info(run_dir, df)
-    path = analysis.best_path(df, info["direction"])
-    if path.empty or not isinstance(path["files"].iloc[-1], dict):
-        raise click.ClickException(f"{run_dir} has no finished baseline yet; nothing to show")
-    top = path.iloc[-1]
-    console = Console()
-    console.print(f"best {info['metric']} {fmt_metric(top.metric)} from {top.node} (version {top.version})")
-    console.print("lineage:")
-    for r in path.itertuples():
-        console.print(f"  {r.node}  {fmt_metric(r.metric)}  {r.description}")
-    if export_dir:
-        out = Path(export_dir)
-        for rel, text in top.files.items():
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            (out / rel).write_text(text)
-        console.print(f"wrote {', '.join(sorted(top.files))} to {out}")
-    if git_branch:
-        from ar_ray.lineage import GitExportError, export_git
-        try:
-            commits = export_git(run_dir, git_branch, repo=repo, df=df)
-        except GitExportError as e:
-            raise click.ClickException(str(e)) from None
-        console.print(f"branch {git_branch}: {len(commits)} commit(s), one per kept change")
-
-
-@main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--watch", is_flag=True, help="Refresh every second until the run ends.")
 def status(run_dir, watch):
     """The state of a live or finished run."""
@@ -264,9 +229,10 @@ def status(run_dir, watch):
         time.sleep(1)
 
 
-from ar_ray.cli_report import export_git_cmd, report, show  # noqa: E402  (after main: cli_report does not import cli)
+from ar_ray.cli_report import best, export_git_cmd, report, show  # noqa: E402  (after main: cli_report does not import cli)
 from ar_ray.cli_sweep import sweep  # noqa: E402
 
+main.add_command(best)
 main.add_command(report)
 main.add_command(show)
 main.add_command(export_git_cmd)

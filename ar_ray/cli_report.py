@@ -1,4 +1,4 @@
-"""Commands that read a run after the fact: `ar-ray report`, `ar-ray show`, `ar-ray export-git`.
+"""Commands that read a run after the fact: `ar-ray report`, `ar-ray show`, `ar-ray best`, `ar-ray export-git`.
 
 Registered on the `ar-ray` group in ar_ray/cli.py (main.add_command).
 """
@@ -168,11 +168,52 @@ def show_text(df: pd.DataFrame, run_dir: str | os.PathLike, ident: str, lines: i
 @click.command()
 @click.argument("run_dir", type=RUN_DIR)
 @click.argument("experiment_id")
-@click.option("--lines", type=int, default=40, show_default=True, help="Lines of the log to show.")
+@click.option("--lines", type=click.IntRange(min=0), default=40, show_default=True,
+              help="Lines of the log to show (0: none).")
 def show(run_dir, experiment_id, lines):
     """One experiment: its diff, metrics, decision and the end of its log."""
     df = _load(run_dir)
     click.echo(show_text(df, run_dir, experiment_id, lines, color=True))
+
+
+@click.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None, help="Write the best files here.")
+@click.option("--git", "git_branch", default=None,
+              help="Write the kept changes as commits on this new branch of the target's git repository.")
+@click.option("--repo", type=click.Path(file_okay=False), default=None, help="With --git: another repository.")
+@click.option("--force", is_flag=True,
+              help="With --git: replace the branch if it exists (never one that is checked out).")
+def best(run_dir, export_dir, git_branch, repo, force):
+    """The best result, its lineage of kept changes, and its files."""
+    if force and not git_branch:
+        raise click.UsageError("--force goes with --git BRANCH (it replaces an existing branch)")
+    df = _load(run_dir)
+    problem = A.baseline_problem(df, run_dir)
+    if problem:
+        raise click.ClickException(problem)
+    info = A.run_info(run_dir, df)
+    path = A.best_path(df, info["direction"])
+    if path.empty or not isinstance(path["files"].iloc[-1], dict):
+        raise click.ClickException(f"{run_dir}: the ledger holds no files for the best; nothing to show")
+    top = path.iloc[-1]
+    click.echo(f"best {info['metric']} {_num(top.metric)} from {top.node} (version {top.version})")
+    click.echo("lineage:")
+    for r in path.itertuples():
+        click.echo(f"  {r.node}  {_num(r.metric)}  {r.description}")
+    if export_dir:
+        out = Path(export_dir)
+        for rel, text in top.files.items():
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_text(text)
+        click.echo(f"wrote {', '.join(sorted(top.files))} to {out}")
+    if git_branch:
+        from ar_ray.lineage import GitExportError, export_git
+        try:
+            commits = export_git(run_dir, git_branch, repo=repo, force=force, df=df)
+        except GitExportError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"branch {git_branch}: {len(commits)} commit(s), one per kept change")
 
 
 @click.command("export-git")
@@ -197,4 +238,4 @@ def export_git_cmd(run_dir, branch, repo, base, force):
     click.echo(f"branch {branch}: {len(commits)} commit(s)")
 
 
-COMMANDS = (report, show, export_git_cmd)
+COMMANDS = (report, show, best, export_git_cmd)

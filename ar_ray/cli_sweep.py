@@ -6,6 +6,7 @@ Registered on the `ar-ray` group in ar_ray/cli.py (main.add_command). The work i
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -23,27 +24,47 @@ from ar_ray.target import TargetError, load_target
 USER_ERRORS = (S.SweepError, ConfigError, TargetError, LedgerError)
 
 
+class _NotPositive(ValueError):
+    """A number, but not one the flag takes: `need` says what it takes."""
+
+    def __init__(self, need: str):
+        super().__init__(need)
+        self.need = need
+
+
 def _values(text: str, what: str, kind=str) -> list:
     parts = [p.strip() for p in text.split(",")]
     if not text.strip() or any(not p for p in parts):
         raise click.BadParameter(f"{text!r}: give comma-separated values, e.g. {what}")
-    try:
-        return [kind(p) for p in parts]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: every value must be a number, e.g. {what}") from None
+    out = []
+    for p in parts:
+        try:
+            out.append(kind(p))
+        except _NotPositive as e:
+            raise click.BadParameter(f"{text!r}: every value must be {e.need} (got {p}), e.g. {what}") from None
+        except ValueError:
+            raise click.BadParameter(f"{text!r}: every value must be a number, e.g. {what}") from None
+    return out
+
+
+def _number(text: str) -> float:
+    v = float(text)  # ValueError: not a number
+    if math.isnan(v):
+        raise ValueError(text)
+    return v
 
 
 def _int(text: str) -> str:
-    v = float(text)
-    if v <= 0 or v != int(v):
-        raise ValueError(text)
+    v = _number(text)
+    if not (v > 0 and math.isfinite(v) and v == int(v)):
+        raise _NotPositive("a positive integer")
     return str(int(v))
 
 
 def _positive(text: str) -> float:
-    v = float(text)
-    if not v > 0:
-        raise ValueError(text)
+    v = _number(text)
+    if not (v > 0 and math.isfinite(v)):
+        raise _NotPositive("a positive number")
     return v
 
 

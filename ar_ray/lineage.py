@@ -93,6 +93,9 @@ def export_git(run_dir: str | os.PathLike, branch: str, repo: str | os.PathLike 
     run_dir = Path(run_dir)
     df = load(run_dir) if df is None else df
     info = A.run_info(run_dir, df)
+    problem = A.baseline_problem(df, run_dir)
+    if problem:
+        raise GitExportError(f"{problem}; nothing to export")
     path = A.best_path(df, info["direction"])
     if path.empty:
         raise GitExportError(f"{run_dir} has no finished baseline yet: nothing to export")
@@ -123,7 +126,8 @@ def export_git(run_dir: str | os.PathLike, branch: str, repo: str | os.PathLike 
         raise GitExportError(f"{branch!r} is not a valid branch name")
     old = _git(top, "rev-parse", "--verify", "-q", ref, check=False)
     if old and not force:
-        raise GitExportError(f"branch {branch} already exists in {top}; choose another name or pass --force")
+        raise GitExportError(f"branch {branch} already exists in {top}; choose another name, or pass --force "
+                             "to replace it")
     if old and _branch_in_use(top, ref):
         raise GitExportError(f"branch {branch} is checked out in {top} (or one of its worktrees); "
                              "it is never overwritten, even with --force")

@@ -215,11 +215,31 @@ def _write(out: dict, run_dir) -> dict:
 
 
 def analyze_run(run_dir: str | os.PathLike, bootstrap: int = 1000, plots: bool = True) -> dict:
-    """`analyze` of a run dir's ledger, writing sweep.json and the plots beside it."""
+    """`analyze` of a sweep dir's ledger, writing sweep.json and the plots beside it. A run dir that is not a sweep
+    (made by `ar-ray run`) is refused with a SweepError, and nothing is written into it."""
+    if not (Path(run_dir) / "ledger").is_dir():
+        raise SweepError(f"{run_dir} holds no ledger (no ledger/ folder); pass the folder given to "
+                         "`ar-ray sweep --run-dir`")
     try:
         df = load(run_dir)
     except LedgerError as e:
         raise SweepError(str(e)) from None
+    meta = Path(run_dir) / RUN_FILE
+    info = None
+    if meta.exists():
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            info = None
+    if isinstance(info, dict) and "sweep" not in info and info.get("kind") != "sweep":
+        why = f"its {RUN_FILE} has no sweep spec: it was made by `ar-ray run`"
+    elif not isinstance(info, dict) and sweep_runs(df).empty:
+        why = f"no {RUN_FILE} says so, and its ledger holds no sweep runs"
+    else:
+        why = None
+    if why:
+        raise SweepError(f"{run_dir} is not a sweep ({why}); nothing was analyzed or written. `ar-ray report "
+                         f"{run_dir}` reports on a run; `ar-ray sweep --variant {run_dir} ...` sweeps its best")
     return analyze(df, run_dir, bootstrap=bootstrap, plots=plots)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 from pathlib import Path
 
 TAIL_BYTES = 1 << 20  # the metric and summary are searched in the last MiB of the log
@@ -45,8 +46,32 @@ def parse_metric(text: str, pattern: str) -> float | None:
         return float("nan")
 
 
-def error_tail(text: str, lines: int = 15) -> str:
-    """The last lines of output, starting at the last traceback when there is one."""
+def signal_of(returncode: int | None) -> int | None:
+    """The signal that killed the run: -N (Popen) or 128 + N (a shell's or the reaper's exit status); else None."""
+    if returncode is None:
+        return None
+    n = -returncode if returncode < 0 else returncode - 128 if 128 < returncode < 128 + signal.NSIG else None
+    try:
+        return int(signal.Signals(n)) if n else None
+    except ValueError:
+        return None
+
+
+def exit_text(returncode: int | None) -> str | None:
+    """How the run ended when a signal killed it, e.g. "killed by SIGSEGV (signal 11)"; None otherwise."""
+    n = signal_of(returncode)
+    if n is None:
+        return None
+    code = f", exit code {returncode}" if returncode > 0 else ""
+    return f"killed by {signal.Signals(n).name} (signal {n}{code})"
+
+
+def error_tail(text: str, lines: int = 15, *, status: str | None = None, returncode: int | None = None,
+               metric_pattern: str | None = None) -> str:
+    """The last lines of output, starting at the last traceback when there is one.
+
+    With `status`, `returncode` and `metric_pattern` (what the trainer knows), a first line says what the output
+    alone does not: the pattern no line matched (status no_metric), or the signal that killed the run."""
     all_lines = text.rstrip().splitlines()
     starts = [i for i, line in enumerate(all_lines) if line.startswith("Traceback (most recent call last)")]
     if starts and len(all_lines) - starts[-1] <= 60:
@@ -54,8 +79,20 @@ def error_tail(text: str, lines: int = 15) -> str:
         # keep the head of the traceback and its last lines: the exception is at the end
         if len(tail) > lines:
             tail = tail[:2] + ["  ..."] + tail[-(lines - 3):]
-        return "\n".join(tail)
-    return "\n".join(all_lines[-lines:])
+    else:
+        tail = all_lines[-lines:]
+    body = "\n".join(tail)
+    if status == "no_metric" and metric_pattern is not None:
+        head = f"no line matched metric_pattern '{metric_pattern}'"
+    elif status == "timeout":
+        head = None  # killed by the harness: the trainer says so
+    else:
+        head = exit_text(returncode)
+        if head is None and returncode and not body.strip():
+            head = f"exited with code {returncode}"
+    if head is None:
+        return body
+    return f"{head}; the output ends with:\n{body}" if body.strip() else f"{head}; the run printed nothing"
 
 
 def read_result_file(path: Path, metric: str) -> float | None:

@@ -225,7 +225,7 @@ class Trainer:
         elif status == "timeout":
             error = f"killed after the hard timeout of {timeout:.0f} s (--timeout sets it)"
         if status != "ok" and not error:
-            error = outcome.error_tail(text)
+            error = outcome.error_tail(text, status=status, returncode=code, metric_pattern=self.target.metric_pattern)
         if not self.keep_files:
             for p in run_dir.iterdir():
                 if p.name not in KEEP_AFTER_RUN:

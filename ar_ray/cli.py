@@ -49,13 +49,13 @@ def main():
 @click.option("--api-key-env", default=None, help="Environment variable holding the API key (default OPENAI_API_KEY).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Run config TOML: LLM endpoints with weights, sampling, prices, rate limits.")
-@click.option("--max-cost", type=float, default=None, help="Stop asking for proposals once proposer spend reaches this (USD).")
+@click.option("--max-cost", type=float, default=None, help="Stop asking for proposals once proposer spend reaches this (USD; default: no limit).")
 @click.option("--trainers", type=int, default=None, help="Trainer actors (default: one per GPU; on CPU, one per 2 CPUs).")
 @click.option("--gpus-per-trainer", type=float, default=1.0, show_default=True, help="GPUs per trainer; fractions share a GPU.")
 @click.option("--cpus-per-trainer", type=float, default=None, help="CPUs per trainer (default: 1 with GPUs, 2 on CPU).")
 @click.option("--queue-depth", type=int, default=None, help="Ready proposals kept queued (default: trainers + proposers).")
-@click.option("--max-experiments", type=int, default=None, help="Stop after this many experiments.")
-@click.option("--time-limit", default=None, help="Stop starting experiments after this long (e.g. 90s, 15m, 8h).")
+@click.option("--max-experiments", type=int, default=None, help="Stop after this many new experiments, resumes included (default: no limit; without it or --time-limit the run goes on until Ctrl-C).")
+@click.option("--time-limit", default=None, help="Stop starting experiments after this long (e.g. 90s, 15m, 8h; default: no limit).")
 @click.option("--budget", type=float, default=None, help="Training budget in seconds per experiment (overrides the target).")
 @click.option("--budget-tokens", type=int, default=None,
               help="Train for this many tokens instead of a wall-clock budget (results independent of hardware speed).")
@@ -63,7 +63,8 @@ def main():
 @click.option("--command", "run_command", default=None, help="Override the target's run command.")
 @click.option("--metric", default=None, help="Override the target's metric name.")
 @click.option("--metric-pattern", default=None, help="Regex with one group; the last matching line wins.")
-@click.option("--direction", type=click.Choice(["min", "max"]), default=None)
+@click.option("--direction", type=click.Choice(["min", "max"]), default=None,
+              help="Is a lower or a higher metric better (default: the target's, min for val_bpb).")
 @click.option("--acceptance", type=click.Choice(["confirm", "greedy"]), default="confirm", show_default=True,
               help="confirm: beat the best by k x noise, then survive re-runs; greedy: any better run is kept.")
 @click.option("--baseline-repeats", type=int, default=3, show_default=True, help="Runs of each best (noise floor).")
@@ -74,8 +75,9 @@ def main():
                    "up to this many in all; set it to --confirm-runs for a fixed number.")
 @click.option("--k-confirm", type=float, default=2.0, show_default=True,
               help="Accept: the confirmed mean gain must exceed k-confirm standard errors.")
-@click.option("--sanity-gain", type=float, default=None, help="Gains above this get twice the confirmation runs.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sanity-gain", type=float, default=None, help="Gains above this get twice the confirmation runs (default: none).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Base seed (AR_SEED); each repeat of the same code adds 1, 2, ...")
 @click.option("--keep-files", is_flag=True, help="Keep each experiment's files, not just its log.")
 @click.option("--ladder", default=None,
               help="Promotion ladder, cheapest rung first: budgets in seconds and/or NAME=VALUE knobs, e.g. 60,300 or "

@@ -48,7 +48,7 @@ def _val(v) -> str:
 @click.argument("run_dir", type=RUN_DIR)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where to write report.html and progress.png (default: RUN_DIR/report).")
-@click.option("--max-rows", type=int, default=500, show_default=True,
+@click.option("--max-rows", type=click.IntRange(min=0), default=500, show_default=True,
               help="Experiment table: the last N rows (kept and baseline rows are always listed).")
 def report(run_dir, out_dir, max_rows):
     """A progress plot (PNG) and a self-contained HTML report of a run."""

@@ -233,7 +233,7 @@ class LLMProposer(ProposerBase):
         per_loop = self._clients.setdefault(asyncio.get_running_loop(), {})
         if i not in per_loop:
             ep = self.endpoints[i]
-            if not os.environ.get(ep["api_key_env"]):
+            if ep["api_key_env"] and not os.environ.get(ep["api_key_env"]):
                 raise ProposalFailed("proposer_error", (
                     f"the environment variable {ep['api_key_env']} (the API key for {ep['model']}) is not set in the "
                     f"proposer's process on {socket.gethostname()}. Set it where Ray is started (ray start / the "
@@ -246,7 +246,9 @@ class LLMProposer(ProposerBase):
             raise
 
     def _new_client(self, ep: dict) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(api_key=os.environ.get(ep["api_key_env"]), base_url=ep["base_url"], max_retries=0,
+        # a server named without api_key_env gets a placeholder key, never OPENAI_API_KEY
+        key = os.environ.get(ep["api_key_env"]) if ep["api_key_env"] else "no-key"
+        return openai.AsyncOpenAI(api_key=key, base_url=ep["base_url"], max_retries=0,
                                   timeout=self.request_timeout + 5)  # asyncio.wait_for is the real bound
 
     async def _close_clients(self) -> None:
@@ -259,7 +261,7 @@ class LLMProposer(ProposerBase):
     def scrub(self, text: str) -> str:
         """`text` with every API key this proposer may use replaced by ***."""
         for ep in self.endpoints:
-            key = os.environ.get(ep["api_key_env"])
+            key = os.environ.get(ep["api_key_env"] or "")
             if key and len(key) >= 4:
                 text = text.replace(key, "***")
         return text
@@ -304,7 +306,8 @@ def _error_detail(e: openai.APIStatusError) -> str:
 
 def _hint(code: int, ep: dict) -> str:
     if code in (401, 403):
-        return f". Check the API key in the environment variable {ep['api_key_env']}"
+        return (f". Check the API key in the environment variable {ep['api_key_env']}" if ep["api_key_env"] else
+                ". This server was given no key: name the variable holding its key with --api-key-env (or api_key_env)")
     if code == 404:
         return ". Check the model name (--model) and the endpoint URL (--base-url, which usually ends in /v1)"
     if code in (400, 413, 422):

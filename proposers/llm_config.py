@@ -167,11 +167,12 @@ def _endpoint(e: dict, i: int, where: str, check_env: bool) -> dict:
     if base_url is not None and (not isinstance(base_url, str) or not base_url.startswith(("http://", "https://"))):
         raise LLMConfigError(f"{where}: base_url of {label} must be an http(s) URL such as http://127.0.0.1:8000/v1, "
                              f"got {base_url!r}")
-    key_env = e.get("api_key_env") or DEFAULT_KEY_ENV
-    if not isinstance(key_env, str) or not key_env.replace("_", "").isalnum():
+    # OPENAI_API_KEY goes to OpenAI only: another server gets a key only from a variable named for it
+    key_env = e.get("api_key_env") or (DEFAULT_KEY_ENV if _is_openai(base_url) else None)
+    if key_env is not None and (not isinstance(key_env, str) or not key_env.replace("_", "").isalnum()):
         raise LLMConfigError(f"{where}: api_key_env of {label} must be the NAME of an environment variable "
                              "(like OPENAI_API_KEY), not the key itself")
-    if check_env and not os.environ.get(key_env):
+    if check_env and key_env and not os.environ.get(key_env):
         raise LLMConfigError(f"the API key for {label} ({model}) is read from the environment variable {key_env}, "
                              f"which is not set. Set it before starting the run: export {key_env}=<your key> "
                              "(a local server that needs no key accepts any value), or name another variable with "
@@ -212,7 +213,11 @@ def _sampling(s, where: str) -> dict:
 
 def key_env_vars(options: dict) -> list[str]:
     """The NAMES of the environment variables the proposer reads its keys from (for a runtime_env)."""
-    return sorted({e.get("api_key_env") or DEFAULT_KEY_ENV for e in normalize(options)["endpoints"]})
+    return sorted({e["api_key_env"] for e in normalize(options)["endpoints"] if e.get("api_key_env")})
+
+
+def _is_openai(base_url: str | None) -> bool:
+    return base_url is None or base_url.rstrip("/").startswith("https://api.openai.com")
 
 
 def normalize(options: dict) -> dict:

@@ -126,7 +126,8 @@ def server():
 
 
 def make(server, **opts) -> LLMProposer:
-    options = {"model": "gpt-4o-mini", "base_url": server.url, "max_retries": 2, "retry_backoff": 0.05,
+    options = {"model": "gpt-4o-mini", "base_url": server.url, "api_key_env": "OPENAI_API_KEY", "max_retries": 2,
+               "retry_backoff": 0.05,
                "request_timeout": 10.0, **opts}
     p = LLMProposer("llm-0", ("train.py",), PROGRAM, 0, **options)
     p.update(Baseline(0, {"train.py": TRAIN}, None, 1.2))
@@ -319,7 +320,7 @@ def test_proposers_in_one_process_share_one_limiter_without_ray(server):
     import ray
     assert not ray.is_initialized()
     server.responder = lr_responder()
-    ep = {"model": "inproc-model", "base_url": server.url, "rpm": 300, "burst": 1}  # one every 0.2 s
+    ep = {"model": "inproc-model", "base_url": server.url, "api_key_env": "OPENAI_API_KEY", "rpm": 300, "burst": 1}  # one every 0.2 s
     a, b = (LLMProposer(f"llm-{k}", ("train.py",), PROGRAM, k, endpoints=[ep]) for k in range(2))
     base = Baseline(0, {"train.py": TRAIN}, None, 1.2)
 
@@ -382,13 +383,30 @@ def test_descriptions_and_refusals_are_recognized():
 
 
 def test_config_from_flags_names_the_key_variable_and_never_holds_the_key():
-    opts = build_options(model="gpt-4o", base_url="http://127.0.0.1:9/v1/")
+    opts = build_options(model="gpt-4o", base_url="http://127.0.0.1:9/v1/", api_key_env="OPENAI_API_KEY")
     assert json.loads(json.dumps(opts)) == opts and KEY not in json.dumps(opts)
     (ep,) = opts["endpoints"]
     assert ep["api_key_env"] == "OPENAI_API_KEY" and ep["base_url"] == "http://127.0.0.1:9/v1"
     assert (ep["price_prompt_per_mtok"], ep["price_completion_per_mtok"]) == price_of("gpt-4o") == (2.5, 10.0)
     assert opts["max_tries"] == 3 and price_of("my-local-llama") == (0.0, 0.0)
     assert key_env_vars(opts) == ["OPENAI_API_KEY"]
+
+
+def test_openais_key_goes_to_openai_only(server):
+    """A self-hosted server named without api_key_env gets a placeholder key, never OPENAI_API_KEY."""
+    (ep,) = build_options(model="gpt-4o")["endpoints"]
+    assert ep["api_key_env"] == "OPENAI_API_KEY" and ep["base_url"] is None  # api.openai.com: its own key
+    opts = build_options(model="my-llama", base_url=server.url)
+    assert opts["endpoints"][0]["api_key_env"] is None and key_env_vars(opts) == []
+    server.script(reply(GOOD))
+    p = LLMProposer("llm-0", ("train.py",), PROGRAM, 0, **opts)
+    p.update(Baseline(0, {"train.py": TRAIN}, None, 1.2))
+    assert p.propose().status == "ok"
+    (req,) = server.requests
+    assert req["headers"]["authorization"] == "Bearer no-key" and KEY not in json.dumps(req)
+    server.script(error(401, "who are you"))
+    p = p.propose()
+    assert p.status == "proposer_error" and "name the variable holding its key with --api-key-env" in p.error
 
 
 def test_config_file_with_weighted_endpoints(tmp_path, monkeypatch):
@@ -486,7 +504,8 @@ def test_one_actor_has_several_requests_in_flight(ray_llm, server):
     respond = lr_responder()
     server.responder = lambda body: {**respond(body), "delay": 2.0}
     actor = ray_llm.remote(ProposerActor).options(max_concurrency=8, num_cpus=0).remote(
-        "llm", "llm-0", ("train.py",), PROGRAM, 0, {"model": "conc-model", "base_url": server.url})
+        "llm", "llm-0", ("train.py",), PROGRAM, 0, {"model": "conc-model", "base_url": server.url,
+                                                          "api_key_env": "OPENAI_API_KEY"})
     base = Baseline(0, {"train.py": TRAIN}, None, 1.2)
     results = ray_llm.get([actor.propose.remote([], [], base) for _ in range(4)], timeout=60)
     assert [r.status for r in results] == ["ok"] * 4
@@ -499,7 +518,8 @@ def test_one_rate_limit_is_shared_by_every_proposer_actor_of_an_endpoint(ray_llm
     from proposers.actor import ProposerActor
     server.responder = lr_responder()
     rpm, burst, n_actors, per_actor = 120, 2, 3, 4
-    options = {"endpoints": [{"model": "rl-model", "base_url": server.url, "rpm": rpm, "burst": burst}],
+    options = {"endpoints": [{"model": "rl-model", "base_url": server.url, "api_key_env": "OPENAI_API_KEY", "rpm": rpm,
+                              "burst": burst}],
                "max_retries": 0, "request_timeout": 30.0}
     actors = [ray_llm.remote(ProposerActor).options(max_concurrency=8, num_cpus=0).remote(
         "llm", f"llm-{k}", ("train.py",), PROGRAM, k, options) for k in range(n_actors)]
@@ -532,7 +552,8 @@ def test_ar_ray_run_with_the_llm_proposer_end_to_end(ray_llm, server, tmp_path):
     (target / "prepare.py").write_text("VOCAB = 42\n")
     server.responder = lr_responder("0.3")
     run_dir = tmp_path / "run"
-    r = CliRunner().invoke(main, ["run", "--proposer", "llm", "--base-url", server.url, "--model", "gpt-4o-mini",
+    r = CliRunner().invoke(main, ["run", "--proposer", "llm", "--base-url", server.url, "--api-key-env", "OPENAI_API_KEY",
+                                  "--model", "gpt-4o-mini",
                                   "--target", str(target), "--run-dir", str(run_dir), "--max-experiments", "3",
                                   "--trainers", "1", "--proposers", "2"], catch_exceptions=False)
     assert r.exit_code == 0, r.output

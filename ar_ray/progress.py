@@ -20,12 +20,14 @@ STATUS_EVERY = 1.0  # seconds between status.json writes
 def snapshot(driver, state: str = "running") -> dict:
     """The driver's state as plain JSON: what `ar-ray status` shows."""
     now = time.time()
-    running = [{"trainer": f.trainer, "experiment_id": f.candidate.experiment_id, "description": f.job.proposal.description, "role": f.job.role,
-                "elapsed": now - f.dispatched_at} for f in driver.running.values()]
+    over = state != "running"  # finished, interrupted or aborted: whatever was in flight was stopped with it
+    running = [] if over else [
+        {"trainer": f.trainer, "experiment_id": f.candidate.experiment_id, "description": f.job.proposal.description,
+         "role": f.job.role, "elapsed": now - f.dispatched_at} for f in driver.running.values()]
     c = driver.count
     elapsed = now - driver.started_at
     eta = None
-    if driver.max_experiments and c.ran:  # from the pace of new candidates started so far
+    if driver.max_experiments and c.ran and not over:  # from the pace of new candidates started so far
         eta = elapsed / c.ran * max(driver.max_experiments - c.ran, 0)
     pol = driver.policy
     rungs = [{"scale": scale.describe(), "noise": pol.noise(i), "best_mean": pol.mean_at(i),
@@ -35,11 +37,11 @@ def snapshot(driver, state: str = "running") -> dict:
             "metric": driver.target.metric, "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id,
             "best_version": driver.best.version, "noise": driver.policy.noise(),
             "acceptance": driver.policy.config.acceptance, "experiments": c.ran, "max_experiments": driver.max_experiments,
-            "runs_done": c.runs - len(running),
+            "runs_done": c.runs - len(driver.running),
             "kept": c.kept, "failed": c.failed, "skipped": c.skipped, "infra": c.infra,
             "by_status": dict(c.by_status), "queued": len(driver.queue), "followups": len(driver.followups), "proposing": len(driver.proposing),
             "trainers": len(driver.trainers), "running": sorted(running, key=lambda r: r["trainer"]),
-            "throughput_per_hour": 3600 * (c.runs - len(running)) / elapsed if elapsed > 0 else 0.0}
+            "throughput_per_hour": 3600 * (c.runs - len(driver.running)) / elapsed if elapsed > 0 else 0.0}
 
 
 def write_status(run_dir: Path, snap: dict) -> None:

@@ -193,3 +193,5 @@ def test_a_proposer_that_cannot_work_stops_the_run_early_and_says_why(ray_local,
     assert (df.status == "proposer_error").sum() == 10 and not ((df.role == "screen") & (df.decision != "skip")).any()
     assert "proposer_error" in r.output and "| no mutable hyperparameters" not in r.output  # skip rows: reason alone
     assert any(line.startswith("e0") and "no mutable hyperparameters found" in line for line in r.output.splitlines())
+    snap = json.loads((tmp_path / "run" / "status.json").read_text())  # the baseline in flight was stopped with it
+    assert snap["state"] == "aborted" and snap["running"] == [] and snap["eta"] is None

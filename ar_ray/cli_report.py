@@ -109,6 +109,14 @@ def _color_diff(diff: str) -> str:
     return "\n".join(out)
 
 
+def _budget(r, info: dict) -> str:
+    """What bounded the run: its token budget (a scale knob, or the run's) if it had one, else its seconds."""
+    knobs = r["knobs"] if isinstance(r["knobs"], dict) else {}
+    tokens = (knobs.get("budget_tokens") or info.get("budget_tokens")
+              or (info.get("config") or {}).get("target_overrides", {}).get("budget_tokens"))
+    return f"budget {int(float(tokens)):,} tokens" if tokens else f"budget {_num(r['budget_seconds'], 0)} s"
+
+
 def _stale(r) -> bool:
     if pd.isna(r["base_version"]) or pd.isna(r["best_version"]):
         return False
@@ -137,7 +145,7 @@ def show_text(df: pd.DataFrame, run_dir: str | os.PathLike, ident: str, lines: i
                f"{_val(r['best_version'])}" + (" (stale: the best moved while it ran)" if _stale(r) else ""))
     if r["decision"] != "skip":
         out.append(f"ran on {_val(r['trainer'])} / {_val(r['node'])} / {_val(r['gpu_model'])}, seed {_val(r['seed'])}, "
-                   f"budget {_num(r['budget_seconds'], 0)} s; started {_val(r['started_at'])}, ended {_val(r['ended_at'])}; "
+                   f"{_budget(r, info)}; started {_val(r['started_at'])}, ended {_val(r['ended_at'])}; "
                    f"run {_num(r['run_seconds'], 1)} s, queued {_num(r['queue_seconds'], 1)} s, "
                    f"overhead {_num(r['overhead_seconds'], 3)} s, exit code {_val(r['returncode'])}")
     if pd.notna(r["cost_usd"]) or pd.notna(r["prompt_tokens"]):

@@ -122,6 +122,7 @@ def execute(config: RunConfig, on_event=None) -> dict:
         (run_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id, "created_at": time.time(),
                                                     "target": str(target.root), "metric": target.metric,
                                                     "direction": target.direction,
+                                                    "budget_tokens": target.budget_tokens,
                                                     "config": json.loads(config.to_json())}, indent=2))
     ledger = Ledger(run_dir, background=True)  # merges never stall the loop
     started = cluster.connect(config.address)
@@ -154,10 +155,20 @@ def execute(config: RunConfig, on_event=None) -> dict:
             out["transfer"] = write_transfer(run_dir)
         return out
     finally:
+        stop_trainers(trainers)  # an abort leaves runs in flight: let each reaper end its tree and clean up
         for a in trainers + proposers:
             ray.kill(a, no_restart=True)
         if started:
             ray.shutdown()
+
+
+def stop_trainers(trainers: list) -> None:
+    """Each trainer kills its child's whole tree (a trainer already gone took its children with it: the reaper
+    dies with its parent)."""
+    try:
+        ray.get([t.stop.remote() for t in trainers], timeout=30)
+    except (ray.exceptions.RayError, TimeoutError):
+        pass
 
 
 TRANSFER_FILE = "transfer.json"
@@ -196,10 +207,7 @@ def _run_until_done(driver: Driver, trainers: list) -> bool:
         return False
     except KeyboardInterrupt:
         driver.stop()
-        try:
-            ray.get([t.stop.remote() for t in trainers], timeout=30)  # each kills its child's whole tree
-        except (ray.exceptions.RayError, TimeoutError):
-            pass  # a trainer already gone took its children with it (the reaper dies with its parent)
+        stop_trainers(trainers)
         return True
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -336,7 +336,7 @@ def run_sweep(config: RunConfig, spec: SweepSpec | None, on_row=None, on_event=N
     from ray.exceptions import RayActorError, RayTaskError
 
     from ar_ray import cluster, edits
-    from ar_ray.run import check_sandbox
+    from ar_ray.run import check_sandbox, stop_trainers
     from trainers.trainer import SetupError
 
     config.check()
@@ -423,10 +423,7 @@ def run_sweep(config: RunConfig, spec: SweepSpec | None, on_row=None, on_event=N
                             on_row(row, done, len(plan_))
         except KeyboardInterrupt:
             result["interrupted"] = True
-            try:
-                ray.get([t.stop.remote() for t in trainers], timeout=30)  # each kills its child's whole tree
-            except (ray.exceptions.RayError, TimeoutError):
-                pass
+            stop_trainers(trainers)
         finally:
             signal.signal(signal.SIGTERM, previous)
     finally:

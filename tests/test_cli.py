@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from ar_ray import ledger
 from ar_ray.cli import main
+from helpers_targets import marked_pids, new_mark, wait_for
 from toys import make_toy
 
 
@@ -110,6 +111,8 @@ def test_resume_goes_on_with_the_settings_the_run_was_started_with(ray_local, tm
     assert ran.trainer.nunique() == 1
     config = json.loads((run_dir / "run.json").read_text())["config"]
     assert config["acceptance"] == "greedy" and config["target_overrides"]["budget_tokens"] == 1000
+    r = invoke("show", run_dir, "e00001")  # what bounded the run: its tokens, not the unused wall-clock budget
+    assert r.exit_code == 0 and "budget 1,000 tokens" in r.output
 
 
 def test_a_damaged_run_json_is_reported_on_resume(tmp_path, toy):
@@ -185,7 +188,8 @@ def test_a_proposer_that_cannot_work_stops_the_run_early_and_says_why(ray_local,
     """The mutate proposer on a script with no UPPER_CASE constants fails every time: the run stops after the
     first ten failures (not two hundred), every failure is a row, and the console shows the reason."""
     train = "import time\ntime.sleep(0.5)\nprint('---')\nprint('val_bpb: 1.0')\n"
-    target = make_toy(tmp_path / "target", "[target]\n", train=train)
+    mark = new_mark()
+    target = make_toy(tmp_path / "target", f"[target]\nenv = {{ AR_TEST_MARK = '{mark}' }}\n", train=train)
     r = invoke("run", "--target", target, "--run-dir", tmp_path / "run", "--trainers", "1", "--max-experiments", "5")
     assert r.exit_code == 1
     assert "the first 10 proposals all failed" in r.output and "no mutable hyperparameters found" in r.output
@@ -195,3 +199,4 @@ def test_a_proposer_that_cannot_work_stops_the_run_early_and_says_why(ray_local,
     assert any(line.startswith("e0") and "no mutable hyperparameters found" in line for line in r.output.splitlines())
     snap = json.loads((tmp_path / "run" / "status.json").read_text())  # the baseline in flight was stopped with it
     assert snap["state"] == "aborted" and snap["running"] == [] and snap["eta"] is None
+    wait_for(lambda: not marked_pids(mark), 30, "the aborted run's processes to be gone")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -408,3 +409,31 @@ def test_the_data_fingerprint_flags_changed_and_removed_files_not_new_ones(tmp_p
     (data / "new-cache").mkdir()
     (data / "new-cache" / "meta.json").write_text("{}")  # another job's setup, say
     assert sandbox.changed(before, sandbox.fingerprint(("$DATA",), env)) == [str(data / "a.bin"), str(data / "sub" / "b.bin")]
+
+
+def test_the_cgroup_of_a_killed_reaper_and_its_orphans_are_cleared_by_the_next_run():
+    """A reaper SIGKILLed mid-run cannot clean up: the next run on the node kills what is left in its cgroup
+    and removes it (found when a driver aborted at the very moment a run started)."""
+    import reaper  # trainers/reaper.py, on sys.path below
+    probe = reaper.make_pids_cgroup(64)
+    if probe is None:
+        pytest.skip("this machine does not let us make a pids cgroup (not root, or no delegated cgroup v2)")
+    root = os.path.dirname(probe)
+    reaper._remove_cgroup(probe)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid names the cgroup: a reaper that no longer exists
+    stale = os.path.join(root, f"{reaper.CGROUP_PREFIX}{gone.pid}")
+    os.mkdir(stale)
+
+    def enter():
+        with open(os.path.join(stale, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    orphan = subprocess.Popen(["sleep", "300"], preexec_fn=enter)
+    try:
+        assert stale in reaper.clear_stale_cgroups(root)
+        assert orphan.wait(timeout=10) == -signal.SIGKILL and not os.path.exists(stale)
+        live = reaper.make_pids_cgroup(64)  # a live reaper's cgroup (this process) is left alone
+        assert live not in reaper.clear_stale_cgroups(root) and os.path.isdir(live)
+        reaper._remove_cgroup(live)
+    finally:
+        orphan.kill()

@@ -169,9 +169,7 @@ def _pids_roots() -> list[str]:
 def make_pids_cgroup(limit: int) -> str | None:
     """A cgroup of our own capped at `limit` tasks, or None where the machine does not let us make one."""
     for root in _pids_roots():
-        for stale in (os.listdir(root) if os.path.isdir(root) else []):  # left by reapers that were SIGKILLed
-            if stale.startswith(CGROUP_PREFIX) and not os.path.exists(f"/proc/{stale[len(CGROUP_PREFIX):]}"):
-                _remove_cgroup(os.path.join(root, stale), tries=1)
+        clear_stale_cgroups(root)
         path = os.path.join(root, f"{CGROUP_PREFIX}{os.getpid()}")
         try:
             os.mkdir(path)
@@ -184,6 +182,38 @@ def make_pids_cgroup(limit: int) -> str | None:
         except OSError:
             _remove_cgroup(path, tries=1)
     return None
+
+
+def clear_stale_cgroups(root: str) -> list[str]:
+    """Remove the cgroups of reapers that died without cleaning up (SIGKILLed), killing what is left in them:
+    those processes are orphans of a killed run. Returns the cgroups removed."""
+    removed = []
+    for stale in (os.listdir(root) if os.path.isdir(root) else []):
+        if stale.startswith(CGROUP_PREFIX) and not os.path.exists(f"/proc/{stale[len(CGROUP_PREFIX):]}"):
+            path = os.path.join(root, stale)
+            _kill_members(path)
+            _remove_cgroup(path, tries=25)
+            removed += [] if os.path.exists(path) else [path]
+    return removed
+
+
+def _kill_members(path: str) -> None:
+    try:  # cgroup v2 (Linux 5.14+): the kernel kills every member at once
+        with open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+        return
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            pids = [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _remove_cgroup(path: str, tries: int = 50) -> None:
@@ -250,8 +280,12 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGALRM, on_alarm)
 
+    me = os.getpid()
+
     def child_setup():
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != me:  # the reaper died before the death signal was armed: never run unsupervised
+            os._exit(128 + signal.SIGKILL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         for name, limit in opts["rlimits"].items():

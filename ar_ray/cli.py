@@ -46,7 +46,8 @@ def main():
 @click.option("--proposers", type=int, default=2, show_default=True, help="Proposer actors.")
 @click.option("--model", default=None, help="LLM model name (--proposer llm).")
 @click.option("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (--proposer llm).")
-@click.option("--api-key-env", default=None, help="Environment variable holding the API key (default OPENAI_API_KEY).")
+@click.option("--api-key-env", default=None, help="Environment variable holding the API key (default: OPENAI_API_KEY for OpenAI itself; none for "
+                   "another --base-url).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Run config TOML: LLM endpoints with weights, sampling, prices, rate limits.")
 @click.option("--max-cost", type=float, default=None, help="Stop asking for proposals once proposer spend reaches this (USD; default: no limit).")
@@ -134,9 +135,10 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
         ctx = click.get_current_context()
         given = {p for p in ctx.params if ctx.get_parameter_source(p) not in (ParameterSource.DEFAULT, None)}
         config = config.resumed(stored["config"], given)
-        console.print("resuming with the settings the run was started with" +
-                      (f"; changed now: {', '.join('--' + g.replace('_', '-') for g in sorted(given - {'resume_dir'}))}"
-                       if given - {"resume_dir"} else ""), soft_wrap=True)
+        flags = sorted(p.opts[0] for p in ctx.command.params if p.name in given - {"resume_dir"})
+        console.print("resuming with the settings the run was started with"
+                      + (f"; changed now: {', '.join(flags)}" if flags else "")
+                      + (" (--time-limit counts from now)" if config.time_limit else ""), soft_wrap=True)
     try:
         with Progress(Path(run_dir), console) as progress:
             result = execute(config, on_event=progress)

@@ -18,7 +18,6 @@ FLAGS = {
     "budget_seconds": ("budget",),
     "proposer": ("proposer", "model", "base_url", "api_key_env", "config_file"),
     "proposer_options": ("proposer", "model", "base_url", "api_key_env", "config_file"),
-    "sandbox_limits": ("max_processes", "disk_quota_gb", "max_memory_gb"),
 }
 NOT_RESUMED = ("target", "run_dir", "resume", "address")  # where the run is, and the cluster it runs on now
 
@@ -142,8 +141,8 @@ class RunConfig:
         for f in dataclasses.fields(self):
             if f.name in NOT_RESUMED or f.name not in stored:
                 continue
-            if f.name == "target_overrides":  # per target key: the ones given now win
-                changes[f.name] = {**stored[f.name], **{k: v for k, v in self.target_overrides.items() if v is not None}}
+            if f.name in ("target_overrides", "sandbox_limits"):  # per key: the ones given now win
+                changes[f.name] = {**stored[f.name], **{k: v for k, v in getattr(self, f.name).items() if v is not None}}
             elif not given.intersection(FLAGS.get(f.name, (f.name,))):
                 changes[f.name] = stored[f.name]
         return dataclasses.replace(self, **changes)

@@ -29,7 +29,7 @@ from ar_ray.types import Attempt, Baseline, Candidate, Proposal, Result
 
 TICK = 0.5  # seconds between status refreshes when nothing lands
 HISTORY = 30  # attempts shown to proposers
-FIRST_FAILURES = 10  # proposals failing in a row before any candidate ran: the proposer cannot work, stop early
+FIRST_FAILURES = 10  # proposer errors in a row before any candidate ran: the proposer cannot work, stop early
 
 
 class RunAborted(RuntimeError):
@@ -92,6 +92,7 @@ class Driver:
         self.seed, self.budget = seed, budget_seconds
         self.scales = scales or (Scale(),)  # rung -> budget and knobs; one rung without a ladder
         self.timeouts = Timeouts(target.timeout_seconds, target.budget_tokens)  # learns from the best's runs
+        self.gpu_models: dict[int, str] = {}  # trainer index -> its GPU model, from its results
         self.max_skipped_in_a_row, self.max_cost = max_skipped_in_a_row, max_cost
         self.on_event = on_event or (lambda kind, driver, row: None)
         self.started_at = time.time()
@@ -109,7 +110,7 @@ class Driver:
         self.next_id = 0
         self.pending: list[tuple[Flight, Result]] = []  # landed before the best's metric was known
         self.unwritten: list[dict] = []  # rows of the current round, appended together
-        self.skipped_in_a_row = self.just_freed = 0
+        self.skipped_in_a_row = self.just_freed = self.broken_in_a_row = 0
         self.stopping = False
 
     # ---- the loop ----
@@ -212,7 +213,7 @@ class Driver:
             # a proposer died (it restarts by itself) or raised: nothing was queued, so nothing is lost
             self.count.infra += 1
             self.on_event("proposer_error", self, {"error": _reason(e)})
-            self._skipped_again(f"proposer error: {_reason(e)}")
+            self._skipped_again(f"proposer error: {_reason(e)}", broken=True)
             return
         self.count.proposed += 1
         self.count.cost_usd += p.usage.get("cost_usd", 0.0)
@@ -224,16 +225,18 @@ class Driver:
             self._record(rows.proposal_row(self.run_id, self._new_id(), self.versions.get(p.base_version), p,
                                            self.best.version, self.best.metric))
             self.count.skipped += 1
-            self._skipped_again(f"{p.status}: {p.error}")
+            self._skipped_again(f"{p.status}: {p.error}", broken=p.status == "proposer_error")
             return
-        self.skipped_in_a_row = 0
+        self.skipped_in_a_row = self.broken_in_a_row = 0
         self.seen.add(p.edit_hash)
         self.queue.append(p)
 
-    def _skipped_again(self, last: str) -> None:
+    def _skipped_again(self, last: str, broken: bool = False) -> None:
+        """One more proposal that cannot run. `broken`: the proposer itself failed (not a bad or repeated edit)."""
         self.skipped_in_a_row += 1
-        if self.count.ran == 0 and not self.queue and self.skipped_in_a_row >= FIRST_FAILURES:
-            raise RunAborted(f"the first {self.skipped_in_a_row} proposals all failed (last: {last[:400]}); nothing "
+        self.broken_in_a_row = self.broken_in_a_row + 1 if broken else 0
+        if self.count.ran == 0 and not self.queue and self.broken_in_a_row >= FIRST_FAILURES:
+            raise RunAborted(f"the first {self.broken_in_a_row} proposals all failed (last: {last[:400]}); nothing "
                              "can run until the proposer works: check its configuration (model, --base-url, API key) "
                              "and the target's editable files")
         if self.skipped_in_a_row >= self.max_skipped_in_a_row:
@@ -256,9 +259,12 @@ class Driver:
             seed = self.seed + (self.seeds[group] if self.policy.config.acceptance != "greedy" else 0)
             self.seeds[group] += 1
             scale = self.scales[job.rung]
+            # a learned limit per scale and GPU model; the best's own runs (which teach it) get the trainer's rule
+            learned = (None if job.role == "baseline" or t not in self.gpu_models else
+                       self.timeouts.learned((job.rung, self.gpu_models[t]), scale.knobs))
             job.candidate = Candidate(experiment_id=job.experiment_id, base_version=job.proposal.base_version,
                                       files=job.proposal.files, seed=seed, budget_seconds=scale.budget_seconds or self.budget,
-                                      knobs=scale.knobs, timeout_seconds=self.timeouts.learned(job.rung, scale.knobs))
+                                      knobs=scale.knobs, timeout_seconds=learned)
             job.dispatched_at = time.time()
             self.count.runs += 1
         self.running[self.trainers[t].run.remote(job.candidate)] = Flight(t, job)
@@ -268,6 +274,7 @@ class Driver:
             result: Result = ray.get(ref)
         except (RayActorError, RayTaskError) as e:
             return self._requeue(flight, _reason(e))
+        self.gpu_models[flight.trainer] = result.gpu_model
         if result.status == "infra" and not self.stopping:
             return self._requeue(flight, result.error_tail)
         if not self.policy.ready and flight.job.role == "screen":
@@ -299,10 +306,10 @@ class Driver:
                    "Fix the target (command, metric_pattern, files) and run again.")
             raise RunAborted(f"the unmodified target failed ({r.status}): {r.error_tail.strip()[-1500:]}\n"
                              f"log: {r.log_path}. {fix}")
-        if job.role == "baseline" and r.status == "ok":
-            self.timeouts.observe(job.rung, r.child_seconds)
         verdict = self.policy.on_result(r.experiment_id, job.role, job.group, job.proposal.base_version,
                                         job.proposal.files, job.parent_id, r.status, r.metric, job.rung, r.gpu_model)
+        if r.status == "ok" and (job.role == "baseline" or verdict.new_best):  # runs of the best teach the time limit
+            self.timeouts.observe((job.rung, r.gpu_model), r.child_seconds)
         if verdict.new_best:
             version, files, exp_id, metric = verdict.new_best
             self.best = Baseline(version, files, exp_id, metric)

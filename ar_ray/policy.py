@@ -107,6 +107,7 @@ class _Group:
     rebases: int = 0
     rung: int = 0
     gpus: list[str] = field(default_factory=list)  # GPU model of each run in `metrics`
+    cap: int = 0  # most runs a close call may get (sequential confirmation); 0: the policy's default
 
 
 class Policy:
@@ -117,6 +118,8 @@ class Policy:
         self.best_files: dict[str, str] = {}
         self.best_id: str | None = None
         self.best_runs: dict[int, list[tuple[float, str]]] = {}  # rung -> (metric, GPU model) of the best's runs
+        # a rung's runs of an earlier best, used there until the new best's own repeats at that rung land
+        self.previous_runs: dict[int, list[tuple[float, str]]] = {}
         self.spread: dict[tuple, _Stats] = {}  # (code hash, rung, GPU model) -> runs of identical code (the noise pool)
         self.code_means: dict[tuple, _Stats] = {}  # (code hash, rung) -> the same runs, every GPU model together
         self._ss: dict[int, float] = {}  # rung -> pooled sum of squares, kept up to date
@@ -145,9 +148,14 @@ class Policy:
     def best_mean(self) -> float | None:
         return self.mean_at(self.config.top)
 
+    def runs_at(self, rung: int) -> list[tuple[float, str]]:
+        """The best's runs at a rung; right after a new best, an earlier best's until its own have landed (a
+        promotion still in flight at a lower rung is judged against those)."""
+        return self.best_runs.get(rung) or self.previous_runs.get(rung, [])
+
     def mean_at(self, rung: int, gpu: str = "") -> float | None:
         """Mean of the best's runs at a rung: those on `gpu` when there are any, else all of them."""
-        runs = self.best_runs.get(rung, [])
+        runs = self.runs_at(rung)
         same = [m for m, g in runs if g == gpu] or [m for m, _ in runs]
         return sum(same) / len(same) if same else None
 
@@ -245,7 +253,7 @@ class Policy:
 
     def _numbers(self, metric: float | None = None, n: int = 1, rung: int | None = None) -> dict:
         rung = self.config.top if rung is None else rung
-        noise, best_mean, best_n = self.noise(rung), self.mean_at(rung, self.gpu), len(self.best_runs.get(rung, []))
+        noise, best_mean, best_n = self.noise(rung), self.mean_at(rung, self.gpu), len(self.runs_at(rung))
         out = {"noise": noise, "best_mean": best_mean, "best_n": best_n}
         if metric is not None and best_mean is not None:
             out["gain"] = self._gain(metric, best_mean)
@@ -278,6 +286,7 @@ class Policy:
             return self._rebase(exp_id, group, nums)
         n = max(1, self.config.confirm_runs) * (2 if self._insane(nums["gain"]) else 1)
         group.waiting = n
+        group.cap = max(self.config.max_confirm_runs, n) * (2 if self._insane(nums["gain"]) else 1)
         return Verdict("screened", runs=tuple(RunSpec(files, base_version, "confirm", exp_id, parent_id)
                                                for _ in range(n)), numbers=nums)
 
@@ -302,12 +311,14 @@ class Policy:
     def _undecided(self, group: _Group, nums: dict) -> bool:
         """Sequential confirmation: a mean gain between half the threshold and the threshold is too close to
         call; more runs (up to max_confirm_runs) shrink the standard error instead of rejecting a real gain."""
-        cap = max(self.config.max_confirm_runs, self.config.confirm_runs) * (2 if self._insane(nums["gain"]) else 1)
-        return (group.role in ("confirm", "rebase", "promote") and len(group.metrics) < cap
+        return (group.role in ("confirm", "rebase", "promote") and len(group.metrics) < self._cap(group)
                 and nums["gain"] > 0.5 * nums["threshold"])
 
+    def _cap(self, group: _Group) -> int:
+        return group.cap or max(self.config.max_confirm_runs, self.config.confirm_runs)
+
     def _more_runs(self, gid: str, group: _Group, nums: dict) -> Verdict:
-        group.waiting = max(1, self.config.confirm_runs)
+        group.waiting = min(max(1, self.config.confirm_runs), self._cap(group) - len(group.metrics))
         return Verdict("confirming", runs=tuple(RunSpec(group.files, group.base_version, group.role, gid, group.parent_id,
                                                         group.rung) for _ in range(group.waiting)),
                        numbers={**nums, "reason": "too close to call: more runs"})
@@ -385,6 +396,7 @@ class Policy:
         self.versions[self.best_version] = files
         top = self.config.top
         self.best_files, self.best_id = files, exp_id
+        self.previous_runs.update({r: runs for r, runs in self.best_runs.items() if runs and r != top})
         self.best_runs = {top: list(zip(metrics, gpus or [self.gpu] * len(metrics)))}
         runs = []
         for rung in reversed(range(self.config.rungs)):  # the new best gets its R runs at every rung

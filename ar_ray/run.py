@@ -84,8 +84,8 @@ def restore(driver: Driver, run_dir: str) -> None:
         rung = rung_of(driver.scales, r["budget_seconds"], dict(r["knobs"] or []), default_budget)
         if r["status"] == "ok" and r["metric"] is not None and r["role"] != "screen":
             spread.setdefault((r["edit_hash"], rung, r["gpu_model"] or ""), []).append(r["metric"])
-        if r["status"] == "ok" and r["role"] == "baseline":
-            driver.timeouts.observe(rung, r["run_seconds"] or 0.0)
+        if r["status"] == "ok" and (r["role"] == "baseline" or r["decision"] == "keep"):
+            driver.timeouts.observe((rung, r["gpu_model"] or ""), r["run_seconds"] or 0.0)
         concluded = r["role"] == "screen" or (r["role"] == "promote" and r["group_mean"] is not None)
         if rung < top and concluded and r["gain"] is not None:
             rung_gains.setdefault(rung, []).append(r["gain"])

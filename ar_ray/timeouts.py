@@ -4,8 +4,8 @@
 - A run budgeted in wall-clock seconds may take 2 x its budget + 60 s (compile, evaluation, startup).
 - A run budgeted in tokens has no clock to go by: how long 300k tokens take depends on the machine, the
   model and whatever else the node is doing. Its limit is learned from the best's own runs at the same
-  scale: FACTOR x the slowest of them + SLACK. Until one has finished, it is FIRST seconds, so the first
-  runs on a slow machine are not killed for being slow.
+  scale on the same GPU model: FACTOR x the slowest of them + SLACK. Until one has finished there, and
+  for the best's own runs, it is FIRST seconds, so nothing is killed for running on a slow machine.
 
 The run's child gets its limit as AR_TIMEOUT_SECONDS.
 

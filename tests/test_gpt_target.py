@@ -257,6 +257,7 @@ def test_peak_flops_by_gpu_name(prep, monkeypatch):
     assert prep.peak_flops("cuda", "NVIDIA H200") == 989.5e12
     assert prep.peak_flops("cuda", "NVIDIA A100-SXM4-80GB") == 312e12
     assert prep.peak_flops("cuda", "NVIDIA L40S") == 362e12 and prep.peak_flops("cuda", "NVIDIA L4") == 121e12
+    assert prep.peak_flops("cuda", "NVIDIA L40") == 181e12
     assert prep.peak_flops("cuda", "Some Future GPU") == 0.0  # unknown: MFU reads 0, not a wrong number
     monkeypatch.setenv("AR_PEAK_FLOPS", "1e15")
     assert prep.peak_flops("cuda", "Some Future GPU") == 1e15

@@ -317,3 +317,37 @@ def test_a_ladder_on_a_noisy_proxy_spends_fewer_gpu_hours_and_stays_clean():
     print(f"\nGPU-hours / real kept / false accepts: full {full}, ladder {ladder}")
     assert ladder["gpu"] < 0.6 * full["gpu"]
     assert ladder["real"] >= 5 and ladder["false"] <= 2
+
+
+def test_a_promotion_in_flight_at_a_middle_rung_survives_a_new_best():
+    """Three rungs: a candidate promoted to rung 1 concludes there after another one was accepted, before the new
+    best's own rung-1 repeats landed. It is judged against the earlier best's rung-1 runs (this raised KeyError)."""
+    p = Policy(PolicyConfig(rungs=3, promote_fraction=1.0, baseline_repeats=2, confirm_runs=2), "min")
+    for s in p.start(BASE, "e0"):
+        p.on_result("b", "baseline", s.group, 0, BASE, None, "ok", {0: 3.0, 1: 2.0, 2: 1.0}[s.rung]
+                    + 0.002 * p.groups[s.group].waiting, s.rung)
+    a, b = edited(BASE, LR=0.3), edited(BASE, WIDTH=12)
+    assert p.on_result("e1", "screen", None, 0, a, "e0", "ok", 2.9, 0).decision == "promoted"  # a: to rung 1
+    assert p.on_result("e2", "screen", None, 0, b, "e0", "ok", 2.8, 0).decision == "promoted"  # b: to rung 1
+    assert p.on_result("e3", "promote", "e2", 0, b, "e0", "ok", 1.8, 1).decision == "promoted"  # b: to the top
+    p.on_result("e4", "promote", "e2", 0, b, "e0", "ok", 0.8, 2)
+    v = p.on_result("e5", "promote", "e2", 0, b, "e0", "ok", 0.8, 2)
+    assert v.decision == "keep" and 1 not in p.best_runs  # b's rung-1 repeats are still to come
+    v = p.on_result("e6", "promote", "e1", 0, a, "e0", "ok", 1.9, 1)  # a concludes at rung 1 now
+    assert v.decision == "promoted" and v.numbers["best_mean"] == pytest.approx(2.003)  # the earlier best's rung 1
+    assert [(s.rung, s.role) for s in v.runs] == [(2, "promote")] * 2
+    # once the new best's own rung-1 repeats land, they are the reference
+    gid = next(g for g, grp in p.groups.items() if grp.role == "baseline" and grp.rung == 1)
+    p.on_result("e7", "baseline", gid, 1, b, "e2", "ok", 1.7, 1)
+    p.on_result("e8", "baseline", gid, 1, b, "e2", "ok", 1.7, 1)
+    assert p.mean_at(1) == pytest.approx(1.7)
+
+
+def test_more_confirmation_runs_never_exceed_the_cap():
+    p = started(PolicyConfig(confirm_runs=3, max_confirm_runs=4))
+    cand = edited(BASE, LR=0.3)
+    assert p.on_result("e3", "screen", None, 0, cand, "e0", "ok", 0.995).decision == "screened"
+    for i, m in enumerate((0.9975, 0.9975)):
+        p.on_result(f"e{4 + i}", "confirm", "e3", 0, cand, "e0", "ok", m)
+    v = p.on_result("e6", "confirm", "e3", 0, cand, "e0", "ok", 0.9985)
+    assert v.decision == "confirming" and len(v.runs) == 1  # 3 + 1 = 4, not 3 + 3

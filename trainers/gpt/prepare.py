@@ -66,7 +66,7 @@ def init_runtime():
 # Peak dense bf16 tensor-core throughput (FLOP/s) by GPU name, the denominator of MFU. Checked in order
 # (the most specific name first); AR_PEAK_FLOPS overrides, e.g. for a GPU not listed here.
 PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.5e12), ("H200", 989.5e12),
-              ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12))
+              ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12))
 
 
 def peak_flops(device, name=None):

@@ -10,12 +10,14 @@ candidates, 5 of them real improvements of `gain` (3 x noise, and a harder varia
 1.5 x noise), the rest neutral or slightly harmful, drawn from {0, 0, +0.0005, +0.001,
 +0.002, +0.004}. Noise sd 0.002, each run 5 minutes. Policies:
 
-1. confirm: PolicyConfig() (screen, re-run with new seeds, rebase stale winners), N trainers;
+1. confirm, fixed design: PolicyConfig(max_confirm_runs=2) (screen, re-run twice with new seeds, rebase stale
+   winners), N trainers;
 2. greedy:  PolicyConfig(acceptance="greedy"): a run that beats the best is the best, N trainers;
 3. sequential greedy: the same rule with 1 trainer (upstream autoresearch);
 4. confirm + ladder: PolicyConfig(rungs=2): new candidates screened with 1-minute runs (noise sd
    doubled, effects a proxy of the full ones: 0.7 x the full effect plus N(0, 0.001) of distortion per
    candidate), the top quarter promoted to 5-minute runs, accepted there by the confirm rule.
+5. confirm, the default: PolicyConfig(): as 1, but a close call gets 2 more confirmation runs, up to 4.
 
     python bench/policy_sim.py --seeds 10 --candidates 200 --trainers 16 --plot docs/policy_sim.png
 

@@ -72,6 +72,14 @@ def run_info(run_dir: str | os.PathLike, df: pd.DataFrame | None = None) -> dict
     return info
 
 
+def sweep_note(run_dir: str | os.PathLike) -> str | None:
+    """What to do instead, when `run_dir` is a scaling sweep rather than a research run."""
+    if run_info(run_dir).get("kind") != "sweep":
+        return None
+    return (f"{run_dir} is a scaling sweep, not a research run: `ar-ray sweep --analyze {run_dir}` shows its fits "
+            f"and verdicts, `ar-ray ledger {run_dir}` its runs, `ar-ray report {run_dir}` its report")
+
+
 def _sign(direction: str) -> float:
     return 1.0 if direction == "min" else -1.0
 

@@ -17,6 +17,22 @@ from ar_ray.config import ConfigError, RunConfig, default_target
 from ar_ray.driver import RunAborted
 from ar_ray.progress import STATUS_FILE, fmt_metric, fmt_seconds, render
 from ar_ray.target import TargetError
+from ar_ray.types import STATUSES
+
+
+class WholeNumber(click.ParamType):
+    """A positive whole number, written plainly or as 1e5 / 100_000."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(str(value).replace("_", ""))
+        except ValueError:
+            v = float("nan")
+        if not (v > 0 and v == int(v)):
+            self.fail(f"{value!r} is not a positive whole number (e.g. 300000 or 3e5)", param, ctx)
+        return int(v)
 
 USER_ERRORS = (ConfigError, TargetError, ledger_mod.LedgerError, RunAborted)
 
@@ -58,7 +74,7 @@ def main():
 @click.option("--max-experiments", type=int, default=None, help="Stop after this many new experiments, resumes included (default: no limit; without it or --time-limit the run goes on until Ctrl-C).")
 @click.option("--time-limit", default=None, help="Stop starting experiments after this long (e.g. 90s, 15m, 8h; default: no limit).")
 @click.option("--budget", type=float, default=None, help="Training budget in seconds per experiment (overrides the target).")
-@click.option("--budget-tokens", type=int, default=None,
+@click.option("--budget-tokens", type=WholeNumber(), default=None,
               help="Train for this many tokens instead of a wall-clock budget (results independent of hardware speed).")
 @click.option("--timeout", type=float, default=None, help="Hard timeout per experiment in seconds (default: 2 x budget + 60; for token budgets, 3 x the best's slowest run + 60).")
 @click.option("--command", "run_command", default=None, help="Override the target's run command.")
@@ -186,8 +202,8 @@ def _load(run_dir: str):
 
 @main.command("ledger")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--limit", type=int, default=50, show_default=True, help="Show the last N rows (0: all).")
-@click.option("--status", "status_filter", default=None, help="Only rows with this status.")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="Show the last N rows (0: all).")
+@click.option("--status", "status_filter", type=click.Choice(STATUSES), default=None, help="Only rows with this status.")
 def ledger_cmd(run_dir, limit, status_filter):
     """A table of the experiments in a run."""
     df = _load(run_dir)
@@ -212,8 +228,11 @@ def ledger_cmd(run_dir, limit, status_filter):
 @click.option("--watch", is_flag=True, help="Refresh every second until the run ends.")
 def status(run_dir, watch):
     """The state of a live or finished run."""
+    from ar_ray.analysis import sweep_note
     path = Path(run_dir) / STATUS_FILE
     console = Console()
+    if sweep_note(run_dir):
+        raise click.ClickException(sweep_note(run_dir))
     while True:
         if not path.exists():
             raise click.ClickException(f"{run_dir} has no {STATUS_FILE}: not a run dir, or the run has not started yet")

@@ -194,10 +194,10 @@ def show(run_dir, experiment_id, lines):
               help="With --git: replace the branch if it exists (never one that is checked out).")
 def best(run_dir, export_dir, git_branch, repo, force):
     """The best result, its lineage of kept changes, and its files."""
-    if force and not git_branch:
-        raise click.UsageError("--force goes with --git BRANCH (it replaces an existing branch)")
+    if (force or repo) and not git_branch:
+        raise click.UsageError("--force and --repo go with --git BRANCH (the branch to write the lineage on)")
     df = _load(run_dir)
-    problem = A.baseline_problem(df, run_dir)
+    problem = A.sweep_note(run_dir) or A.baseline_problem(df, run_dir)
     if problem:
         raise click.ClickException(problem)
     info = A.run_info(run_dir, df)

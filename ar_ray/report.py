@@ -78,7 +78,9 @@ def progress_png(df: pd.DataFrame, info: dict, path: str | os.PathLike | None = 
     keep = df["decision"] == "keep"
     lin = A.lineage(df, direction)
     n_exp = int((df["role"] == "screen").sum())
-    title = f"ar-ray {info.get('run_id') or ''}: {n_exp} experiments, {int(keep.sum())} kept improvements"
+    n_kept = int(keep.sum())
+    title = (f"ar-ray {info.get('run_id') or ''}: {n_exp} experiment{'s' * (n_exp != 1)}, "
+             f"{n_kept} kept improvement{'s' * (n_kept != 1)}")
     ax.set_title(_label(title, 120), loc="left", fontsize=12)
     ax.set_xlabel("hours since start")
     ax.set_ylabel(f"{metric_name} ({'lower' if direction == 'min' else 'higher'} is better)")
@@ -147,7 +149,8 @@ def progress_png(df: pd.DataFrame, info: dict, path: str | os.PathLike | None = 
         ax.axhline(base["metric"].iloc[0], color="#555555", lw=0.8, ls="--", zorder=1, label="baseline")
     span = max(float(np.nanmax(x_all)), 1e-6)
     ax.set_xlim(min(0.0, float(np.nanmin(x_all))) - 0.015 * span, span * 1.015)
-    ax.legend(loc="upper left" if direction == "max" else "lower left", fontsize=8, framealpha=0.85)
+    # below the axes: inside, it covered the kept points and their labels
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, fontsize=8, frameon=False)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -38,6 +38,8 @@ def test_a_target_without_its_editable_file_is_refused(tmp_path):
     (["--metric-pattern", "val_bpb: no group"], "needs one capture group"),
     (["--metric-pattern", "val_bpb: ((("], "not a valid regular expression"),
     (["--budget", "-5"], "must be positive"),
+    (["--budget-tokens", "0"], "is not a positive whole number"),
+    (["--budget-tokens", "1.5"], "is not a positive whole number"),
     (["--cpus-per-trainer", "0"], "--cpus-per-trainer must be positive, got 0"),
     (["--cpus-per-trainer", "-2"], "--cpus-per-trainer must be positive, got -2"),
     (["--max-memory-gb", "0"], "--max-memory-gb must be positive, got 0"),
@@ -160,6 +162,10 @@ def test_reading_commands_on_a_folder_that_is_no_run(tmp_path):
     assert r.exit_code == 1 and "holds no ledger" in r.output
     r = invoke("status", tmp_path)
     assert r.exit_code == 1 and "has no status.json" in r.output
+    r = invoke("ledger", tmp_path, "--status", "bogus")  # the choices are listed
+    assert r.exit_code == 2 and "'bogus' is not one of" in r.output and "'metric_mismatch'" in r.output
+    r = invoke("ledger", tmp_path, "--limit", "-2")
+    assert r.exit_code == 2 and "-2 is not in the range x>=0" in r.output
 
 
 def test_best_git_writes_the_kept_changes_as_commits(ray_local, tmp_path, toy):

@@ -90,8 +90,9 @@ def test_best_git_force_replaces_an_existing_branch(tmp_path):
     assert r.exit_code == 0, r.output
     assert "branch ar-ray/best: 2 commit(s), one per kept change" in r.output
     assert git(repo, "rev-list", "--count", "main..ar-ray/best").strip() == "2"
-    r = CliRunner().invoke(cli_report.best, [str(run), "--force"])
-    assert r.exit_code == 2 and "--force goes with --git" in r.output
+    for alone in (["--force"], ["--repo", str(repo)]):
+        r = CliRunner().invoke(cli_report.best, [str(run), *alone])
+        assert r.exit_code == 2 and "--force and --repo go with --git BRANCH" in r.output
 
 
 # ---------------------------------------------------------------------------

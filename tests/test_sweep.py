@@ -291,6 +291,9 @@ def test_cli_analyze_and_report(swept):
     assert r.exit_code == 0, r.output
     page = (run_dir / "report" / "report.html").read_text()
     assert 'id="sweep"' in page and page.count("data:image/png;base64,") >= 3 and "holds" in page
+    for command in ("best", "status"):  # research-run commands point to the sweep's own
+        r = CliRunner().invoke(main, [command, str(run_dir)])
+        assert r.exit_code == 1 and "is a scaling sweep" in r.output and "sweep --analyze" in r.output
 
 
 def test_cli_sweep_runs_and_explains_a_missing_fit(ray_local, tmp_path):

@@ -261,3 +261,20 @@ def test_peak_flops_by_gpu_name(prep, monkeypatch):
     assert prep.peak_flops("cuda", "Some Future GPU") == 0.0  # unknown: MFU reads 0, not a wrong number
     monkeypatch.setenv("AR_PEAK_FLOPS", "1e15")
     assert prep.peak_flops("cuda", "Some Future GPU") == 1e15
+
+
+def test_the_gpu_check_script_runs_end_to_end_on_cpu(env, prep, tmp_path):
+    """bench/gpu_check.sh is what a session lent a GPU runs in one call of a 15-minute budget: a dry run on CPU
+    (same steps, CPU preset, 3 s) keeps it from breaking unnoticed."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AR_")}
+    full_env.update(env, OUT=str(tmp_path), PYTHON=sys.executable, GPU_CHECK_PRESET="cpu", GPU_CHECK_DEVICE="cpu",
+                    GPU_CHECK_SECONDS="3", GPU_CHECK_PARITY="--steps 6 --batch 4 --depth 1 --seq-len 128")
+    proc = subprocess.run(["bash", str(TARGET.parents[1] / "bench" / "gpu_check.sh")], env=full_env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert proc.returncode == 0 and log == proc.stdout, proc.stdout + proc.stderr
+    assert "prepare: " in log and "OK: cpu bf16 compiled matches the float32 CPU path" in log
+    summary = parse_summary(log.split("result file:")[0])
+    assert list(summary) == SUMMARY_KEYS and summary["val_bpb"] > 0
+    assert re.search(r"^startup \S+s \| untimed first \d+ steps", log, re.M)
+    assert json.loads(log.split("result file: ")[1].splitlines()[0])["val_bpb"] == pytest.approx(summary["val_bpb"], abs=1e-6)

@@ -437,3 +437,50 @@ def test_the_cgroup_of_a_killed_reaper_and_its_orphans_are_cleared_by_the_next_r
         reaper._remove_cgroup(live)
     finally:
         orphan.kill()
+
+
+CACHE_PROBE = """
+import os, pathlib, sys
+HOSTILE = False
+cache = pathlib.Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+print("seen:", ",".join(sorted(p.name for p in cache.glob("*"))) if cache.is_dir() else "")
+cache.mkdir(parents=True, exist_ok=True)
+(cache / os.environ["AR_EXPERIMENT_ID"]).write_text("kernel")
+shared = pathlib.Path(os.environ["SHARED_CACHE"])
+try:  # a hostile candidate knows where the node's cache is
+    if HOSTILE:
+        (shared / "inductor" / "planted").write_text("evil")
+        print("planted: yes")
+except OSError as e:
+    print("planted: no", type(e).__name__)
+print("val_bpb: 1.0")
+"""
+
+
+@pytest.mark.parametrize("mode", ["none", "bwrap"])
+def test_the_compile_cache_is_warm_for_candidates_and_written_only_by_the_target_as_shipped(tmp_path, monkeypatch,
+                                                                                           request, mode):
+    from trainers import compile_cache
+    if mode == "bwrap":
+        request.getfixturevalue("bwrap")
+    monkeypatch.setenv("AR_COMPILE_CACHE", str(tmp_path / "node-cache"))
+    target = make_target(tmp_path / "target", CACHE_PROBE)
+    shared = compile_cache.node_dir(target)
+    monkeypatch.setenv("SHARED_CACHE", str(shared))
+    trainer = Trainer(target, str(tmp_path / "work"), name="t", box=Sandbox(mode=mode))
+
+    def run(train=None, eid=None):
+        res = trainer.run(candidate(target, train=train, eid=eid))
+        assert res.status == "ok", res.error_tail
+        log = Path(res.log_path).read_text()
+        return log.split("seen: ")[1].splitlines()[0], "planted: yes" in log
+
+    seen, _ = run(eid="base1")  # the target as shipped: it writes the node's cache
+    assert seen == "" and (shared / "inductor" / "base1").exists()
+    seen, planted = run(CACHE_PROBE.replace("HOSTILE = False", "HOSTILE = True"), eid="cand1")  # a candidate
+    assert seen.split(",")[:1] == ["base1"]  # it started from a copy of the node's cache
+    assert not (shared / "inductor" / "cand1").exists()  # its own kernels went with its run dir
+    if mode == "bwrap":  # confined, it cannot write the node's cache even knowing where it is
+        assert not planted and not (shared / "inductor" / "planted").exists()
+    seen, _ = run(eid="base2")
+    assert "cand1" not in seen.split(",")

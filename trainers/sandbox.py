@@ -41,8 +41,8 @@ SECRET_FILES = (".netrc", ".git-credentials", ".pypirc", ".config/openai", ".ope
 GiB = 2**30
 # Under bubblewrap only /tmp (private to the run) and the run dir are writable: point the caches that
 # default to the read-only home folder there (Triton's kernel cache; Inductor's already lives in /tmp).
-# Each sandboxed GPU run therefore compiles afresh: a cache shared between runs would let one candidate
-# plant code that another candidate's run loads.
+# The compile caches (Triton, Inductor) are then set per run by trainers/compile_cache.py: a private copy of
+# a node cache that only runs of the unmodified target write.
 CACHE_ENV = {"TRITON_HOME": "/tmp", "TRITON_CACHE_DIR": "/tmp/.triton/cache", "MPLCONFIGDIR": "/tmp/matplotlib",
              "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor"}
 
@@ -126,10 +126,11 @@ def _home() -> Path:
 
 
 def bwrap_argv(argv: list[str], run_dir: Path, readonly: tuple[str, ...], hide: tuple[Path, ...],
-               network: bool, keep: tuple[str, ...] = ()) -> list[str]:
+               network: bool, keep: tuple[str, ...] = (), writable: tuple[Path, ...] = ()) -> list[str]:
     """`argv` wrapped in bubblewrap. `hide`: folders to cover with an empty tmpfs (other experiments, the ledger).
     `keep`: paths the run needs that may lie under a covered folder (the Python installation, its sys.path, the
-    data): bound back read-only, unless that would uncover a hidden folder or the run dir's parents."""
+    data): bound back read-only, unless that would uncover a hidden folder or the run dir's parents.
+    `writable`: folders a trusted run may write besides its run dir (the node's compile cache)."""
     run_dir = Path(run_dir).resolve()
     args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
@@ -157,6 +158,8 @@ def bwrap_argv(argv: list[str], run_dir: Path, readonly: tuple[str, ...], hide: 
         if (home / rel).exists() and not (home / rel).is_dir():
             args += ["--ro-bind", "/dev/null", str(home / rel)]
     args += ["--bind", str(run_dir), str(run_dir)]
+    for folder in writable:
+        args += ["--bind", str(folder), str(folder)]
     for rel in readonly:
         if (run_dir / rel).exists():
             args += ["--ro-bind", str(run_dir / rel), str(run_dir / rel)]

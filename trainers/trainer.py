@@ -25,7 +25,7 @@ from pathlib import Path
 from ar_ray.target import Target, format_command, materialize, tampered_files
 from ar_ray.timeouts import Timeouts
 from ar_ray.types import Candidate, Result
-from trainers import outcome, sandbox
+from trainers import compile_cache, outcome, sandbox
 from trainers.sandbox import Sandbox
 
 REAPER = str(Path(__file__).with_name("reaper.py"))
@@ -199,9 +199,12 @@ class Trainer:
         env = child_env(self.target, env)
         if self._box_mode == "bwrap":  # caches that default to the (read-only) home go to the run's private /tmp
             env = {**sandbox.CACHE_ENV, **env}
+        cache_env, writable_cache = compile_cache.for_run(self.target, cand.files, run_dir)
+        env.update(cache_env)
         data_before = sandbox.fingerprint(self.target.data, env)
 
-        code, timed_out, child_seconds, broken = self._spawn(argv, run_dir, env, log, timeout, confine=True)
+        code, timed_out, child_seconds, broken = self._spawn(argv, run_dir, env, log, timeout, confine=True,
+                                                             writable=(writable_cache,) if writable_cache else ())
         text = outcome.read_tail(log)
         metric = outcome.parse_metric(text, self.target.metric_pattern)
         status = outcome.classify(code, timed_out, text, metric)
@@ -238,7 +241,8 @@ class Trainer:
             child_seconds=child_seconds, overhead_seconds=(m1 - m0) - child_seconds, budget_seconds=budget,
         )
 
-    def _confinement(self, argv: list[str], run_dir: Path, env: dict, verdict_fd: int) -> list[str]:
+    def _confinement(self, argv: list[str], run_dir: Path, env: dict, verdict_fd: int,
+                     writable: tuple[Path, ...] = ()) -> list[str]:
         """Reaper flags for the limits, and argv inside bubblewrap when this node has it (see trainers/sandbox.py)."""
         box = self.box
         flags = ["--max-procs", str(box.max_processes), "--max-tasks", str(box.max_tasks or 8 * box.max_processes),
@@ -250,15 +254,16 @@ class Trainer:
         if self._box_mode == "bwrap" and shutil.which(argv[0], path=env.get("PATH")):
             data = [sandbox.expand(d, env) for d in self.target.data]
             argv = sandbox.bwrap_argv(argv, run_dir, self.target.readonly, (self.work_root.parent, self.work_root),
-                                      self.target.network, keep=(*sandbox.python_paths(env), *filter(None, data)))
+                                      self.target.network, keep=(*sandbox.python_paths(env), *filter(None, data)),
+                                      writable=writable)
         return [*flags, "--", *argv]
 
     def _spawn(self, argv: list[str], cwd: Path, env: dict, log: Path, timeout: float,
-               confine: bool = False) -> tuple[int, bool, float, str | None]:
+               confine: bool = False, writable: tuple[Path, ...] = ()) -> tuple[int, bool, float, str | None]:
         """Run argv under the reaper with output to `log`; returns (exit code, timed out?, seconds, broken limit).
         `confine`: a candidate's run (sandboxed, limited); the target's own setup command is trusted."""
         read_fd, write_fd = os.pipe() if confine else (None, None)
-        rest = self._confinement(argv, cwd, env, write_fd) if confine else ["--", *argv]
+        rest = self._confinement(argv, cwd, env, write_fd, writable) if confine else ["--", *argv]
         with open(log, "wb") as out:
             start = time.monotonic()
             try:

@@ -102,6 +102,9 @@ def main():
                    "only at the last.")
 @click.option("--promote-fraction", type=float, default=0.25, show_default=True,
               help="A rung promotes candidates in the top fraction of what it has seen (and beating the best by k x noise).")
+@click.option("--rescreen", is_flag=True,
+              help="With --ladder: a close call at a cheap rung (above half the bar) gets one more run there before "
+                   "it is dropped; more real gains when the cheap rung is a poor proxy (docs/BENCHMARKS.md).")
 @click.option("--sandbox", type=click.Choice(["auto", "bwrap", "none"]), default="auto", show_default=True,
               help="Confine candidate code with bubblewrap; auto falls back to limits and watchdogs where it cannot run.")
 @click.option("--max-processes", type=int, default=None, help="Processes a run may have at once (default 512).")
@@ -112,7 +115,7 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
         trainers, gpus_per_trainer, cpus_per_trainer,
         queue_depth, max_experiments, time_limit, budget, budget_tokens, timeout, run_command, metric, metric_pattern, direction,
         acceptance, baseline_repeats, confirm_runs, max_confirm_runs, k, k_confirm, sanity_gain, seed, keep_files, sandbox,
-        max_processes, disk_quota_gb, max_memory_gb, ladder, promote_fraction):
+        max_processes, disk_quota_gb, max_memory_gb, ladder, promote_fraction, rescreen):
     """Run the research loop: propose, train, keep what improves."""
     from ar_ray.progress import Progress
     from ar_ray.run import execute
@@ -144,7 +147,8 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
                        max_experiments=max_experiments, time_limit=parse_duration(time_limit), budget_seconds=budget,
                        seed=seed, keep_files=keep_files, target_overrides=overrides, acceptance=acceptance,
                        baseline_repeats=baseline_repeats, confirm_runs=confirm_runs, max_confirm_runs=max_confirm_runs, k=k, k_confirm=k_confirm, sanity_gain=sanity_gain,
-                       sandbox=sandbox, sandbox_limits=limits, ladder=ladder, promote_fraction=promote_fraction)
+                       sandbox=sandbox, sandbox_limits=limits, ladder=ladder, promote_fraction=promote_fraction,
+                       rescreen=rescreen)
     console = Console()
     console.print(f"run dir: {run_dir}")
     if stored.get("config"):

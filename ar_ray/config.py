@@ -57,6 +57,7 @@ class RunConfig:
     target_overrides: dict = field(default_factory=dict)
     ladder: str | None = None  # promotion ladder rungs, cheapest first (ar_ray/ladder.py), e.g. "60,300"
     promote_fraction: float = 0.25
+    rescreen: bool = False  # a close call at a cheap rung gets one more run there
     sandbox: str = "auto"  # auto | bwrap | none (trainers/sandbox.py)
     sandbox_limits: dict = field(default_factory=dict)  # Sandbox fields: max_processes, disk_quota_gb, ...
 
@@ -92,6 +93,8 @@ class RunConfig:
         self.box()  # checks the sandbox mode and limits
         if self.ladder and self.acceptance != "confirm":
             raise ConfigError("--ladder promotes on noise-aware gains: it needs --acceptance confirm")
+        if self.rescreen and not self.ladder:
+            raise ConfigError("--rescreen gives close calls at a cheap rung one more run: it needs --ladder")
         if not 0 < self.promote_fraction <= 1:
             raise ConfigError(f"--promote-fraction must be in (0, 1], got {self.promote_fraction}")
         self.scales()
@@ -119,7 +122,8 @@ class RunConfig:
         from ar_ray.policy import PolicyConfig
         return PolicyConfig(acceptance=self.acceptance, baseline_repeats=self.baseline_repeats,
                             confirm_runs=self.confirm_runs, max_confirm_runs=self.max_confirm_runs, k=self.k, k_confirm=self.k_confirm, sanity_gain=self.sanity_gain,
-                            rungs=max(1, len(self.scales())), promote_fraction=self.promote_fraction)
+                            rungs=max(1, len(self.scales())), promote_fraction=self.promote_fraction,
+                            rescreen=self.rescreen)
 
     def scales(self):
         from ar_ray.ladder import parse_ladder

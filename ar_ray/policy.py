@@ -54,6 +54,7 @@ class PolicyConfig:
     max_rebases: int = 2
     rungs: int = 1  # scales of the promotion ladder, cheapest first; 1: no ladder
     promote_fraction: float = 0.25  # a rung promotes the top fraction of what it has seen
+    rescreen: bool = False  # a close call at a cheap rung gets one more run there before it is dropped
 
     @property
     def top(self) -> int:
@@ -108,6 +109,7 @@ class _Group:
     rung: int = 0
     gpus: list[str] = field(default_factory=list)  # GPU model of each run in `metrics`
     cap: int = 0  # most runs a close call may get (sequential confirmation); 0: the policy's default
+    rescreened: bool = False  # a close call at a cheap rung already got its second run there
 
 
 class Policy:
@@ -257,9 +259,9 @@ class Policy:
         out = {"noise": noise, "best_mean": best_mean, "best_n": best_n}
         if metric is not None and best_mean is not None:
             out["gain"] = self._gain(metric, best_mean)
-            if noise is not None:
-                out["threshold"] = (self.config.k * noise if n == 1 else
-                                    self.config.k_confirm * noise * math.sqrt(1 / n + 1 / best_n))
+            if noise is not None:  # below the top rung, k decides whether to spend a bigger run; k_confirm accepts
+                k = self.config.k if rung < self.config.top else self.config.k_confirm
+                out["threshold"] = self.config.k * noise if n == 1 else k * noise * math.sqrt(1 / n + 1 / best_n)
         return out
 
     def _screen(self, exp_id, base_version, files, parent_id, metric, rung) -> Verdict:
@@ -276,7 +278,7 @@ class Policy:
                 return self._accept(exp_id, files, [metric], nums)
             return Verdict("discard", numbers=nums)
         if rung < self.config.top:
-            return self._promote(exp_id, _Group(files, base_version, parent_id, "promote", rung=rung), nums)
+            return self._promote(exp_id, _Group(files, base_version, parent_id, "promote", [metric], rung=rung), nums)
         if nums.get("threshold") is None or nums["gain"] <= nums["threshold"]:
             return Verdict("discard", numbers=nums)
         # the screening run is not part of the group's mean: it was selected for being lucky (winner's curse)
@@ -294,13 +296,21 @@ class Policy:
         """Asynchronous successive halving: a result at a lower rung moves up if it beats the best there by
         k x noise and ranks in the top `promote_fraction` of every gain seen at that rung."""
         gains = self.rung_gains.setdefault(group.rung, [])
-        gains.append(nums["gain"])
+        if not group.rescreened:  # a second look at the same candidate is not a new result at the rung
+            gains.append(nums["gain"])
         rank = sum(g > nums["gain"] for g in gains)  # results better than this one
         nums = {**nums, "rank": rank, "seen": len(gains)}
         if nums.get("threshold") is None or nums["gain"] <= nums["threshold"] \
                 or rank >= max(1, math.floor(self.config.promote_fraction * len(gains))):
+            if (self.config.rescreen and not group.rescreened and nums.get("threshold") is not None
+                    and nums["gain"] > 0.5 * nums["threshold"]):  # a close call: one more run at this rung
+                group.rescreened, group.waiting, self.groups[gid] = True, 1, group
+                return Verdict("confirming", runs=(RunSpec(group.files, group.base_version, "promote", gid,
+                                                           group.parent_id, group.rung),),
+                               numbers={**nums, "reason": "close call at a cheap rung: one more run there"})
             self.groups.pop(gid, None)
             return Verdict("discard", numbers=nums)
+        group.rescreened = False
         group.rung += 1
         group.metrics, group.gpus, group.role = [], [], "promote"
         group.waiting = max(1, self.config.confirm_runs) if group.rung == self.config.top else 1

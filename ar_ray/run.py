@@ -65,7 +65,7 @@ def restore(driver: Driver, run_dir: str) -> None:
     if table.num_rows == 0:
         return
     rows = table.select(["experiment_id", "decision", "status", "role", "edit_hash", "best_version", "metric",
-                         "files", "cost_usd", "budget_seconds", "knobs", "gpu_model", "gain", "group_mean",
+                         "files", "cost_usd", "budget_seconds", "knobs", "gpu_model", "gain", "group_mean", "group_n",
                          "run_seconds"]).to_pylist()
     journal = [e["experiment_id"] for e in Journal(run_dir).entries()]
     ids = [int(x[1:]) for x in [r["experiment_id"] for r in rows] + journal if x[1:].isdigit()]
@@ -86,7 +86,9 @@ def restore(driver: Driver, run_dir: str) -> None:
             spread.setdefault((r["edit_hash"], rung, r["gpu_model"] or ""), []).append(r["metric"])
         if r["status"] == "ok" and (r["role"] == "baseline" or r["decision"] == "keep"):
             driver.timeouts.observe((rung, r["gpu_model"] or ""), r["run_seconds"] or 0.0)
-        concluded = r["role"] == "screen" or (r["role"] == "promote" and r["group_mean"] is not None)
+        # a result at a rung: a screen, or a promotion's one run there (a rescreen's second look is not a new one)
+        concluded = r["role"] == "screen" or (r["role"] == "promote" and r["group_mean"] is not None
+                                              and r["group_n"] == 1)
         if rung < top and concluded and r["gain"] is not None:
             rung_gains.setdefault(rung, []).append(r["gain"])
     versions, best = {}, None

@@ -18,6 +18,7 @@ candidates, 5 of them real improvements of `gain` (3 x noise, and a harder varia
    doubled, effects a proxy of the full ones: 0.7 x the full effect plus N(0, 0.001) of distortion per
    candidate), the top quarter promoted to 5-minute runs, accepted there by the confirm rule.
 5. confirm, the default: PolicyConfig(): as 1, but a close call gets 2 more confirmation runs, up to 4.
+6. confirm + ladder + rescreen: as 4, and a close call at the 1-minute rung gets one more 1-minute run.
 
     python bench/policy_sim.py --seeds 10 --candidates 200 --trainers 16 --plot docs/policy_sim.png
 
@@ -109,6 +110,7 @@ def policies(trainers: int) -> list[tuple[str, PolicyConfig, int]]:
         ("greedy, sequential (1 trainer)", PolicyConfig(acceptance="greedy"), 1),
         (f"confirm + ladder (1-min screens), {trainers} trainers", PolicyConfig(rungs=2), trainers),
         (f"confirm, default (sequential: up to 4 confirmation runs), {trainers} trainers", PolicyConfig(), trainers),
+        (f"confirm + ladder + rescreen, {trainers} trainers", PolicyConfig(rungs=2, rescreen=True), trainers),
     ]
 
 
@@ -138,7 +140,7 @@ def plot(results: dict, gains: list[tuple[str, float]], path: str) -> None:
     import numpy as np
 
     fig, axes = plt.subplots(len(gains), 2, figsize=(12, 4.2 * len(gains)), squeeze=False)
-    colors = ["tab:blue", "tab:red", "tab:gray", "tab:green", "tab:purple"]
+    colors = ["tab:blue", "tab:red", "tab:gray", "tab:green", "tab:purple", "tab:olive"]
     for row, (gain_label, gain) in enumerate(gains):
         names = [name for (g, name) in results if g == gain_label]
         for col, (axis, xlabel) in enumerate([(0, "GPU-hours"), (1, "wall-clock hours (log scale)")]):

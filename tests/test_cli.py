@@ -47,6 +47,7 @@ def test_a_target_without_its_editable_file_is_refused(tmp_path):
     (["--proposer", "foo"], "--proposer must be 'mutate', 'llm' or 'package.module:Class', got 'foo'"),
     (["--proposer", "nosuch.mod:Cls"], "cannot import 'nosuch.mod'"),
     (["--proposer", "toys:NoSuchClass"], "module 'toys' has no 'NoSuchClass'"),
+    (["--rescreen"], "--rescreen gives close calls at a cheap rung one more run: it needs --ladder"),
 ])
 def test_bad_flags_say_what_is_wrong(tmp_path, toy, args, message):
     r = invoke("run", "--target", toy, "--run-dir", tmp_path / "run", *args)

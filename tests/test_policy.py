@@ -351,3 +351,19 @@ def test_more_confirmation_runs_never_exceed_the_cap():
         p.on_result(f"e{4 + i}", "confirm", "e3", 0, cand, "e0", "ok", m)
     v = p.on_result("e6", "confirm", "e3", 0, cand, "e0", "ok", 0.9985)
     assert v.decision == "confirming" and len(v.runs) == 1  # 3 + 1 = 4, not 3 + 3
+
+
+def test_with_rescreen_a_close_call_at_the_cheap_rung_gets_one_more_run_there():
+    p = laddered(PolicyConfig(rungs=2, promote_fraction=0.5, confirm_runs=2, rescreen=True))
+    a, b = edited(BASE, LR=0.3), edited(BASE, LR=0.35)
+    v = p.on_result("e1", "screen", None, 0, a, "e0", "ok", 1.994, 0)  # gain 0.006: above half of k x noise (0.01)
+    assert v.decision == "confirming" and [(s.role, s.rung, s.group) for s in v.runs] == [("promote", 0, "e1")]
+    v = p.on_result("e2", "promote", "e1", 0, a, "e0", "ok", 1.986, 0)  # the mean of both runs, 1.99, decides
+    assert v.decision == "promoted" and v.numbers["gain"] == pytest.approx(0.01)
+    assert [(s.rung, s.role) for s in v.runs] == [(1, "promote")] * 2
+    assert p.rung_gains[0] == [pytest.approx(0.006)]  # the second look is not a new result at the rung
+    assert p.on_result("e3", "screen", None, 0, b, "e0", "ok", 1.9999, 0).decision == "discard"  # not close
+    v = p.on_result("e4", "screen", None, 0, edited(BASE, WIDTH=12), "e0", "ok", 1.994, 0)
+    assert v.decision == "confirming"
+    v = p.on_result("e5", "promote", "e4", 0, edited(BASE, WIDTH=12), "e0", "ok", 2.01, 0)
+    assert v.decision == "discard" and not v.runs  # one more run, once

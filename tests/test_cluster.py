@@ -19,7 +19,6 @@ import uuid
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-from ray.util.state import list_actors
 
 from ar_ray import ledger
 from ar_ray.config import RunConfig
@@ -54,10 +53,10 @@ def running_children(mark: str) -> dict[str, int]:
 
 
 def trainer_nodes(driver) -> list[str | None]:
-    """The node id of each of the driver's trainers (alive), from Ray's state API."""
-    alive = {a.name: a.node_id for a in list_actors(filters=[("class_name", "=", "TrainerActor"),
-                                                             ("state", "=", "ALIVE")], timeout=20)}
-    return [alive.get(f"ar-ray:{driver.run_id}:trainer-{i}") for i in range(len(driver.trainers))]
+    """The node id of each of the driver's trainers, asked of the trainers themselves (they answer while a run is
+    in flight; Ray's state API needs the dashboard, which a loaded machine can leave unavailable)."""
+    return ray.get([t.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
+                    for t in driver.trainers], timeout=30)
 
 
 def no_orphans(mark: str, timeout: float = 30) -> None:

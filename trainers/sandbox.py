@@ -39,12 +39,10 @@ SECRET_DIRS = (".ray", ".aws", ".ssh", ".gnupg", ".azure", ".kube", ".docker", "
                ".huggingface", ".cache/huggingface/token")
 SECRET_FILES = (".netrc", ".git-credentials", ".pypirc", ".config/openai", ".openai")
 GiB = 2**30
-# Under bubblewrap only /tmp (private to the run) and the run dir are writable: point the caches that
-# default to the read-only home folder there (Triton's kernel cache; Inductor's already lives in /tmp).
-# The compile caches (Triton, Inductor) are then set per run by trainers/compile_cache.py: a private copy of
-# a node cache that only runs of the unmodified target write.
-CACHE_ENV = {"TRITON_HOME": "/tmp", "TRITON_CACHE_DIR": "/tmp/.triton/cache", "MPLCONFIGDIR": "/tmp/matplotlib",
-             "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor"}
+# Under bubblewrap only /tmp (private to the run) and the run dir are writable: point what defaults to the
+# read-only home folder there. The compile caches (Triton's kernels, Inductor's) are set for every run by
+# trainers/compile_cache.py: a private copy of a node cache that only runs of the unmodified target write.
+CACHE_ENV = {"TRITON_HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib"}
 
 
 class SandboxError(RuntimeError):

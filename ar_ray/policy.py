@@ -25,11 +25,14 @@ rung, since one code has a different metric at each scale.
 
 Mixed hardware: the noise pool and the best's runs are also kept per GPU model; a result
 is compared with the best's runs on its own GPU model when there are any (a fixed
-wall-clock budget makes the hardware part of the metric).
+wall-clock budget makes the hardware part of the metric); a group's gain is the mean of its runs' gains,
+each on its own model.
 """
 
 from __future__ import annotations
 
+import collections
+import fractions
 import math
 import re
 from dataclasses import dataclass, field
@@ -136,9 +139,11 @@ class Policy:
 
     @property
     def ready(self) -> bool:
-        """Results can be judged: the best's metric is known at every rung, and in confirm mode the noise too."""
+        """Results can be judged: the best's metric is known at every rung, and in confirm mode the noise too.
+        Right after a new best, an earlier best's runs stand in at a lower rung (`runs_at`), exactly as when a
+        result is judged: waiting for the new best's own repeats would hold screens forever if they never land."""
         rungs = range(self.config.rungs)
-        return all(self.best_runs.get(r) for r in rungs) and (
+        return all(self.runs_at(r) for r in rungs) and (
             self.config.acceptance == "greedy" or all(self.noise(r) is not None for r in rungs))
 
     @property
@@ -238,6 +243,10 @@ class Policy:
             return "the edit only changes seeds or the evaluation; that games the metric instead of improving the model"
         return None
 
+    def files_at(self, version: int) -> dict[str, str] | None:
+        """The files of a best version (what a proposal made from it edited); None for a version never seen."""
+        return self.versions.get(version)
+
     # ---- every result ----
 
     def on_result(self, exp_id: str, role: str, group: str | None, base_version: int, files: dict[str, str],
@@ -253,21 +262,45 @@ class Policy:
             return self._screen(exp_id, base_version, files, parent_id, metric if ok else None, rung)
         return self._group_run(group, metric if ok else None)
 
-    def _numbers(self, metric: float | None = None, n: int = 1, rung: int | None = None) -> dict:
+    def _numbers(self, runs: list[tuple[float, str]] = (), rung: int | None = None, screen: bool = False) -> dict:
+        """The numbers behind a decision on `runs` ((metric, GPU model) of one code at one rung): their mean gain
+        over the best, each run judged against the best's runs on its own GPU model, and the gain needed.
+        `screen`: one run picked among many, which only earns more runs: k x noise (confirmation catches the
+        noise). Otherwise k (below the top rung: a bigger run is at stake) or k_confirm (acceptance) standard
+        errors of the difference, whatever the number of runs."""
         rung = self.config.top if rung is None else rung
         noise, best_mean, best_n = self.noise(rung), self.mean_at(rung, self.gpu), len(self.runs_at(rung))
         out = {"noise": noise, "best_mean": best_mean, "best_n": best_n}
-        if metric is not None and best_mean is not None:
-            out["gain"] = self._gain(metric, best_mean)
-            if noise is not None:  # below the top rung, k decides whether to spend a bigger run; k_confirm accepts
-                k = self.config.k if rung < self.config.top else self.config.k_confirm
-                out["threshold"] = self.config.k * noise if n == 1 else k * noise * math.sqrt(1 / n + 1 / best_n)
+        if runs and best_mean is not None:
+            n = len(runs)
+            best_mean, ref_var, best_n = self._reference(rung, [g for _, g in runs])
+            out.update(best_mean=best_mean, best_n=best_n, gain=self._gain(sum(m for m, _ in runs) / n, best_mean))
+            if noise is not None:
+                k = self.config.k if screen or rung < self.config.top else self.config.k_confirm
+                out["threshold"] = k * noise if screen else k * noise * math.sqrt(1 / n + ref_var)
         return out
+
+    def _reference(self, rung: int, gpus: list[str]) -> tuple[float, float, int]:
+        """What runs on these GPU models are compared with. The mean gain of the runs, each against the best's
+        mean on its own model (all of the best's runs where it has none there, as in `mean_at`), is the mean of
+        those per-run references minus the runs' mean. Returns that reference; its variance in units of noise²
+        (a weighted sum of the best's runs: the sum of the squared weights; 1 / best_n on a single model); and
+        how many of the best's runs it uses."""
+        best = self.runs_at(rung)
+        models = {g for _, g in best}
+        shares = collections.Counter(g if g in models else None for g in gpus)  # None: a model the best lacks
+        reference, weights = 0.0, {}
+        for model, count in shares.items():
+            used = [j for j, (_, g) in enumerate(best) if model is None or g == model]
+            reference += count / len(gpus) * sum(best[j][0] for j in used) / len(used)
+            for j in used:  # exact fractions: a single model gives exactly the 1 / best_n of the plain formula
+                weights[j] = weights.get(j, 0) + fractions.Fraction(count, len(gpus) * len(used))
+        return reference, float(sum(w * w for w in weights.values())), len(weights)
 
     def _screen(self, exp_id, base_version, files, parent_id, metric, rung) -> Verdict:
         if metric is None:
             return Verdict("discard", numbers=self._numbers(rung=rung))
-        nums = self._numbers(metric, rung=rung)
+        nums = self._numbers([(metric, self.gpu)], rung, screen=True)
         parent_mean = self._version_mean(base_version, rung) if base_version != self.best_version else None
         if parent_mean is not None and self.config.acceptance != "greedy":
             # a stale candidate is screened against the code it edited; if its change helps there,
@@ -278,7 +311,8 @@ class Policy:
                 return self._accept(exp_id, files, [metric], nums)
             return Verdict("discard", numbers=nums)
         if rung < self.config.top:
-            return self._promote(exp_id, _Group(files, base_version, parent_id, "promote", [metric], rung=rung), nums)
+            return self._promote(exp_id, _Group(files, base_version, parent_id, "promote", [metric], rung=rung,
+                                                gpus=[self.gpu]), nums)
         if nums.get("threshold") is None or nums["gain"] <= nums["threshold"]:
             return Verdict("discard", numbers=nums)
         # the screening run is not part of the group's mean: it was selected for being lucky (winner's curse)
@@ -339,9 +373,13 @@ class Policy:
     def _rebase(self, gid: str, group: _Group, nums: dict) -> Verdict:
         """Re-apply the winner's change onto the current best; run the merged code from scratch."""
         merged, conflicts = merge.rebase(self._files_of(group), group.files, self.best_files)
-        if conflicts or group.rebases >= self.config.max_rebases:
+        # the merge is code nobody checked: re-applied onto the best, a change (e.g. one made from an older best
+        # that only moved a seed) can come down to seeds or the evaluation alone, which the integrity gate refuses
+        refused = None if conflicts else self.check_proposal(self.best_files, merged)
+        if conflicts or refused or group.rebases >= self.config.max_rebases:
             del self.groups[gid]
-            why = f"rebase conflict in {', '.join(conflicts)}" if conflicts else "rebased too often"
+            why = (f"rebase conflict in {', '.join(conflicts)}" if conflicts else
+                   f"merged onto the current best, {refused}" if refused else "rebased too often")
             return Verdict("conflict", numbers={**nums, "reason": why})
         if merged == self.best_files:  # the change is already in the best
             del self.groups[gid]
@@ -358,7 +396,7 @@ class Policy:
     def _group_run(self, gid: str | None, metric: float | None) -> Verdict:
         group = self.groups.get(gid)
         if group is None:  # a run of a group that already concluded (e.g. after a resume)
-            return Verdict("discard", numbers=self._numbers(metric))
+            return Verdict("discard", numbers=self._numbers([(metric, self.gpu)] if metric is not None else []))
         group.waiting -= 1
         if metric is None:
             group.failed = True
@@ -368,7 +406,7 @@ class Policy:
             group.gpus.append(self.gpu)
         if group.waiting > 0:
             return Verdict("baseline" if group.role == "baseline" else "confirming",
-                           numbers=self._numbers(metric, rung=group.rung))
+                           numbers=self._numbers([(metric, self.gpu)] if metric is not None else [], group.rung))
         return self._conclude(gid, group)
 
     def _conclude(self, gid: str, group: _Group) -> Verdict:
@@ -379,7 +417,10 @@ class Policy:
                 self.best_id = self.best_id or gid
             return Verdict("baseline", numbers=self._numbers(rung=group.rung))
         mean = sum(group.metrics) / len(group.metrics) if group.metrics else None
-        nums = self._numbers(mean, n=len(group.metrics), rung=group.rung)
+        # a lone promotion run below the top rung is that rung's screen (README: k x that rung's noise); a second
+        # look there (rescreen), and every confirmation or top-rung group, however small, faces standard errors
+        screen = group.role == "promote" and group.rung < self.config.top and not group.rescreened
+        nums = self._numbers(list(zip(group.metrics, group.gpus)), group.rung, screen)
         nums.update(group_mean=mean, group_n=len(group.metrics))
         if group.role == "promote" and group.rung < self.config.top:  # an intermediate rung: up again, or out
             if group.failed or mean is None:

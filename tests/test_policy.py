@@ -261,9 +261,9 @@ def test_the_ladder_screens_at_the_cheap_rung_and_promotes_only_the_top_fraction
     assert p.on_result("e4", "promote", "e1", 0, edited(BASE, LR=0.3), "e0", "ok", 0.990, 1).decision == "confirming"
     v = p.on_result("e5", "promote", "e1", 0, edited(BASE, LR=0.3), "e0", "ok", 0.991, 1)
     assert v.decision == "keep" and v.numbers["group_mean"] == pytest.approx(0.9905)
-    # the new best is measured again at the cheap rung before anything more is judged there
+    # the new best is measured again at the cheap rung; until those runs land, the earlier best's stand in there
     assert sorted((s.rung, s.role) for s in v.runs) == [(0, "baseline")] * 3 + [(1, "baseline")]
-    assert not p.ready and p.best_runs == {1: [(0.990, ""), (0.991, "")]}
+    assert p.best_runs == {1: [(0.990, ""), (0.991, "")]} and p.ready and p.mean_at(0) == pytest.approx(2.0)
 
 
 def test_a_promoted_candidate_that_does_not_hold_at_full_scale_is_rejected():
@@ -367,3 +367,79 @@ def test_with_rescreen_a_close_call_at_the_cheap_rung_gets_one_more_run_there():
     assert v.decision == "confirming"
     v = p.on_result("e5", "promote", "e4", 0, edited(BASE, WIDTH=12), "e0", "ok", 2.01, 0)
     assert v.decision == "discard" and not v.runs  # one more run, once
+
+
+# -- regressions ---------------------------------------------------------------------------------
+
+
+def test_after_a_keep_on_a_ladder_screens_are_judged_even_if_the_new_bests_cheap_repeats_never_land():
+    """`ready` looks at the runs a judgement uses (`runs_at`): the earlier best's cheap-rung runs stand in until
+    the new best's land. It looked at the new best's own runs only, so when they all failed it stayed False and a
+    driver holding screens until `ready` waited forever."""
+    p = laddered()
+    a = edited(BASE, LR=0.3)
+    assert p.on_result("e1", "screen", None, 0, a, "e0", "ok", 1.95, 0).decision == "promoted"
+    p.on_result("e2", "promote", "e1", 0, a, "e0", "ok", 0.990, 1)
+    v = p.on_result("e3", "promote", "e1", 0, a, "e0", "ok", 0.991, 1)
+    assert v.decision == "keep" and p.ready
+    for i, s in enumerate(s for s in v.runs if s.rung == 0):  # the new best's cheap repeats all crash
+        p.on_result(f"f{i}", "baseline", s.group, 1, a, "e1", "crash", None, 0)
+    assert p.ready and p.mean_at(0) == pytest.approx(2.0)
+    v = p.on_result("e9", "screen", None, 1, edited(a, WIDTH=12), "e1", "ok", 1.9, 0)
+    assert v.decision == "promoted" and v.numbers["best_mean"] == pytest.approx(2.0)
+
+
+def test_on_a_mixed_cluster_each_confirmation_run_is_judged_on_its_own_gpu_model():
+    """The best ran on two H100s and one A100. A candidate worse on both models was kept: the mean of its H100 and
+    A100 runs was compared with the best's A100 run alone (the model of the group's last run)."""
+    p = Policy(PolicyConfig(), "min")
+    p.start(BASE, "e0")
+    for m, gpu in ((0.900, "H100"), (0.910, "H100"), (1.000, "A100")):
+        p.on_result("b", "baseline", "e0", 0, BASE, None, "ok", m, None, gpu)
+    worse = edited(BASE, LR=0.3)
+    assert p.on_result("e1", "screen", None, 0, worse, "e0", "ok", 0.880, None, "H100").decision == "screened"
+    p.on_result("e2", "confirm", "e1", 0, worse, "e0", "ok", 0.915, None, "H100")  # 0.010 worse than the H100 mean
+    v = p.on_result("e3", "confirm", "e1", 0, worse, "e0", "ok", 1.010, None, "A100")  # 0.010 worse than the A100 run
+    assert v.decision == "reject" and v.numbers["gain"] == pytest.approx(-0.010)
+    # the reference weighs each H100 run 1/4 and the A100 run 1/2: its variance is 2/16 + 1/4 of noise²
+    assert v.numbers["threshold"] == pytest.approx(2.0 * p.noise() * math.sqrt(1 / 2 + 3 / 8))
+    # better on both models: kept
+    better = edited(BASE, WIDTH=12)
+    assert p.on_result("e4", "screen", None, 0, better, "e0", "ok", 0.880, None, "H100").decision == "screened"
+    p.on_result("e5", "confirm", "e4", 0, better, "e0", "ok", 0.880, None, "H100")
+    v = p.on_result("e6", "confirm", "e4", 0, better, "e0", "ok", 0.980, None, "A100")
+    assert v.decision == "keep" and v.numbers["gain"] == pytest.approx(0.0225)
+
+
+def test_a_confirmation_of_one_run_faces_k_confirm_standard_errors_not_the_screens_bar():
+    """With --confirm-runs 1, a lone confirmation run (or a lone top-rung promotion run) was judged by the screen's
+    k x noise, since the bar was inferred from n == 1; it is a mean of one run: k_confirm standard errors."""
+    p = started(PolicyConfig(confirm_runs=1, max_confirm_runs=1))
+    noise, cand = p.noise(), edited(BASE, LR=0.3)
+    gain = 1.5 * noise  # above the screen's k x noise, below 2 standard errors of one run against three
+    v = p.on_result("e3", "screen", None, 0, cand, "e0", "ok", p.best_mean - gain)
+    assert v.decision == "screened" and v.numbers["threshold"] == pytest.approx(noise)
+    v = p.on_result("e4", "confirm", "e3", 0, cand, "e0", "ok", p.best_mean - gain)
+    assert v.decision == "reject" and v.numbers["threshold"] == pytest.approx(2 * noise * math.sqrt(1 + 1 / 3))
+    # the same at the top rung of a ladder
+    p = laddered(PolicyConfig(rungs=2, promote_fraction=0.5, confirm_runs=1, max_confirm_runs=1))
+    assert p.on_result("e1", "screen", None, 0, cand, "e0", "ok", 1.95, 0).decision == "promoted"
+    v = p.on_result("e2", "promote", "e1", 0, cand, "e0", "ok", p.best_mean - 1.5 * p.noise(1), 1)
+    assert v.decision == "reject" and v.numbers["threshold"] == pytest.approx(2 * p.noise(1) * math.sqrt(1 + 1 / 3))
+
+
+def test_a_rebase_that_leaves_only_a_seed_change_is_refused_like_a_conflict():
+    """Made from v0 and changing only SEED, a stale candidate passes a check against the newer best v1 (the diff
+    also undoes v1's change); re-applied onto v1 it is a seed change alone. The merge was never checked."""
+    p = started()
+    a = edited(BASE, LR=0.3)
+    p.on_result("a", "screen", None, 0, a, "e0", "ok", 0.990)
+    p.on_result("a1", "confirm", "a", 0, a, "e0", "ok", 0.990)
+    assert p.on_result("a2", "confirm", "a", 0, a, "e0", "ok", 0.990).decision == "keep"
+    seed_only = edited(BASE, SEED=7)
+    assert p.check_proposal(p.files_at(1), seed_only) is None  # against the best: looks like a real change
+    assert p.check_proposal(p.files_at(0), seed_only)  # against the version it was made from: refused
+    assert p.files_at(2) is None
+    v = p.on_result("s", "screen", None, 0, seed_only, "e0", "ok", 0.994)
+    assert v.decision == "conflict" and not v.runs and "s" not in p.groups
+    assert "merged onto the current best" in v.numbers["reason"] and "seeds or the evaluation" in v.numbers["reason"]

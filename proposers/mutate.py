@@ -89,7 +89,7 @@ def mutate_value(knob: Knob, rng: random.Random) -> object:
         return rng.choice(others)
     if isinstance(v, int):
         if abs(v) >= 16:
-            return v * 2 if rng.random() < 0.5 else max(1, v // 2)
+            return v * 2 if rng.random() < 0.5 else int(v / 2)  # halved toward zero: the sign stays (-100 -> -50)
         step = rng.choice((-1, 1))
         new = v + step
         if v > 0 and new < 1:  # keep positive counts positive

@@ -16,6 +16,7 @@ LR = 3e-4            # learning rate
 WIDTH = 256
 DEPTH = 4
 NEG = -0.5
+IGNORE_INDEX = -100
 BETA2 = 0.95
 USE_BIAS = False
 ACT = "relu"         # choices: relu, gelu, silu
@@ -34,7 +35,7 @@ def proposals(source: str, n: int, seed: int = 0):
 
 def test_knobs_found_and_protected_names_skipped():
     names = {k.name for k in find_knobs("train.py", SOURCE)}
-    assert names == {"LR", "WIDTH", "DEPTH", "NEG", "BETA2", "USE_BIAS", "ACT"}
+    assert names == {"LR", "WIDTH", "DEPTH", "NEG", "IGNORE_INDEX", "BETA2", "USE_BIAS", "ACT"}
 
 
 def test_edits_are_applicable_varied_and_touch_only_literals():
@@ -67,6 +68,7 @@ def test_values_move_sensibly():
     assert values["WIDTH"] <= {256, 512, 128}
     assert all(d >= 1 for d in values["DEPTH"]) and values["DEPTH"] - {4} <= {3, 5}
     assert all(v < 0 for v in values["NEG"])
+    assert values["IGNORE_INDEX"] - {-100} == {-200, -50}  # large negative integers keep their sign when halved
     assert values["ACT"] <= {"relu", "gelu", "silu"} and len(values["ACT"]) == 3
     assert len(values["LR"]) > 3 and all(0 < v < 1e-3 for v in values["LR"])
     assert len(values["BETA2"]) > 3 and all(0.5 < v < 1 for v in values["BETA2"])  # never past 1

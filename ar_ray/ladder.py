@@ -12,7 +12,7 @@ import math
 import re
 
 from ar_ray.config import ConfigError
-from ar_ray.scale import Scale
+from ar_ray.scale import Scale, reserved_knob
 
 KNOB = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EXAMPLE = "write rungs like 60,300 or budget_tokens=100000,budget_tokens=400000"
@@ -39,6 +39,8 @@ def _parse_rung(rung: str, number: int) -> Scale:
             name, value = (x.strip() for x in item.split("=", 1))
             if not KNOB.match(name) or not value:
                 raise ConfigError(f"--ladder: {item!r} is not NAME=VALUE (e.g. depth=12)")
+            if why := reserved_knob(name):
+                raise ConfigError(f"--ladder: {why}")
             if name in knobs:
                 raise ConfigError(f"--ladder: rung {rung.strip()!r} sets {name} twice; give each knob once per rung")
             if name == "budget_tokens" and not _positive(_number(value)):

@@ -18,6 +18,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+]", "_", str(text))
 
 
+# Knobs ar-ray sets itself for every run (AR_<NAME>): a scale may not set them (name -> what to use instead).
+RESERVED_KNOBS = {"seed": "repeats set the seed", "run_dir": "", "result_file": "", "experiment_id": "",
+                  "budget_seconds": "give a budget in seconds instead", "threads": "use --cpus-per-trainer",
+                  "timeout_seconds": "use --timeout"}
+
+
+def reserved_knob(name: str) -> str | None:
+    """Why a knob name cannot be used, or None: ar-ray sets it, or it is budget_tokens in other letters."""
+    if name.lower() in RESERVED_KNOBS:
+        why = RESERVED_KNOBS[name.lower()]
+        return f"knob {name!r} is set by ar-ray itself" + (f": {why}" if why else "")
+    if name.lower() == "budget_tokens" and name != "budget_tokens":
+        return f"write the knob {name!r} as budget_tokens (lower case), the name ar-ray reads token budgets by"
+    return None
+
+
 SHORT = {"depth": "d", "budget_tokens": "tok"}  # the GPT knobs, short in ids and plot labels
 
 

@@ -34,7 +34,7 @@ import pandas as pd
 from ar_ray.codehash import code_hash
 from ar_ray.config import RunConfig
 from ar_ray.ledger import RUN_FILE, Ledger
-from ar_ray.scale import Scale, ScaleError, _slug
+from ar_ray.scale import Scale, ScaleError, _slug, reserved_knob
 from ar_ray.scale import as_scale as _as_scale
 from ar_ray.target import Target, load_target
 from ar_ray.types import Candidate, Proposal, Result
@@ -46,8 +46,6 @@ TICK = 0.5
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+]*$")
 KNOB = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # set by the trainer itself: a knob of the same name would fight it
-RESERVED_KNOBS = {"seed": "repeats set the seed", "run_dir": "", "result_file": "", "experiment_id": "",
-                  "budget_seconds": "use --budgets (seconds) instead", "threads": "use --cpus-per-trainer"}
 FIT_PNG, GAIN_PNG, SWEEP_JSON = "sweep_fit.png", "sweep_gain.png", "sweep.json"
 
 
@@ -96,9 +94,8 @@ class SweepSpec:
                 if not KNOB.match(k):
                     raise SweepError(f"knob name {k!r} must be a valid environment variable suffix (letters, digits, _), "
                                      f"passed to the run as AR_{k.upper()}")
-                if k.lower() in RESERVED_KNOBS:
-                    why = RESERVED_KNOBS[k.lower()]
-                    raise SweepError(f"knob {k!r} is set by ar-ray itself" + (f": {why}" if why else ""))
+                if why := reserved_knob(k):
+                    raise SweepError(why)
             if s.budget_seconds is not None and not s.budget_seconds > 0:
                 raise SweepError(f"budgets must be positive seconds, got {s.budget_seconds:g}")
         labels = [s.label for s in grid]

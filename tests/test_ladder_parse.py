@@ -58,6 +58,9 @@ def test_accepted_ladders(text, scales):
     ("budget_tokens=4e5:depth=12,budget_tokens=100000:depth=12",
      "rung 'budget_tokens=100000:depth=12' is cheaper than rung 'budget_tokens=4e5:depth=12' before it"),
     ("60:budget_tokens=400,60:budget_tokens=100", "rung '60:budget_tokens=100' is cheaper"),
+    ("60:seed=3,300", "--ladder: knob 'seed' is set by ar-ray itself: repeats set the seed"),
+    ("60,budget_seconds=300", "--ladder: knob 'budget_seconds' is set by ar-ray itself"),
+    ("BUDGET_TOKENS=100,BUDGET_TOKENS=400", "write the knob 'BUDGET_TOKENS' as budget_tokens (lower case)"),
     ("300:budget_tokens=400,60:budget_tokens=100", "rung '60:budget_tokens=100' is cheaper"),
 ])
 def test_bad_ladders_say_what_to_write(text, message):

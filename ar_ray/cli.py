@@ -52,6 +52,14 @@ def main():
     """ar-ray: autonomous ML research on a Ray cluster."""
 
 
+def _fractions(flag: str, text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of fractions, e.g. 0.5,0.75",
+                                 param_hint=flag) from None
+
+
 @main.command()
 @click.option("--target", type=click.Path(file_okay=False), default=None, help="Target folder (default: the bundled GPT target).")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None, help="Where the ledger and logs go (default: runs/<time>).")
@@ -105,6 +113,13 @@ def main():
 @click.option("--rescreen", is_flag=True,
               help="With --ladder: a close call at a cheap rung (above half the bar) gets one more run there before "
                    "it is dropped; more real gains when the cheap rung is a poor proxy (docs/BENCHMARKS.md).")
+@click.option("--prune", is_flag=True,
+              help="Stop a new candidate whose training loss is clearly worse than the best's at the same point of the "
+                   "budget (needs the target's progress_pattern); its trainer moves on to the next candidate.")
+@click.option("--prune-at", default="0.5,0.75", show_default=True,
+              help="--prune checkpoints, as fractions of the budget.")
+@click.option("--prune-margin", type=float, default=0.05, show_default=True,
+              help="--prune stops a run whose loss is above the best's by more than this fraction.")
 @click.option("--sandbox", type=click.Choice(["auto", "bwrap", "none"]), default="auto", show_default=True,
               help="Confine candidate code with bubblewrap; auto falls back to limits and watchdogs where it cannot run.")
 @click.option("--max-processes", type=int, default=None, help="Processes a run may have at once (default 512).")
@@ -115,7 +130,7 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
         trainers, gpus_per_trainer, cpus_per_trainer,
         queue_depth, max_experiments, time_limit, budget, budget_tokens, timeout, run_command, metric, metric_pattern, direction,
         acceptance, baseline_repeats, confirm_runs, max_confirm_runs, k, k_confirm, sanity_gain, seed, keep_files, sandbox,
-        max_processes, disk_quota_gb, max_memory_gb, ladder, promote_fraction, rescreen):
+        max_processes, disk_quota_gb, max_memory_gb, ladder, promote_fraction, rescreen, prune, prune_at, prune_margin):
     """Run the research loop: propose, train, keep what improves."""
     from ar_ray.progress import Progress
     from ar_ray.run import execute
@@ -148,7 +163,8 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
                        seed=seed, keep_files=keep_files, target_overrides=overrides, acceptance=acceptance,
                        baseline_repeats=baseline_repeats, confirm_runs=confirm_runs, max_confirm_runs=max_confirm_runs, k=k, k_confirm=k_confirm, sanity_gain=sanity_gain,
                        sandbox=sandbox, sandbox_limits=limits, ladder=ladder, promote_fraction=promote_fraction,
-                       rescreen=rescreen)
+                       rescreen=rescreen, prune=prune, prune_at=_fractions("--prune-at", prune_at),
+                       prune_margin=prune_margin)
     console = Console()
     console.print(f"run dir: {run_dir}")
     if stored.get("config"):
@@ -185,7 +201,8 @@ def _stored_run(run_dir: str) -> dict:
 def print_summary(console: Console, s: dict) -> None:
     head = "interrupted" if s["interrupted"] else "finished"
     console.print(f"\n[bold]{head}[/bold] after {fmt_seconds(s['elapsed_seconds'])}: {s['experiments']} experiments, "
-                  f"{s['kept']} kept, {s['failed']} failed, {s['skipped']} skipped, {s['infra']} infrastructure retries")
+                  f"{s['kept']} kept, {s['failed']} failed, " + (f"{s['pruned']} pruned, " if s.get('pruned') else "")
+                  + f"{s['skipped']} skipped, {s['infra']} infrastructure retries")
     console.print(f"best {s['metric']}: [bold green]{fmt_metric(s['best_metric'])}[/bold green] "
                   f"({s['best_experiment'] or 'baseline'}, version {s['best_version']})")
     if s.get("transfer"):

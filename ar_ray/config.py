@@ -58,6 +58,9 @@ class RunConfig:
     ladder: str | None = None  # promotion ladder rungs, cheapest first (ar_ray/ladder.py), e.g. "60,300"
     promote_fraction: float = 0.25
     rescreen: bool = False  # a close call at a cheap rung gets one more run there
+    prune: bool = False  # stop new candidates clearly worse than the best at the same progress (ar_ray/pruning.py)
+    prune_at: tuple[float, ...] = (0.5, 0.75)  # checkpoints, fractions of the budget
+    prune_margin: float = 0.05  # how much worse (relative training loss) before a run is stopped
     sandbox: str = "auto"  # auto | bwrap | none (trainers/sandbox.py)
     sandbox_limits: dict = field(default_factory=dict)  # Sandbox fields: max_processes, disk_quota_gb, ...
 
@@ -98,6 +101,7 @@ class RunConfig:
         if not 0 < self.promote_fraction <= 1:
             raise ConfigError(f"--promote-fraction must be in (0, 1], got {self.promote_fraction}")
         self.scales()
+        self.prune_rule()
         if not self.run_dir:
             raise ConfigError("no run dir: pass --run-dir")
         return self
@@ -124,6 +128,15 @@ class RunConfig:
                             confirm_runs=self.confirm_runs, max_confirm_runs=self.max_confirm_runs, k=self.k, k_confirm=self.k_confirm, sanity_gain=self.sanity_gain,
                             rungs=max(1, len(self.scales())), promote_fraction=self.promote_fraction,
                             rescreen=self.rescreen)
+
+    def prune_rule(self):
+        """The early-stopping rule (None without --prune)."""
+        from ar_ray.pruning import PruneRule
+        try:
+            rule = PruneRule(tuple(self.prune_at), self.prune_margin)
+        except ValueError as e:
+            raise ConfigError(f"--prune-at / --prune-margin: {e}") from None
+        return rule if self.prune else None
 
     def scales(self):
         from ar_ray.ladder import parse_ladder

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from ar_ray import edits, rows
+from ar_ray import edits, pruning, rows
 from ar_ray.codehash import code_hash
 from ar_ray.journal import Journal
 from ar_ray.ledger import Ledger
@@ -42,7 +42,8 @@ class Counters:
     ran: int = 0  # new candidates run (follow-up runs not counted)
     runs: int = 0  # every run on a trainer
     kept: int = 0
-    failed: int = 0  # ran but did not produce a metric
+    failed: int = 0  # ran but did not produce a metric (pruned runs not counted)
+    pruned: int = 0  # stopped early: clearly worse than the best at the same progress (--prune)
     skipped: int = 0  # never ran: invalid, duplicate, proposer error
     infra: int = 0  # trainer or proposer lost; work re-queued
     cost_usd: float = 0.0  # proposer spend (LLM tokens)
@@ -83,7 +84,8 @@ class Driver:
     def __init__(self, target: Target, ledger: Ledger, run_id: str, trainers: list, proposers: list, policy: Policy,
                  *, queue_depth: int, max_experiments: int | None = None, time_limit: float | None = None,
                  seed: int = 0, budget_seconds: float | None = None, max_skipped_in_a_row: int = 200,
-                 max_cost: float | None = None, scales: tuple[Scale, ...] = (), on_event=None):
+                 max_cost: float | None = None, scales: tuple[Scale, ...] = (), prune: pruning.PruneRule | None = None,
+                 on_event=None):
         self.target, self.ledger, self.run_id, self.policy = target, ledger, run_id, policy
         self.journal = Journal(ledger.dir.parent)
         self.trainers, self.proposers = trainers, proposers
@@ -93,6 +95,7 @@ class Driver:
         self.scales = scales or (Scale(),)  # rung -> budget and knobs; one rung without a ladder
         self.timeouts = Timeouts(target.timeout_seconds, target.budget_tokens)  # learns from the best's runs
         self.gpu_models: dict[int, str] = {}  # trainer index -> its GPU model, from its results
+        self.prune, self.references = prune, pruning.References()  # the best's training curves, per scale
         self.max_skipped_in_a_row, self.max_cost = max_skipped_in_a_row, max_cost
         self.on_event = on_event or (lambda kind, driver, row: None)
         self.started_at = time.time()
@@ -102,11 +105,13 @@ class Driver:
         self.proposing: dict = {}  # ref -> proposer index
         self.running: dict = {}  # ref -> Flight
         self.free = list(range(len(trainers)))
+        self.down: dict[tuple[str, int], tuple[float, int]] = {}  # (kind, index) of a lost actor -> (next ping, tries)
+        self.pings: dict = {}  # ref -> (kind, index): is a lost actor back?
         self.seen: set[str] = set()  # code hashes tried, queued or in flight
         self.history: collections.deque[Attempt] = collections.deque(maxlen=HISTORY)
         self.versions: dict[int, str | None] = {0: None}  # best version -> experiment that made it
         self.best = Baseline(version=0, files=target.read_editable())
-        self.seeds: collections.Counter = collections.Counter()  # runs per group: each gets its own seed
+        self.seeds: collections.Counter = collections.Counter()  # runs per code hash: each gets its own seed
         self.next_id = 0
         self.pending: list[tuple[Flight, Result]] = []  # landed before the best's metric was known
         self.unwritten: list[dict] = []  # rows of the current round, appended together
@@ -123,23 +128,49 @@ class Driver:
             self.versions[0] = first
             for i, spec in enumerate(self.policy.start(self.best.files, first)):
                 self.followups.append(self._job(spec, experiment_id=first if i == 0 else None))
-        while self.running or self.pending or self._more_to_dispatch():
+        # screens held for a comparison that cannot come once time is out stay in the journal (a resume runs them)
+        while self.running or self._more_to_dispatch() or (self.pending and not self._out_of_time()):
             self._fill_trainers()
             ready = self._wait()
-            landed = [(ref, self.running.pop(ref)) for ref in ready if ref in self.running]
-            self.free += [flight.trainer for _, flight in landed]
-            self.just_freed = len(landed)
+            landed = [(_get(ref), self.running.pop(ref)) for ref in ready if ref in self.running]
+            for out, flight in landed:
+                if isinstance(out, RayActorError):  # a lost trainer gets work again once it answers a ping
+                    self._down("trainer", flight.trainer)
+                else:
+                    self.free.append(flight.trainer)
+                    self.just_freed += 1
             self._fill_trainers()  # freed trainers start on queued work before any bookkeeping
             try:
-                for ref, flight in landed:
-                    self._landed(ref, flight)
+                for out, flight in landed:
+                    self._landed(out, flight)
                 for ref in ready:
                     if ref in self.proposing:
                         self._proposed(ref)
+                    elif ref in self.pings:
+                        self._pinged(ref)
             finally:
                 self._flush()
             self.on_event("tick", self, None)
+        self.record_unused()
         return self.count
+
+    def record_unused(self) -> None:
+        """Proposals queued or answered when the run stops get a row each: their cost was spent (--max-cost)."""
+        done = ray.wait(list(self.proposing), num_returns=len(self.proposing), timeout=0)[0] if self.proposing else []
+        for ref in done:
+            self.proposing.pop(ref)
+            try:
+                p: Proposal = ray.get(ref)
+            except (RayActorError, RayTaskError):
+                continue
+            self.count.cost_usd += p.usage.get("cost_usd", 0.0)
+            self.queue.append(p)
+        while self.queue:
+            p = self.queue.popleft()
+            self._record(rows.proposal_row(self.run_id, self._new_id(), self.versions.get(p.base_version), p,
+                                           self.best.version, self.best.metric, status="unused",
+                                           error="the run stopped before it ran"))
+        self._flush()
 
     def _fill_trainers(self) -> None:
         if self._out_of_time():
@@ -155,9 +186,32 @@ class Driver:
         """Start nothing new; running experiments finish (or are killed by the trainers' stop())."""
         self.stopping = True
 
+    def _down(self, kind: str, i: int) -> None:
+        """An actor failed a call: a restarting actor fails every call at once, so it gets no work until it
+        answers a ping (asked again with a growing pause while it does not)."""
+        tries = self.down.get((kind, i), (0.0, 0))[1]
+        self.down[(kind, i)] = (time.time() + min(30.0, 0.5 * 2 ** tries) if tries else 0.0, tries + 1)
+
+    def _ping_down(self) -> None:
+        asked = set(self.pings.values())
+        for key, (at, _) in list(self.down.items()):
+            if key not in asked and time.time() >= at:
+                kind, i = key
+                self.pings[self.trainers[i].ping.remote() if kind == "trainer" else
+                           self.proposers[i].baseline_version.remote()] = key
+
+    def _pinged(self, ref) -> None:
+        kind, i = self.pings.pop(ref)
+        if isinstance(_get(ref), Exception):
+            return self._down(kind, i)
+        del self.down[(kind, i)]
+        if kind == "trainer":
+            self.free.append(i)
+
     def _wait(self) -> list:
         """Block until something lands (or a tick passes), then take everything that is ready."""
-        refs = list(self.running) + list(self.proposing)
+        self._ping_down()
+        refs = list(self.running) + list(self.proposing) + list(self.pings)
         if not refs:
             time.sleep(TICK)
             return []
@@ -196,21 +250,26 @@ class Driver:
         if not self._may_ask():
             return
         want = self.queue_depth - len(self.queue) - len(self.proposing)
+        if self.max_experiments is not None:  # never pay for proposals that cannot run
+            want = min(want, self.max_experiments - self.count.ran - len(self.queue) - len(self.proposing))
         if want <= 0:
             return
         busy = collections.Counter(self.proposing.values())
+        up = [k for k in range(len(self.proposers)) if ("proposer", k) not in self.down]
         in_flight = [f.job.proposal.description for f in self.running.values()]
-        for _ in range(max(0, want)):
-            i = min(range(len(self.proposers)), key=lambda k: busy[k])
+        for _ in range(max(0, want) if up else 0):
+            i = min(up, key=lambda k: busy[k])
             busy[i] += 1
             self.proposing[self.proposers[i].propose.remote(list(self.history), in_flight, self.best_ref)] = i
 
     def _proposed(self, ref) -> None:
-        self.proposing.pop(ref)
+        i = self.proposing.pop(ref)
         try:
             p: Proposal = ray.get(ref)
         except (RayActorError, RayTaskError) as e:
             # a proposer died (it restarts by itself) or raised: nothing was queued, so nothing is lost
+            if isinstance(e, RayActorError):
+                self._down("proposer", i)
             self.count.infra += 1
             self.on_event("proposer_error", self, {"error": _reason(e)})
             self._skipped_again(f"proposer error: {_reason(e)}", broken=True)
@@ -219,7 +278,8 @@ class Driver:
         self.count.cost_usd += p.usage.get("cost_usd", 0.0)
         if p.status == "ok" and p.edit_hash in self.seen:
             p = dataclasses.replace(p, status="duplicate", error="identical code was already tried or is queued")
-        if p.status == "ok" and (why := self.policy.check_proposal(self.best.files, p.files)):
+        base = self.policy.files_at(p.base_version) or self.best.files  # judged against what it edited
+        if p.status == "ok" and (why := self.policy.check_proposal(base, p.files)):
             p = dataclasses.replace(p, status="integrity", error=why)
         if p.status != "ok":
             self._record(rows.proposal_row(self.run_id, self._new_id(), self.versions.get(p.base_version), p,
@@ -255,25 +315,30 @@ class Driver:
                 job.parent_id = self.versions.get(job.proposal.base_version)
                 self.journal.add(job.experiment_id, {"experiment_id": job.experiment_id,
                                                      "proposal": dataclasses.asdict(job.proposal)})
-            group = job.group or job.experiment_id
-            seed = self.seed + (self.seeds[group] if self.policy.config.acceptance != "greedy" else 0)
-            self.seeds[group] += 1
+            # every run of the same code gets a seed of its own: a new best's repeats must not replay its lucky screen
+            code = job.proposal.edit_hash or code_hash(job.proposal.files)
+            seed = self.seed + (self.seeds[code] if self.policy.config.acceptance != "greedy" else 0)
+            self.seeds[code] += 1
             scale = self.scales[job.rung]
             # a learned limit per scale and GPU model; the best's own runs (which teach it) get the trainer's rule
             learned = (None if job.role == "baseline" or t not in self.gpu_models else
                        self.timeouts.learned((job.rung, self.gpu_models[t]), scale.knobs))
             job.candidate = Candidate(experiment_id=job.experiment_id, base_version=job.proposal.base_version,
                                       files=job.proposal.files, seed=seed, budget_seconds=scale.budget_seconds or self.budget,
-                                      knobs=scale.knobs, timeout_seconds=learned)
+                                      knobs=scale.knobs, timeout_seconds=learned, prune=self._prune_limits(job, t))
             job.dispatched_at = time.time()
             self.count.runs += 1
         self.running[self.trainers[t].run.remote(job.candidate)] = Flight(t, job)
 
-    def _landed(self, ref, flight: Flight) -> None:
-        try:
-            result: Result = ray.get(ref)
-        except (RayActorError, RayTaskError) as e:
-            return self._requeue(flight, _reason(e))
+    def _prune_limits(self, job: Job, trainer: int) -> tuple[tuple[float, float], ...]:
+        """Where a run may be stopped early (--prune): new candidates only; the policy's follow-ups always finish."""
+        if self.prune is None or job.role != "screen":
+            return ()
+        return self.references.limits(self.prune, self.best.version, (job.rung, self.gpu_models.get(trainer)))
+
+    def _landed(self, result: Result | Exception, flight: Flight) -> None:
+        if isinstance(result, Exception):
+            return self._requeue(flight, _reason(result))
         self.gpu_models[flight.trainer] = result.gpu_model
         if result.status == "infra" and not self.stopping:
             return self._requeue(flight, result.error_tail)
@@ -309,7 +374,9 @@ class Driver:
         verdict = self.policy.on_result(r.experiment_id, job.role, job.group, job.proposal.base_version,
                                         job.proposal.files, job.parent_id, r.status, r.metric, job.rung, r.gpu_model)
         if r.status == "ok" and (job.role == "baseline" or verdict.new_best):  # runs of the best teach the time limit
-            self.timeouts.observe((job.rung, r.gpu_model), r.child_seconds)
+            self.timeouts.observe((job.rung, r.gpu_model), r.child_seconds)  # and the curve to prune against
+            self.references.observe(verdict.new_best[0] if verdict.new_best else job.proposal.base_version,
+                                    (job.rung, r.gpu_model), r.curve)
         if verdict.new_best:
             version, files, exp_id, metric = verdict.new_best
             self.best = Baseline(version, files, exp_id, metric)
@@ -319,7 +386,8 @@ class Driver:
         elif self.policy.ready and self.best.metric != self.policy.best_mean:
             self.best = dataclasses.replace(self.best, metric=self.policy.best_mean)  # more repeats of the best
         self.followups.extend(self._job(spec, source=job.proposal) for spec in verdict.runs)
-        self.count.failed += r.status != "ok"
+        self.count.failed += r.status not in ("ok", "pruned")
+        self.count.pruned += r.status == "pruned"
         self.count.by_status[r.status] += 1
         self._record(self._row(flight, r, verdict))
 
@@ -378,6 +446,14 @@ class Driver:
     def _new_id(self) -> str:
         self.next_id += 1
         return f"e{self.next_id - 1:05d}"
+
+
+def _get(ref) -> Result | Exception:
+    """A trainer's answer, or the Ray error in its place (RayActorError: the trainer was lost)."""
+    try:
+        return ray.get(ref)
+    except (RayActorError, RayTaskError) as e:
+        return e
 
 
 def _reason(e: Exception) -> str:

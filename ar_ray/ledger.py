@@ -31,13 +31,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the column `curve`; parts of version 1 are upgraded when a writer opens the ledger
 RUN_FILE = "run.json"  # beside ledger/: the run's id, target, metric and configuration
 FANOUT = 64  # parts of one level merged into one of the next
 PART = re.compile(r"^part-(?P<first>\d{12})-(?P<last>\d{12})-L(?P<level>\d+)\.parquet$")
 
 _ts = pa.timestamp("us", tz="UTC")
 _str_map = pa.map_(pa.string(), pa.string())
+_curve = pa.list_(pa.struct([("progress", pa.float32()), ("loss", pa.float32())]))
 # Typed columns for the summary keys every autoresearch-style target prints; the rest go to `extra`.
 METRIC_COLUMNS = ("val_bpb", "peak_vram_mb", "mfu_percent", "num_steps", "total_tokens_M", "num_params_M",
                   "training_seconds", "total_seconds", "depth")
@@ -88,6 +89,7 @@ SCHEMA = pa.schema([
     ("cost_usd", pa.float64()),
     ("proposer_seconds", pa.float64()),
     ("files", _str_map),  # full editable files, stored for baseline and kept rows only
+    ("curve", _curve),  # (progress 0..1, training loss) read from the log, when the target declares progress_pattern
 ], metadata={"ar_ray_schema_version": str(SCHEMA_VERSION)})
 
 _TIMESTAMPS = {f.name for f in SCHEMA if f.type == _ts}
@@ -123,6 +125,14 @@ def _parts(ledger_dir: Path) -> list[_Part]:
         live.append(q)
         covered_to = q.last
     return live
+
+
+def _version(path: Path) -> int:
+    meta = pq.read_schema(path).metadata or {}
+    try:
+        return int(meta.get(b"ar_ray_schema_version", b"1"))
+    except ValueError:
+        raise LedgerError(f"{path} has a damaged schema version {meta[b'ar_ray_schema_version']!r}") from None
 
 
 def _name(first: int, last: int, level: int) -> str:
@@ -182,6 +192,13 @@ class Ledger:
         for p in self.dir.glob("part-*.parquet"):  # inputs of a merge that finished
             if p not in live_paths:
                 p.unlink()
+        for q in live:  # parts of an older schema get the new columns (null), so plain readers see one schema
+            version = _version(q.path)
+            if version > SCHEMA_VERSION:
+                raise LedgerError(f"{q.path} was written by a newer ar-ray (ledger schema {version}, this one "
+                                  f"writes {SCHEMA_VERSION}); upgrade ar-ray to add to this ledger")
+            if version < SCHEMA_VERSION:
+                _write_part(self.dir, pq.read_table(q.path, schema=SCHEMA), q.path.name)
         self._parts = live
         self._recent: dict[Path, pa.Table] = {}  # level-0 parts written by this process, for the next merge
         self.next_seq = live[-1].last + 1 if live else 0

@@ -38,7 +38,7 @@ def snapshot(driver, state: str = "running") -> dict:
             "best_version": driver.best.version, "noise": driver.policy.noise(),
             "acceptance": driver.policy.config.acceptance, "experiments": c.ran, "max_experiments": driver.max_experiments,
             "runs_done": c.runs - len(driver.running),
-            "kept": c.kept, "failed": c.failed, "skipped": c.skipped, "infra": c.infra,
+            "kept": c.kept, "failed": c.failed, "pruned": c.pruned, "skipped": c.skipped, "infra": c.infra,
             "by_status": dict(c.by_status), "queued": len(driver.queue), "followups": len(driver.followups), "proposing": len(driver.proposing),
             "trainers": len(driver.trainers), "running": sorted(running, key=lambda r: r["trainer"]),
             "throughput_per_hour": 3600 * (c.runs - len(driver.running)) / elapsed if elapsed > 0 else 0.0}
@@ -69,7 +69,8 @@ def render(snap: dict) -> Group:
         f"  runs done {snap['runs_done']}",
         f"  running {len(snap['running'])}/{snap['trainers']}  queued {snap['queued']}+{snap['followups']}",
         f"  noise {fmt_metric(snap['noise'])}",
-        f"  kept {snap['kept']}  failed {snap['failed']}  skipped {snap['skipped']}  infra {snap['infra']}",
+        f"  kept {snap['kept']}  failed {snap['failed']}" + (f"  pruned {snap['pruned']}" if snap.get("pruned") else "")
+        + f"  skipped {snap['skipped']}  infra {snap['infra']}",
         f"   elapsed {fmt_seconds(snap['elapsed'])}  eta {fmt_seconds(snap['eta'])}",
     )
     parts = [head]

@@ -43,6 +43,7 @@ def result_row(run_id: str, parent_id: str | None, p: Proposal, c: Candidate, r:
         "queue_seconds": max(0.0, dispatched_at - p.created_at), "run_seconds": r.child_seconds,
         "overhead_seconds": r.overhead_seconds, "returncode": r.returncode, "log_path": r.log_path,
         "files": c.files if decision in ("keep", "baseline") else None,
+        "curve": list(r.curve) or None,
     })
     return row
 

@@ -66,12 +66,15 @@ def restore(driver: Driver, run_dir: str) -> None:
         return
     rows = table.select(["experiment_id", "decision", "status", "role", "edit_hash", "best_version", "metric",
                          "files", "cost_usd", "budget_seconds", "knobs", "gpu_model", "gain", "group_mean", "group_n",
-                         "run_seconds"]).to_pylist()
+                         "run_seconds", "seed", "curve"]).to_pylist()
     journal = [e["experiment_id"] for e in Journal(run_dir).entries()]
     ids = [int(x[1:]) for x in [r["experiment_id"] for r in rows] + journal if x[1:].isdigit()]
     driver.next_id = max(ids) + 1 if ids else 0
-    driver.seen.update(r["edit_hash"] for r in rows if r["edit_hash"])
+    driver.seen.update(r["edit_hash"] for r in rows if r["edit_hash"] and r["status"] != "unused")
     ran = [r for r in rows if r["decision"] != "skip"]
+    for r in ran:  # the seeds each code has used: a repeat never replays one
+        if r["edit_hash"] and r["seed"] is not None:
+            driver.seeds[r["edit_hash"]] = max(driver.seeds[r["edit_hash"]], r["seed"] - driver.seed + 1)
     driver.count.ran = sum(r["role"] == "screen" for r in ran)
     driver.count.runs = len(ran)
     driver.count.kept = sum(r["decision"] == "keep" for r in ran)
@@ -111,6 +114,11 @@ def restore(driver: Driver, run_dir: str) -> None:
                           best_runs, spread, rung_gains)
     driver.versions.update({v: e for v, (_, e) in versions.items()})
     driver.best = Baseline(best["best_version"], files, best["experiment_id"], driver.policy.best_mean)
+    for r in ran:  # the best's curves: what --prune compares new candidates with
+        if r["status"] == "ok" and r["edit_hash"] == code and r["curve"]:
+            rung = rung_of(driver.scales, r["budget_seconds"], dict(r["knobs"] or []), default_budget)
+            driver.references.observe(best["best_version"], (rung, r["gpu_model"] or ""),
+                                      tuple((c["progress"], c["loss"]) for c in r["curve"]))
     driver.followups.extend(driver._job(spec) for spec in driver.policy.missing_repeats())
 
 
@@ -118,6 +126,10 @@ def execute(config: RunConfig, on_event=None) -> dict:
     """Run (or resume) one research run to its end; returns the summary."""
     config.check()
     target = load_target(config.target, **config.target_overrides)
+    if config.prune and not target.progress_pattern:
+        raise ConfigError(f"--prune reads each run's training curve from its log, and target {target.name!r} declares no "
+                          "progress_pattern; add one to its ar-ray.toml (a regex with groups loss and progress or percent, "
+                          "e.g. progress_pattern = 'loss (?P<loss>\\S+) .* (?P<percent>[\\d.]+)% done'), or leave out --prune")
     run_id, previous = prepare_run_dir(config)
     run_dir = Path(config.run_dir).resolve()
     if previous is None:
@@ -141,7 +153,7 @@ def execute(config: RunConfig, on_event=None) -> dict:
                         queue_depth=config.queue_depth or (p.trainers + config.proposers),
                         max_experiments=config.max_experiments, time_limit=config.time_limit, seed=config.seed,
                         budget_seconds=config.budget_seconds, max_skipped_in_a_row=config.max_skipped_in_a_row, max_cost=config.max_cost,
-                        scales=config.scales(), on_event=on_event)
+                        scales=config.scales(), prune=config.prune_rule(), on_event=on_event)
         if previous:
             restore(driver, str(run_dir))
             driver.requeue_journal()
@@ -210,6 +222,10 @@ def _run_until_done(driver: Driver, trainers: list) -> bool:
     except KeyboardInterrupt:
         driver.stop()
         stop_trainers(trainers)
+        try:
+            driver.record_unused()
+        except KeyboardInterrupt:  # pressed again: what is appended stays; only the console misses some rows
+            pass
         return True
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -219,7 +235,7 @@ def summary(count: Counters, driver: Driver, interrupted: bool) -> dict:
     elapsed = time.time() - driver.started_at
     return {
         "run_id": driver.run_id, "interrupted": interrupted, "elapsed_seconds": elapsed,
-        "experiments": count.ran, "kept": count.kept, "failed": count.failed, "skipped": count.skipped,
+        "experiments": count.ran, "kept": count.kept, "failed": count.failed, "pruned": count.pruned, "skipped": count.skipped,
         "infra": count.infra, "by_status": dict(count.by_status), "cost_usd": count.cost_usd,
         "cost_per_kept": count.cost_usd / count.kept if count.kept else None,
         "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id,

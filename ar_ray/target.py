@@ -22,6 +22,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ar_ray.pruning import compile_pattern
 from ar_ray.timeouts import Timeouts
 
 CONFIG_NAME = "ar-ray.toml"
@@ -47,6 +48,7 @@ class Target:
     metric: str = "val_bpb"
     metric_pattern: str = DEFAULT_PATTERN
     direction: str = "min"
+    progress_pattern: str | None = None  # a log line's progress and training loss: the curve (--prune, ar_ray/pruning.py)
     budget_seconds: float | None = 300.0
     cpu_budget_seconds: float | None = None  # the budget on trainers without a GPU (None: budget_seconds)
     budget_tokens: int | None = None
@@ -142,6 +144,8 @@ FIELDS = {
     "metric": (_is_str, "a string", 'metric = "val_bpb"'),
     "metric_pattern": (_is_str, "a regular expression", "metric_pattern = '^val_bpb:\\s*(\\S+)'"),
     "direction": (_is_str, "'min' or 'max'", 'direction = "min"'),
+    "progress_pattern": (_is_str, "a regular expression with groups loss and progress (or percent)",
+                         "progress_pattern = 'loss (?P<loss>\\S+) .* (?P<percent>[\\d.]+)% done'"),
     "budget_seconds": (_is_number, "a positive number of seconds", "budget_seconds = 300"),
     "cpu_budget_seconds": (_is_number, "a positive number of seconds", "cpu_budget_seconds = 20"),
     "timeout_seconds": (_is_number, "a positive number of seconds", "timeout_seconds = 660"),
@@ -238,6 +242,11 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
         raise TargetError(f"metric_pattern {pattern!r} is not a valid regular expression: {e}") from None
     if compiled.groups < 1:
         raise TargetError(f"metric_pattern {pattern!r} needs one capture group around the number, e.g. '^val_bpb:\\s*(\\S+)'")
+    if decl.get("progress_pattern"):
+        try:
+            compile_pattern(decl["progress_pattern"])
+        except ValueError as e:
+            raise TargetError(str(e)) from None
     command = decl.pop("command", "{python} " + shlex.quote(editable[0]))
     check_command("command", command)
     if decl.get("setup"):

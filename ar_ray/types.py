@@ -10,8 +10,9 @@ import time
 from dataclasses import dataclass, field
 
 # Outcome of one attempt. The first group never reached a trainer.
-PROPOSAL_STATUSES = ("invalid_edit", "duplicate", "integrity", "proposer_error")
-RUN_STATUSES = ("ok", "crash", "timeout", "oom", "diverged", "no_metric", "metric_mismatch", "tampered", "limit", "infra")
+PROPOSAL_STATUSES = ("invalid_edit", "duplicate", "integrity", "proposer_error", "unused")  # unused: the run stopped first
+RUN_STATUSES = ("ok", "crash", "timeout", "oom", "diverged", "no_metric", "metric_mismatch", "tampered", "limit", "pruned",
+                "infra")
 STATUSES = PROPOSAL_STATUSES + RUN_STATUSES
 
 # What the driver did with it.
@@ -71,6 +72,7 @@ class Candidate:
     budget_seconds: float | None = None  # None: the target's budget
     knobs: dict[str, str] = field(default_factory=dict)  # scale knobs, passed as AR_<NAME> env vars
     timeout_seconds: float | None = None  # the hard timeout; None: the trainer applies `timeouts` alone
+    prune: tuple[tuple[float, float], ...] = ()  # (progress, highest training loss allowed there): ar_ray/pruning.py
 
 
 @dataclass(frozen=True)
@@ -92,3 +94,4 @@ class Result:
     child_seconds: float = 0.0  # wall time of the training child itself
     budget_seconds: float | None = None  # the wall-clock budget the trainer applied (CPU and GPU budgets differ)
     overhead_seconds: float = 0.0  # trainer-side work outside the child (materialize, parse, verify)
+    curve: tuple[tuple[float, float], ...] = ()  # (progress, training loss) from the log, when the target has a pattern

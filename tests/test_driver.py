@@ -180,6 +180,8 @@ def test_confirm_mode_end_to_end_on_a_noisy_target(ray_local, tmp_path):
     assert real.decision == "screened" and real.gain > real.threshold
     assert set(group.role) == {"screen", "confirm"} and len(group) == 3 and group.seed.nunique() == 3
     assert group.decision.iloc[-1] == "keep" and group.group_n.iloc[-1] == 2
+    # no run of the same code replays a seed: the new best's repeat does not re-run its lucky screen
+    assert ran[ran.edit_hash == real.edit_hash].seed.is_unique
     assert summary["kept"] == 1 and summary["best_version"] == 1
     # the new best got its third run, and the neutral change was never kept
     assert ((ran.role == "baseline") & (ran.base_version == 1)).sum() == 1
@@ -327,3 +329,40 @@ def test_bad_edits_early_on_do_not_stop_the_run(ray_local, tmp_path, monkeypatch
                             proposer=SCRIPT, proposer_options={"script": script})
     assert (df.status == "invalid_edit").sum() >= 12
     assert df[(df.role == "screen") & (df.decision != "skip")].description.tolist() == ["LR 0.4"]
+
+
+def test_proposals_are_asked_only_for_experiments_that_can_run(ray_local, tmp_path, monkeypatch):
+    summary, df, _, seen = run(tmp_path, monkeypatch, sleep=0.05, max_experiments=3, proposers=1, queue_depth=4,
+                               trainers=1, proposer=SCRIPT, proposer_options={"cost": 0.1},
+                               probe=lambda d: {"proposed": d.count.proposed})
+    assert summary["experiments"] == 3 and seen["proposed"] == 3  # a queue of 4 would have paid for 4
+    assert df.cost_usd.sum() == pytest.approx(summary["cost_usd"]) == pytest.approx(0.3)
+
+
+def test_proposals_left_when_time_runs_out_are_recorded_with_their_cost(ray_local, tmp_path, monkeypatch):
+    summary, df, _, _ = run(tmp_path, monkeypatch, sleep=1.5, time_limit=2.0, proposers=1, queue_depth=3,
+                            trainers=1, proposer=SCRIPT, proposer_options={"cost": 0.1})
+    unused = df[df.status == "unused"]
+    assert len(unused) >= 1 and set(unused.decision) == {"skip"} and (unused.cost_usd == 0.1).all()
+    assert unused.error.str.contains("stopped before it ran").all()
+    assert df.cost_usd.sum() == pytest.approx(summary["cost_usd"])  # every paid proposal is a row
+
+
+def test_a_trainer_that_restarts_gets_work_again_only_once_it_answers(ray_local, tmp_path, monkeypatch):
+    """A restarting actor fails every call at once: the lost run waits for the trainer instead of burning its
+    retries in a few milliseconds and ending as `infra`."""
+    killed = []
+
+    def kill_once(kind, driver, row):
+        if kind == "tick" and not killed and driver.count.ran >= 2 and driver.running:
+            killed.append(next(iter(driver.running.values())).job.experiment_id)
+            ray.kill(driver.trainers[0], no_restart=False)
+
+    make_toy(tmp_path / "target", "[target]\nenv = { TOY_SLEEP = '1.0' }\n")
+    summary = execute(RunConfig(target=str(tmp_path / "target"), run_dir=str(tmp_path / "run"), acceptance="greedy",
+                                trainers=1, proposers=1, max_experiments=3, proposer=SCRIPT), on_event=kill_once)
+    df = ledger.load(tmp_path / "run")
+    assert killed and summary["infra"] >= 1  # the trainer really was lost mid-run
+    lost = df[df.experiment_id == killed[0]]
+    assert list(lost.status) == ["ok"]  # re-run once the trainer was back, under its own id
+    assert "infra" not in set(df.status)

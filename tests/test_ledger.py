@@ -393,3 +393,26 @@ def test_a_failed_background_merge_is_reported_and_loses_nothing(tmp_path, monke
     with pytest.raises(LedgerError, match="No space left on device"):
         led.append(make_row(4))
     assert_readers_agree(tmp_path, 4)
+
+
+def test_parts_of_the_older_schema_are_upgraded_on_open_and_a_newer_one_is_refused(tmp_path):
+    import pyarrow as pa
+    led = Ledger(tmp_path)
+    led.append([make_row(i) for i in range(3)])
+    (old,) = (tmp_path / "ledger").glob("part-*.parquet")
+    v1 = SCHEMA.remove(SCHEMA.get_field_index("curve")).with_metadata({"ar_ray_schema_version": "1"})
+    pq.write_table(pq.read_table(old).select(v1.names).cast(v1), old)  # as ar-ray wrote it before `curve`
+    assert "curve" not in pq.read_schema(old).names
+    led = Ledger(tmp_path)  # a resume opens the writer: the part is rewritten with the new column, rows unchanged
+    assert pq.read_schema(old).metadata[b"ar_ray_schema_version"] == b"2" and "curve" in pq.read_schema(old).names
+    led.append(make_row(3) | {"curve": [(0.5, 3.25), (1.0, 2.5)]})
+    df = load(tmp_path)
+    assert list(df.seq) == [0, 1, 2, 3] and df.curve[:3].isna().all()
+    assert [tuple(p.values()) for p in df.curve[3]] == [(0.5, 3.25), (1.0, 2.5)]
+    assert pl.read_parquet(tmp_path / "ledger" / "*.parquet").height == 4  # plain readers see one schema
+    # a ledger written by a newer ar-ray is left alone
+    v3 = pq.read_table(old).schema.with_metadata({"ar_ray_schema_version": "3"})
+    pq.write_table(pq.read_table(old).cast(v3), old)
+    with pytest.raises(LedgerError, match="newer ar-ray"):
+        Ledger(tmp_path)
+    assert pq.read_schema(old).metadata[b"ar_ray_schema_version"] == b"3"

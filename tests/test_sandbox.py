@@ -261,6 +261,17 @@ def test_a_fake_metric_line_is_caught(bwrap, tmp_path):
     run.assert_contained()
 
 
+@pytest.mark.timeout(60)
+def test_a_result_file_made_a_fifo_is_reported_not_waited_on(bwrap, tmp_path):
+    # a FIFO where the trainer reads the result after the run: reading it would block the trainer for ever
+    train = "import os\nos.mkfifo(os.environ['AR_RESULT_FILE'])\nprint('val_bpb: 1.5')\n"
+    run = Run(tmp_path, train, result_file=True)
+    assert run.result.status == "tampered" and run.result.metric is None
+    assert run.result.error_tail == "the result file is not a regular file: it is a FIFO"
+    assert not os.path.lexists(Path(run.result.log_path).parent / "result.json")  # (reports read it again)
+    run.assert_contained()
+
+
 def test_a_sleeper_ignoring_sigterm_is_killed_at_the_timeout(bwrap, tmp_path):
     train = """
         import os, signal, time

@@ -116,6 +116,27 @@ def test_candidate_knobs_and_budget_reach_the_child(tmp_path):
     assert env["AR_BUDGET_SECONDS"] == "3" and env["AR_DEPTH"] == "4"
 
 
+def test_the_budget_tokens_placeholder_agrees_with_the_env(tmp_path):
+    """A ladder rung's budget_tokens knob wins over the target's budget_tokens, in the command's {budget_tokens}
+    as in AR_BUDGET_TOKENS."""
+    train = """
+        import os, sys
+        print("argv", sys.argv[1:], "env", os.environ.get("AR_BUDGET_TOKENS"))
+        print("val_bpb: 1.0")
+        """
+    target, trainer, _ = toy(tmp_path, train, command="{python} train.py {budget_tokens}", budget_tokens=400000)
+
+    def seen(**kw):
+        res = trainer.run(candidate(target, **kw))
+        assert res.status == "ok", res.error_tail
+        return Path(res.log_path).read_text().splitlines()[0]
+
+    assert seen(knobs={"budget_tokens": "100000"}) == "argv ['100000'] env 100000"  # a cheap rung
+    assert seen() == "argv ['400000'] env 400000"  # no rung: the target's budget
+    target, trainer, _ = toy(tmp_path, train, command="{python} train.py {budget_tokens}")
+    assert seen() == "argv [''] env None"  # no token budget at all
+
+
 # -- 2-6. child outcomes ------------------------------------------------------------------------
 
 def test_crash_error_tail_holds_the_exception(tmp_path):
@@ -227,6 +248,104 @@ def test_missing_command_is_a_crash_naming_it(tmp_path):
     assert res.status == "crash" and res.metric is None and res.returncode == 127
     assert "definitely-not-a-command-xyz" in res.error_tail
     assert "No such file" in res.error_tail
+
+
+# -- 9b. a run that breaks what the trainer reads or removes after it ---------------------------------
+# The run dir is the candidate's to write: whatever it leaves there is its doing, reported as its status,
+# never a hang or an exception (which the driver would take for a lost trainer and run again).
+
+def _run_bounded(trainer, cand, seconds: float = 30):
+    """run() in a thread: a run() that blocks (reading a FIFO) or raises fails the test plainly."""
+    box = {}
+
+    def go():
+        try:
+            box["res"] = trainer.run(cand)
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            box["exc"] = e
+
+    th = threading.Thread(target=go, daemon=True)
+    th.start()
+    th.join(seconds)
+    assert not th.is_alive(), f"run() still blocked after {seconds} s"
+    assert "exc" not in box, f"run() raised instead of reporting a status: {box.get('exc')!r}"
+    return box["res"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("make, what", [("os.mkfifo(f)", "a FIFO"), ("os.symlink(outside, f)", "a symbolic link"),
+                                        ("os.mkdir(f)", "a directory")])
+def test_a_result_file_that_is_not_a_regular_file_is_tampered_not_a_hang(tmp_path, make, what):
+    # (a link to a file outside the run dir that agrees with the metric: the old trainer followed it; a link to
+    # /dev/zero would test the same, but on a trainer that follows links it eats memory until the OOM killer acts)
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text('{"val_bpb": 0.75}')
+    train = f"""
+        import os
+        f, outside = os.environ["AR_RESULT_FILE"], {str(outside)!r}
+        {make}
+        print("val_bpb: 0.75")
+        """
+    target, trainer, mark = toy(tmp_path, train, result_file=True, timeout_seconds=5)
+    res = _run_bounded(trainer, candidate(target))
+    assert res.status == "tampered" and res.metric is None
+    assert res.error_tail == f"the result file is not a regular file: it is {what}"
+    assert sorted(p.name for p in Path(res.log_path).parent.iterdir()) == ["log.txt"]  # (read again by reports)
+    assert marked_pids(mark) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("make, what", [("os.remove(log)", "it is gone"),
+                                        ("os.remove(log); os.mkfifo(log)", "it is now a FIFO"),
+                                        ("os.remove(log); os.symlink(outside, log)", "it is now a symbolic link"),
+                                        ("open(log + '.new', 'w').write('val_bpb: 0.1\\n'); "
+                                         "os.rename(log + '.new', log)", "it is now another file")])
+def test_a_log_removed_or_replaced_is_tampered_not_an_exception(tmp_path, make, what):
+    outside = tmp_path / "elsewhere.txt"  # a log outside the run dir (as above: not /dev/zero)
+    outside.write_text("val_bpb: 0.75\n")
+    train = f"""
+        import os
+        print("val_bpb: 0.75", flush=True)
+        log, outside = os.path.join(os.environ["AR_RUN_DIR"], "log.txt"), {str(outside)!r}
+        {make}
+        """
+    target, trainer, mark = toy(tmp_path, train)
+    res = _run_bounded(trainer, candidate(target))
+    assert res.status == "tampered" and res.metric is None
+    assert res.error_tail.startswith(f"log.txt was removed or replaced by the run: {what}"), res.error_tail
+    log = Path(res.log_path)
+    assert not os.path.lexists(log) or log.is_file() and not log.is_symlink()  # no FIFO or link left behind
+    assert marked_pids(mark) == []
+
+
+def test_folders_the_run_made_read_only_are_still_cleared(tmp_path, monkeypatch):
+    """A non-root trainer cannot empty a folder the run chmod'ed 500; it gives it u+rwx back. (Root needs no
+    permission, so as root the checks a non-root trainer meets are played by a stand-in for os.unlink/rmdir.)"""
+    if os.geteuid() == 0:
+        for name in ("unlink", "rmdir"):
+            real = getattr(os, name)
+
+            def checked(path, *, dir_fd=None, _real=real):
+                parent = os.fstat(dir_fd) if dir_fd is not None else os.stat(os.path.dirname(os.path.abspath(path)))
+                if parent.st_mode & 0o300 != 0o300:
+                    raise PermissionError(13, "Permission denied", path)
+                return _real(path, dir_fd=dir_fd)
+
+            monkeypatch.setattr(os, name, checked)
+    train = """
+        import os
+        os.makedirs("ckpt/inner/deep")
+        open("ckpt/model.bin", "wb").write(b"x")
+        open("ckpt/inner/deep/opt.bin", "wb").write(b"x")
+        os.chmod("ckpt/inner/deep", 0o500)
+        os.chmod("ckpt/inner", 0o500)
+        os.chmod("ckpt", 0o500)
+        print("val_bpb: 0.75")
+        """
+    res = run_toy(tmp_path, train)
+    assert res.status == "ok" and res.metric == 0.75, res.error_tail
+    assert res.error_tail == ""
+    assert sorted(p.name for p in Path(res.log_path).parent.iterdir()) == ["log.txt"]
 
 
 # -- 10. no descendant survives -----------------------------------------------------------------

@@ -2,24 +2,62 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import re
 import signal
+import stat
 from pathlib import Path
+from typing import BinaryIO
 
 TAIL_BYTES = 1 << 20  # the metric and summary are searched in the last MiB of the log
+RESULT_MAX_BYTES = 1 << 20  # a result file is a small JSON object; past this it is not read
 SUMMARY_LINE = re.compile(r"^([A-Za-z_][\w.\-]*):\s+(\S.*?)\s*$")
 OOM = re.compile(r"out of memory|OutOfMemoryError|MemoryError|CUBLAS_STATUS_ALLOC_FAILED|Killed process", re.IGNORECASE)
 DIVERGED = re.compile(r"diverg|\bnan\b|non-finite|not finite", re.IGNORECASE)
 
 
-def read_tail(path: Path, nbytes: int = TAIL_BYTES) -> str:
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        size = f.tell()
-        f.seek(max(0, size - nbytes))
-        return f.read().decode("utf-8", errors="replace")
+class NotRegularFile(OSError):
+    """What a run left where the trainer reads its output is not the regular file it should be; `strerror` says
+    what it is instead ("a FIFO", "a symbolic link", ...)."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a file that a run could have replaced, for reading, trusting nothing about it: a symbolic link is not
+    followed, a FIFO does not block, and anything but a regular file raises NotRegularFile. A missing file raises
+    FileNotFoundError (callers read a bounded amount: the file may be huge)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularFile(errno.ELOOP, "a symbolic link", str(path)) from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotRegularFile(errno.EINVAL, _kind(mode), str(path))
+    return os.fdopen(fd, "rb")
+
+
+def read_tail(path: Path, nbytes: int = TAIL_BYTES, same_as: tuple[int, int] | None = None) -> str:
+    """The last `nbytes` of the log (see open_regular). `same_as`: the (st_dev, st_ino) the log must still have;
+    NotRegularFile when the run put another file in its place."""
+    with open_regular(path) as f:
+        st = os.fstat(f.fileno())
+        if same_as is not None and (st.st_dev, st.st_ino) != same_as:
+            raise NotRegularFile(errno.EINVAL, "another file, not the one the run's output went to", str(path))
+        f.seek(max(0, st.st_size - nbytes))
+        return f.read(nbytes).decode("utf-8", errors="replace")
 
 
 def parse_summary(text: str) -> dict[str, str]:
@@ -96,9 +134,20 @@ def error_tail(text: str, lines: int = 15, *, status: str | None = None, returnc
 
 
 def read_result_file(path: Path, metric: str) -> float | None:
+    """The metric in the result file; None when the file is missing, unreadable, over RESULT_MAX_BYTES or without
+    it. A result file that is not a regular file (a FIFO, a link, ...) raises NotRegularFile."""
     try:
-        return float(json.loads(path.read_text())[metric])
-    except (OSError, ValueError, KeyError, TypeError):
+        with open_regular(path) as f:
+            data = f.read(RESULT_MAX_BYTES + 1)
+    except NotRegularFile:
+        raise
+    except OSError:
+        return None
+    if len(data) > RESULT_MAX_BYTES:
+        return None
+    try:
+        return float(json.loads(data)[metric])
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         return None
 
 

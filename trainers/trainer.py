@@ -15,6 +15,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from ar_ray.timeouts import Timeouts
 from ar_ray.types import Candidate, Result
 from trainers import compile_cache, outcome, sandbox
 from trainers.sandbox import Sandbox
+from trainers.watch import CurveWatch
 
 REAPER = str(Path(__file__).with_name("reaper.py"))
 KEEP_AFTER_RUN = ("log.txt", "result.json")
@@ -78,6 +80,55 @@ def _wait(proc: subprocess.Popen, timeout: float) -> int:
         os.close(fd)
 
 
+ONEXC = "onexc" if sys.version_info >= (3, 12) else "onerror"  # rmtree's error handler (onerror: deprecated in 3.12)
+
+
+def _owner_rwx(path: str) -> None:
+    """Give a directory (never a link's target) u+rwx back: a run may have made its own folders read-only."""
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISDIR(mode) and mode & stat.S_IRWXU != stat.S_IRWXU:
+            os.chmod(path, stat.S_IMODE(mode) | stat.S_IRWXU)
+    except OSError:
+        pass
+
+
+def remove_tree(path: str) -> list[str]:
+    """Remove a file, link or folder tree that a run left, also from folders it made read-only (chmod 500 stops
+    a non-root trainer): on an error the entry's folder, and the entry when it is one, get u+rwx and it is tried
+    once more. Never raises; returns the paths that could not be removed."""
+    stuck: list[str] = []
+    tried: set[str] = set()
+
+    def remove(p: str) -> None:
+        if stat.S_ISDIR(os.lstat(p).st_mode):
+            shutil.rmtree(p, **{ONEXC: retry})
+        else:
+            os.unlink(p)  # (never rmtree on a FIFO: it would open it)
+
+    def retry(_func, p: str, _exc) -> None:
+        if p in tried:
+            stuck.append(p)
+            return
+        tried.add(p)
+        _owner_rwx(os.path.dirname(p))
+        _owner_rwx(p)
+        try:
+            remove(p)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            stuck.append(p)
+
+    try:
+        remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        retry(None, path, e)
+    return stuck
+
+
 class Trainer:
     """Runs candidates one at a time; `status()` answers while a run is in flight."""
 
@@ -125,6 +176,10 @@ class Trainer:
     def stop(self) -> None:
         """Kill the running child (its whole tree); run() then returns status 'infra' (not the candidate's fault)."""
         self._stop.set()
+        self._terminate()
+
+    def _terminate(self) -> None:
+        """TERM the reaper, which TERMs the run's whole tree and KILLs it after the grace period."""
         proc = self._proc
         if proc and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -177,14 +232,16 @@ class Trainer:
             if problem:
                 raise SetupError(problem)
         run_dir = self.work_root / cand.experiment_id
-        if run_dir.exists():  # a re-queued experiment: start clean
-            shutil.rmtree(run_dir)
+        if os.path.lexists(run_dir) and (stuck := remove_tree(str(run_dir))):  # a re-queued experiment: start clean
+            raise OSError(f"cannot clear the run dir of an earlier run of {cand.experiment_id}: {', '.join(stuck[:3])}")
         materialize(self.target, cand.files, run_dir)
         log = run_dir / "log.txt"
+        log.write_bytes(b"")  # made here, so that the file the output goes to is known (_spawn reopens it)
+        log_st = log.stat()
         result_file = run_dir / "result.json"
         budget = cand.budget_seconds or self.target.budget_for(len(self.gpu_ids))
         values = {"run_dir": str(run_dir), "seed": cand.seed, "budget_seconds": budget or "",
-                  "budget_tokens": self.target.budget_tokens or "", "result_file": str(result_file)}
+                  "result_file": str(result_file)}  # (budget_tokens: below, from the child's env)
         env = {"AR_RUN_DIR": str(run_dir), "AR_SEED": str(cand.seed), "AR_RESULT_FILE": str(result_file),
                "AR_EXPERIMENT_ID": cand.experiment_id, "CUDA_VISIBLE_DEVICES": ",".join(map(str, self.gpu_ids))}
         if budget:
@@ -195,33 +252,60 @@ class Trainer:
         timeout = cand.timeout_seconds or Timeouts(self.target.timeout_seconds, self.target.budget_tokens).for_run(
             budget, cand.knobs)
         env["AR_TIMEOUT_SECONDS"] = f"{timeout:g}"
-        argv = distributed(format_command(self.target.command, **values), len(self.gpu_ids))
         env = child_env(self.target, env)
+        # {budget_tokens} says what AR_BUDGET_TOKENS says: a ladder rung's knob wins over the target's budget
+        values["budget_tokens"] = env.get("AR_BUDGET_TOKENS", "")
+        argv = distributed(format_command(self.target.command, **values), len(self.gpu_ids))
         if self._box_mode == "bwrap":  # caches that default to the (read-only) home go to the run's private /tmp
             env = {**sandbox.CACHE_ENV, **env}
         cache_env, writable_cache = compile_cache.for_run(self.target, cand.files, run_dir)
         env.update(cache_env)
         data_before = sandbox.fingerprint(self.target.data, env)
+        watch = CurveWatch(log, self.target.progress_pattern, cand.prune, on_prune=self._terminate) \
+            if self.target.progress_pattern else None
 
         code, timed_out, child_seconds, broken = self._spawn(argv, run_dir, env, log, timeout, confine=True,
-                                                             writable=(writable_cache,) if writable_cache else ())
-        text = outcome.read_tail(log)
+                                                             writable=(writable_cache,) if writable_cache else (),
+                                                             watch=watch)
+        curve = watch.finish() if watch else ()
+        text, log_problem = "", None
+        try:
+            text = outcome.read_tail(log, same_as=(log_st.st_dev, log_st.st_ino))
+        except FileNotFoundError:  # the run's doing (its run dir is its own to write), never a lost trainer
+            log_problem = "log.txt was removed or replaced by the run: it is gone"
+        except outcome.NotRegularFile as e:
+            log_problem = f"log.txt was removed or replaced by the run: it is now {e.strerror}"
+        except OSError as e:
+            log_problem = f"log.txt could not be read after the run: {e.strerror or e}"
         metric = outcome.parse_metric(text, self.target.metric_pattern)
         status = outcome.classify(code, timed_out, text, metric)
         error = ""
         data_changed = sandbox.changed(data_before, sandbox.fingerprint(self.target.data, env))
         if self._stop.is_set():
             status, error = "infra", "stopped by the driver"
+        elif code == -signal.SIGKILL and not timed_out:  # the reaper itself, not the run: Ray is killing this trainer
+            status, error = "infra", "the run's supervisor was killed from outside (the trainer is being stopped or restarted)"
         elif data_changed:
             status, error = "tampered", f"the run changed the target's data: {', '.join(data_changed[:5])}"
+        elif log_problem:
+            status, error = "tampered", log_problem
+        elif watch and watch.reason and status != "ok":  # (a run that finished first keeps its metric)
+            status, error = "pruned", watch.reason
         elif broken or code == 128 + signal.SIGXFSZ or (status == "crash" and "File too large" in text[-4000:]):
             status = "limit"
             error = broken or f"file size limit: the run wrote a file past {self.box.max_file_gb:g} GiB"
         elif status == "ok":
             bad = tampered_files(self.target, run_dir)
-            reported = outcome.read_result_file(result_file, self.target.metric) if self.target.result_file else metric
+            reported, odd = metric, None
+            if self.target.result_file:
+                try:
+                    reported = outcome.read_result_file(result_file, self.target.metric)
+                except outcome.NotRegularFile as e:  # (a FIFO would block the trainer, a link lead outside)
+                    reported, odd = None, f"the result file is not a regular file: it is {e.strerror}"
             if bad:
                 status, error = "tampered", f"read-only files changed by the run: {', '.join(bad)}"
+            elif odd:
+                status, error = "tampered", odd
             elif reported is None or abs(reported - metric) > 1e-6 * max(1.0, abs(reported)):
                 status = "metric_mismatch"
                 error = f"printed {self.target.metric}={metric} but the harness's result file says {reported}"
@@ -229,17 +313,34 @@ class Trainer:
             error = f"killed after the hard timeout of {timeout:.0f} s (--timeout sets it)"
         if status != "ok" and not error:
             error = outcome.error_tail(text, status=status, returncode=code, metric_pattern=self.target.metric_pattern)
-        if not self.keep_files:
-            for p in run_dir.iterdir():
-                if p.name not in KEEP_AFTER_RUN:
-                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        if stuck := self._clear(run_dir):
+            error = (error + "\n" if error else "") + \
+                f"the trainer could not remove {len(stuck)} path(s) the run left: {', '.join(stuck[:3])}"
         t1, m1 = time.time(), time.monotonic()
         return Result(
             experiment_id=cand.experiment_id, status=status, metric=metric if status == "ok" else None,
             metrics=outcome.parse_summary(text), returncode=code, error_tail=error, log_path=str(log),
             trainer=self.name, node=self.node, gpu_model=self.gpu_model, started_at=t0, ended_at=t1,
             child_seconds=child_seconds, overhead_seconds=(m1 - m0) - child_seconds, budget_seconds=budget,
+            curve=curve,
         )
+
+    def _clear(self, run_dir: Path) -> list[str]:
+        """Remove what the run left in its folder but its log and result file (with keep_files, nothing else either).
+        A log or result file that is not a regular file goes in any case: it is read again later (`ar-ray report`).
+        Never raises; returns the paths that could not be removed."""
+        if os.path.islink(run_dir):  # (only an unconfined run can swap its folder for a link: never follow it)
+            return remove_tree(str(run_dir))
+        _owner_rwx(str(run_dir))  # a run may have made its own folder read-only too
+        try:
+            entries = list(os.scandir(run_dir))
+        except OSError:
+            return [] if not os.path.lexists(run_dir) else [str(run_dir)]
+        stuck = []
+        for e in entries:
+            if not (e.is_file(follow_symlinks=False) if e.name in KEEP_AFTER_RUN else self.keep_files):
+                stuck += remove_tree(e.path)
+        return stuck
 
     def _confinement(self, argv: list[str], run_dir: Path, env: dict, verdict_fd: int,
                      writable: tuple[Path, ...] = ()) -> list[str]:
@@ -259,9 +360,11 @@ class Trainer:
         return [*flags, "--", *argv]
 
     def _spawn(self, argv: list[str], cwd: Path, env: dict, log: Path, timeout: float,
-               confine: bool = False, writable: tuple[Path, ...] = ()) -> tuple[int, bool, float, str | None]:
+               confine: bool = False, writable: tuple[Path, ...] = (),
+               watch: CurveWatch | None = None) -> tuple[int, bool, float, str | None]:
         """Run argv under the reaper with output to `log`; returns (exit code, timed out?, seconds, broken limit).
-        `confine`: a candidate's run (sandboxed, limited); the target's own setup command is trusted."""
+        `confine`: a candidate's run (sandboxed, limited); the target's own setup command is trusted.
+        `watch`: reads the log while the run goes (its curve; it may prune the run)."""
         read_fd, write_fd = os.pipe() if confine else (None, None)
         rest = self._confinement(argv, cwd, env, write_fd, writable) if confine else ["--", *argv]
         with open(log, "wb") as out:
@@ -276,6 +379,8 @@ class Trainer:
             self._proc = proc
             if self._stop.is_set():  # stop() arrived while the run dir was being written
                 proc.send_signal(signal.SIGTERM)
+            if watch:
+                watch.start()
             timed_out = False
             try:
                 code = _wait(proc, timeout)

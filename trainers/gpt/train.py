@@ -270,7 +270,7 @@ def main():
           f"vocab {vocab_size} seq {seq_len} | {tokens_per_step} tok/step (accum {grad_accum}) | "
           f"budget {f'{budget_s:.0f}s' if budget_s else f'{budget_tokens} tokens'}", flush=True)
 
-    step, tokens, train_time, progress, last_log = 0, 0, 0.0, 0.0, 0.0
+    step, tokens, train_time, progress, next_log, smooth = 0, 0, 0.0, 0.0, 0.0, 0.0
     t_loop = time.time()
     diverge_bound = 3 * math.log(vocab_size)
     while progress < 1:
@@ -295,16 +295,17 @@ def main():
             sys.exit(1)
         step += 1
         tokens += tokens_per_step
+        smooth = 0.9 * smooth + 0.1 * loss_value  # an EMA of the loss, debiased below
         if step > prepare.UNTIMED_STEPS:
             train_time += time.time() - t0
         elif step == prepare.UNTIMED_STEPS:
             print(f"startup {t_loop - T_START:.1f}s | untimed first {step} steps (compile, warm-up) "
                   f"{time.time() - t_loop:.1f}s", flush=True)
         progress = tokens / budget_tokens if budget_tokens else train_time / budget_s
-        if train_time - last_log >= (5 if device == "cpu" else 15) or step == 1:
-            last_log = train_time
-            print(f"step {step:05d} | loss {loss_value:.4f} | lr x{lrm:.2f} | "
-                  f"{tokens_per_step / (time.time() - t0):,.0f} tok/s | {100 * min(progress, 1):.0f}% done", flush=True)
+        if progress >= next_log or step == 1:  # every 2 % of the budget: the curve the engine reads (--prune)
+            next_log = progress + 0.02
+            print(f"step {step:05d} | loss {smooth / (1 - 0.9 ** step):.4f} | lr x{lrm:.2f} | "
+                  f"{tokens_per_step / (time.time() - t0):,.0f} tok/s | {100 * min(progress, 1):.1f}% done", flush=True)
 
     val_bpb = prepare.evaluate_bpb(fwd, batch_size=device_batch, device=device)
     if not math.isfinite(val_bpb):

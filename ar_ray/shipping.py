@@ -15,12 +15,17 @@ the package (or with an old one) run exactly the driver's code. Notes on Ray 2.6
   worker's sys.path, ahead of py_modules: a driver started in a checkout (cluster.yaml mounts one at the same
   path on every node) would make each node import its own, possibly stale, copy. A tiny placeholder
   working_dir turns that off; workers then start in its unpacked copy instead of the raylet's directory.
+  That placeholder is itself first on the workers' sys.path, so it must be private to this user: see
+  placeholder_working_dir.
 """
 
 from __future__ import annotations
 
+import atexit
 import fnmatch
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -91,14 +96,74 @@ def package_runtime_env(existing: dict | None = None, max_bytes: int = MAX_BYTES
     return env
 
 
-def placeholder_working_dir() -> str:
-    """A directory holding one small fixed file (so one upload, content-addressed, serves every run)."""
-    d = Path(tempfile.gettempdir()) / f"ar-ray-workdir-{os.getuid()}"
+PLACEHOLDER_TEXT = "ar-ray: placeholder working_dir, so Ray workers import the shipped py_modules (ar_ray/shipping.py)\n"
+_fallback_dir: str | None = None
+
+
+def placeholder_working_dir(root: str | os.PathLike | None = None) -> str:
+    """A private directory holding one small fixed file (so one upload, content-addressed, serves every run).
+
+    Ray ships this directory to every node and puts it FIRST on the workers' PYTHONPATH, so anything in it (a
+    numpy.py, say) is imported by every worker. It is therefore never a guessable shared path such as
+    /tmp/ar-ray-workdir-<uid>, which another local user could create first: it is `workdir` in the user's own
+    cache folder (~/.cache/ar-ray, or `root`), created mode 700, and refused (ShippingError, naming what to
+    delete) unless it is a real directory owned by this user, writable by no one else, holding only README.
+    Where the cache folder cannot be written (a read-only or missing home), a fresh private mkdtemp serves.
+    """
+    try:
+        base = Path(root) if root is not None else Path.home() / ".cache" / "ar-ray"
+        base.mkdir(parents=True, exist_ok=True)
+        d = base / "workdir"
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+    except (OSError, RuntimeError):  # RuntimeError: Path.home() found no home
+        if root is not None:
+            raise
+        return _private_tempdir()
+    _check_private(d)
     f = d / "README"
-    text = "ar-ray: placeholder working_dir, so Ray workers import the shipped py_modules (ar_ray/shipping.py)\n"
-    if not f.is_file() or f.read_text() != text:
-        d.mkdir(exist_ok=True)
-        tmp = d / f".README.{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, f)
+    if not f.exists() or f.read_text() != PLACEHOLDER_TEXT:
+        fd, tmp = tempfile.mkstemp(prefix=".workdir-README.", dir=base)  # beside d, so d never holds it
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(PLACEHOLDER_TEXT)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, f)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return str(d)
+
+
+def _check_private(d: Path) -> None:
+    st = os.lstat(d)
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(st.st_mode):
+        problem = "is not a directory"
+    elif st.st_uid != os.getuid():
+        problem = f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+    elif extra := sorted(set(os.listdir(d)) - {"README"}):
+        problem = f"holds files other than its README: {', '.join(extra[:5])}"
+    elif os.path.lexists(d / "README") and not stat.S_ISREG(os.lstat(d / "README").st_mode):
+        problem = "has a README that is not a plain file"
+    else:
+        return
+    raise ShippingError(f"the placeholder working_dir {d} {problem}. Ray ships it to every node, first on the "
+                        f"workers' PYTHONPATH, so ar-ray will not use it: check what is in it, delete it "
+                        f"(rm -r {d}) and run again; ar-ray recreates it.")
+
+
+def _private_tempdir() -> str:
+    """A fresh mkdtemp (mode 700, an unguessable name) holding the README, made once per process."""
+    global _fallback_dir
+    if _fallback_dir is None:
+        d = tempfile.mkdtemp(prefix="ar-ray-workdir-")
+        Path(d, "README").write_text(PLACEHOLDER_TEXT)
+        atexit.register(shutil.rmtree, d, ignore_errors=True)
+        _fallback_dir = d
+    return _fallback_dir

@@ -7,7 +7,10 @@ runtime-resources dir (the unpacked upload), not from this checkout, and what th
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import ar_ray
 import proposers
 import trainers
 from ar_ray import cluster as cluster_mod
+from ar_ray import shipping
 from ar_ray.shipping import EXCLUDES, ShippingError, package_runtime_env
 
 REPO = Path(ar_ray.__file__).resolve().parent.parent
@@ -38,6 +42,80 @@ def test_runtime_env_lists_packages_and_excludes():
     # a placeholder working_dir (keeps Ray from putting the driver's cwd before py_modules), unless one is given
     assert sorted(os.listdir(env["working_dir"])) == ["README"]
     assert package_runtime_env({"working_dir": "/somewhere"})["working_dir"] == "/somewhere"
+
+
+def test_placeholder_working_dir_is_private(tmp_path):
+    """The placeholder is first on every worker's PYTHONPATH: it lives in the user's own cache, mode 700, not at
+    a fixed /tmp path another user could create first, and is reused across calls (one upload serves all)."""
+    d = shipping.placeholder_working_dir()
+    assert Path(d) == Path.home() / ".cache" / "ar-ray" / "workdir"
+    assert Path(d) != Path(tempfile.gettempdir()) / f"ar-ray-workdir-{os.getuid()}"  # the old, guessable one
+    assert shipping.placeholder_working_dir() == d
+    st = os.lstat(d)
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+    assert os.listdir(d) == ["README"] and Path(d, "README").read_text() == shipping.PLACEHOLDER_TEXT
+
+    # a fresh root: made, and a stale README rewritten, without a temporary file left inside the folder
+    root = tmp_path / "cache"
+    d = shipping.placeholder_working_dir(root)
+    Path(d, "README").write_text("old")
+    assert shipping.placeholder_working_dir(root) == d == str(root / "workdir")
+    assert os.listdir(d) == ["README"] and Path(d, "README").read_text() == shipping.PLACEHOLDER_TEXT
+
+
+@pytest.mark.parametrize("plant", ["foreign file", "group writable", "other writable", "symlink", "readme link"])
+def test_planted_placeholder_working_dir_is_refused(tmp_path, plant):
+    """A folder someone else prepared (with a numpy.py inside, writable by all, or a link elsewhere) is not
+    shipped: the error names the folder to delete."""
+    root = tmp_path / "cache"
+    d = root / "workdir"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "README").write_text(shipping.PLACEHOLDER_TEXT)
+    root.mkdir()
+    if plant == "symlink":
+        d.symlink_to(elsewhere)
+    else:
+        d.mkdir(mode=0o700)
+        (d / "README").write_text(shipping.PLACEHOLDER_TEXT)
+    if plant == "foreign file":
+        (d / "numpy.py").write_text("print('owned')\n")
+    elif plant == "group writable":
+        d.chmod(0o770)
+    elif plant == "other writable":
+        d.chmod(0o777)
+    elif plant == "readme link":
+        (d / "README").unlink()
+        (d / "README").symlink_to(elsewhere / "README")
+    with pytest.raises(ShippingError, match=rf"placeholder working_dir {re.escape(str(d))} .*rm -r {re.escape(str(d))}"):
+        shipping.placeholder_working_dir(root)
+    # once deleted, the normal path works again
+    if d.is_symlink() or not d.is_dir():
+        d.unlink()
+    else:
+        shutil.rmtree(d)
+    assert shipping.placeholder_working_dir(root) == str(d) and os.listdir(d) == ["README"]
+
+
+def test_placeholder_working_dir_owned_by_someone_else_is_refused(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    (root / "workdir").mkdir(parents=True, mode=0o700)
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(root).st_uid + 1)  # as if another user had made it
+    with pytest.raises(ShippingError, match="is owned by uid"):
+        shipping.placeholder_working_dir(root)
+
+
+def test_placeholder_working_dir_without_a_writable_home(monkeypatch):
+    """No usable cache folder (a read-only or missing home): a fresh private mkdtemp, made once per process."""
+    monkeypatch.setattr(shipping, "_fallback_dir", None)
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: Path("/proc/ar-ray-no-home")))
+    d = shipping.placeholder_working_dir()
+    try:
+        assert shipping.placeholder_working_dir() == d and Path(d).name.startswith("ar-ray-workdir-")
+        assert Path(d) != Path(tempfile.gettempdir()) / f"ar-ray-workdir-{os.getuid()}"
+        assert not os.stat(d).st_mode & 0o077 and os.listdir(d) == ["README"]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_too_big_names_the_big_files():

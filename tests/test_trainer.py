@@ -17,7 +17,7 @@ import pytest
 
 from helpers_targets import SLEEPER_FN, alive, candidate, make_target, marked_pids, new_mark, ppid_of, wait_for
 from trainers.sandbox import Sandbox
-from trainers.trainer import SetupError, Trainer
+from trainers.trainer import SetupError, Trainer, is_secret_name
 
 pytestmark = pytest.mark.timeout(60)
 # These tests are about the trainer's own mechanics, and their toys talk to the test through files in tmp_path:
@@ -100,6 +100,39 @@ def test_ok_summary_metric_fields_cleanup_and_env(tmp_path, monkeypatch):
     assert env["AR_TEST_HARMLESS"] == "passes-through"  # the filter is not "drop everything"
     assert "OPENAI_API_KEY" not in env and "RAY_AUTH_TOKEN" not in env
     assert not any("must-not-leak" in v for v in env.values())
+
+
+def test_keys_named_without_a_marker_do_not_reach_the_child(tmp_path, monkeypatch):
+    """A key in a variable such as VLLM_KEY (the README's api_key_env example) is scrubbed like OPENAI_API_KEY:
+    candidate code is LLM-written and its log tail goes back into the ledger and the prompts."""
+    for name in ("VLLM_KEY", "OPENROUTER_KEY", "vllmKey", "MY_KEY_FILE"):
+        monkeypatch.setenv(name, f"{name}-must-not-leak")
+    monkeypatch.setenv("MY_SETTING", "passes-through")
+    monkeypatch.setenv("KEYBOARD_LAYOUT", "us")  # KEY is only part of a word: not a secret
+    dump = tmp_path / "env.json"
+    train = f"""
+        import json, os
+        json.dump(dict(os.environ), open({str(dump)!r}, "w"))
+        print("val_bpb: 1.0")
+        """
+    res = run_toy(tmp_path, train)
+    assert res.status == "ok", res.error_tail
+    env = json.loads(dump.read_text())
+    assert not {"VLLM_KEY", "OPENROUTER_KEY", "vllmKey", "MY_KEY_FILE"} & set(env)
+    assert not any("must-not-leak" in v for v in env.values())
+    assert env["MY_SETTING"] == "passes-through" and env["KEYBOARD_LAYOUT"] == "us"
+    assert env["PATH"] == os.environ["PATH"]
+
+
+@pytest.mark.parametrize("name,secret", [
+    ("VLLM_KEY", True), ("OPENROUTER_KEY", True), ("KEY", True), ("MY_KEY_FILE", True), ("OPENAI_APIKEY", True),
+    ("SERVICE_KEYS", True), ("OPENAI_KEY2", True), ("vllm_key", True), ("vllmKey", True), ("my-key", True),
+    ("OPENAI_API_KEY", True), ("HF_TOKEN", True), ("DB_PASSWORD", True), ("AWS_PROFILE", True),
+    ("PATH", False), ("MY_SETTING", False), ("HOME", False), ("CUDA_VISIBLE_DEVICES", False),
+    ("MONKEY", False), ("KEYBOARD_LAYOUT", False), ("KEYRING_BACKEND", False), ("TURNKEY", False),
+])
+def test_is_secret_name(name, secret):
+    assert is_secret_name(name) is secret
 
 
 def test_candidate_knobs_and_budget_reach_the_child(tmp_path):

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -34,6 +35,21 @@ REAPER = str(Path(__file__).with_name("reaper.py"))
 KEEP_AFTER_RUN = ("log.txt", "result.json")
 # Never handed to a candidate: it is code an LLM wrote.
 SECRET_MARKERS = ("API_KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AWS_", "GOOGLE_APPLICATION", "AZURE_")
+# Besides the markers above (matched anywhere in the upper-cased name), KEY as a word of the name: the name is
+# split into words at every character other than a letter or digit and at camelCase humps ("vllmKey" ->
+# vllm, Key), and a word KEY, KEYS or APIKEY(S), optionally followed by digits (KEY2), marks a secret. So
+# VLLM_KEY, OPENROUTER_KEY, KEY, OPENAI_APIKEY, MY_KEY_FILE, SSL_KEY_PATH, GPG_KEY and vllmKey are scrubbed;
+# MONKEY, KEYBOARD_LAYOUT, KEYRING_BACKEND and TURNKEY are not (KEY is only part of a longer word there).
+_KEY_WORD = re.compile(r"(?:API)?KEYS?[0-9]*")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable of this name is kept from a candidate's child (see SECRET_MARKERS)."""
+    upper = name.upper()
+    if any(m in upper for m in SECRET_MARKERS):
+        return True
+    words = re.split(r"[^A-Z0-9]+", re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).upper())
+    return any(_KEY_WORD.fullmatch(w) for w in words)
 
 
 class SetupError(RuntimeError):
@@ -41,7 +57,7 @@ class SetupError(RuntimeError):
 
 
 def child_env(target: Target, extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not any(m in k.upper() for m in SECRET_MARKERS)}
+    env = {k: v for k, v in os.environ.items() if not is_secret_name(k)}
     env.update(target.env)
     env.update(extra)
     env["PYTHONUNBUFFERED"] = "1"  # the log shows progress as it happens

@@ -160,19 +160,26 @@ def lineage(df: pd.DataFrame, direction: str = "min") -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     t = when(df)
     parts = []
+    alias: dict = {}  # ids a later row may name as parent_id -> the node they stand for
     base = _rows(df, (df["role"] == "baseline") & df["parent_id"].isna(), ["group_id", "experiment_id", "metric", "files"])
     if len(base):
-        first = base.iloc[0]
-        settled = df["best_metric"].dropna()
-        root = first["group_id"] if isinstance(first["group_id"], str) else first["experiment_id"]
+        root, first, top = _root_of(base)
+        settled = df["best_metric"].dropna()  # the policy's best: at the top rung of a ladder
+        metric = settled.iloc[0] if len(settled) else top["metric"].iloc[0] if len(top) else math.nan
         parts.append(pd.DataFrame([{
             "node": root, "parent": None, "experiment_id": root, "version": 0, "time": t.loc[first.name],
-            "metric": settled.iloc[0] if len(settled) else first["metric"], "proposer": "baseline",
+            "metric": metric, "proposer": "baseline",
             "description": "the target as shipped", "files": first["files"] if isinstance(first["files"], dict) else None}]))
+        # every run of the unmodified target stands for version 0: a ladder's lower-rung groups (X-r0, ...), and
+        # whichever of its runs a resumed driver took as version 0's id
+        alias.update(dict.fromkeys([*base["experiment_id"].astype(object), *base["group_id"].dropna().astype(object)], root))
     keep = df["decision"] == "keep"
     keeps = _rows(df, keep, ["parent_id", "experiment_id", "best_version", "best_metric", "metric", "files"])
     if len(keeps):
         org = origin(df, keep)
+        # a resumed driver names a kept version by the row that kept it, which in confirm mode is not the group
+        alias.update(zip(keeps["experiment_id"].astype(object), org["group"].astype(object)))
+        alias.update(zip(org["group"].astype(object), org["group"].astype(object)))
         parts.append(pd.DataFrame({
             "node": org["group"], "parent": keeps["parent_id"], "experiment_id": keeps["experiment_id"],
             "version": keeps["best_version"], "time": t.loc[keeps.index],
@@ -183,6 +190,8 @@ def lineage(df: pd.DataFrame, direction: str = "min") -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
     out["version"] = out["version"].astype("Int64")
+    out["parent"] = pd.Series([alias.get(p, p) if isinstance(p, str) else None for p in out["parent"]],
+                              index=out.index, dtype=object)
     metric_of = dict(zip(out["node"], out["metric"]))
     out["parent_metric"] = out["parent"].map(metric_of)
     out["improvement"] = _sign(direction) * (out["parent_metric"] - out["metric"])
@@ -194,6 +203,22 @@ def lineage(df: pd.DataFrame, direction: str = "min") -> pd.DataFrame:
         node = node if isinstance(node, str) else None
     out["on_best_path"] = out["node"].isin(on_path)
     return out[cols]
+
+
+_RUNG_SUFFIX = re.compile(r"-r\d+$")  # a ladder's lower-rung baseline groups: X-r0, X-r1, ... (ar_ray.policy.start)
+
+
+def _root_of(base: pd.DataFrame) -> tuple[str, pd.Series, pd.DataFrame]:
+    """(version 0's node id, the row that stands for it, the runs of its top-rung group) from the runs of the
+    unmodified target. With a promotion ladder the top rung's group is named by its first run (group_id ==
+    experiment_id) and the lower rungs' groups X-r0, X-r1, ...; proposals name X as their parent. The cheap
+    rungs finish first, so the first row is no guide: X is the top group, or a lower group's name without -rN
+    while no top-rung run has landed yet."""
+    gid = base["group_id"].astype(object).where(base["group_id"].notna(), base["experiment_id"].astype(object))
+    named = base[gid == base["experiment_id"].astype(object)]
+    root = str(gid[named.index[0]]) if len(named) else _RUNG_SUFFIX.sub("", str(gid.iloc[0]))
+    top = base[gid == root]
+    return root, (top.iloc[0] if len(top) else base.iloc[0]), top
 
 
 def _root_baselines(df: pd.DataFrame) -> pd.DataFrame:

@@ -99,6 +99,11 @@ def export_git(run_dir: str | os.PathLike, branch: str, repo: str | os.PathLike 
     path = A.best_path(df, info["direction"])
     if path.empty:
         raise GitExportError(f"{run_dir} has no finished baseline yet: nothing to export")
+    if path["version"].iloc[0] != 0:
+        # without the unmodified target first, the first commit would also hold every difference between the
+        # branch's start and the target as the run started from it
+        raise GitExportError(f"the best's history in {run_dir} does not reach the unmodified target (it starts at "
+                             f"{path['node'].iloc[0]}, version {path['version'].iloc[0]}); cannot rebuild it as commits")
     missing = [n for n, f in zip(path["node"], path["files"]) if not isinstance(f, dict)]
     if missing:
         raise GitExportError(f"the ledger holds no files for {', '.join(missing)}; cannot rebuild their code")

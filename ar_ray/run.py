@@ -147,7 +147,7 @@ def execute(config: RunConfig, on_event=None) -> dict:
         os.makedirs(work_root, exist_ok=True)
         trainers = cluster.start_trainers(p, target, work_root, run_id, config.keep_files, config.box())
         proposers = cluster.start_proposers(config, target, run_id, gpus=p.gpus > 0)
-        ray.get([t.ping.remote() for t in trainers] + [q.baseline_version.remote() for q in proposers])
+        cluster.wait_started(trainers, proposers, p=p)  # placed and constructed, or a StartupError naming who is not
         confinement = check_sandbox(trainers, on_event)
         driver = Driver(target, ledger, run_id, trainers, proposers, Policy(config.policy(), target.direction),
                         queue_depth=config.queue_depth or (p.trainers + config.proposers),

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+# above this fraction of failed bootstrap refits, the fit reports no interval (ci_method "unavailable")
+MAX_FAILED_BOOTSTRAP = 0.1
 
 
 def flops(num_params_M, total_tokens_M):
@@ -53,6 +55,8 @@ class PowerLawFit:
     rmse: float  # root mean squared residual in loss units
     bootstrap: int  # bootstrap replicates that produced a fit
     ci_method: str  # "within-scale" (repeats resampled per point), "residual" (no repeats anywhere), "none"
+    #                 (bootstrap=0 or no replicate fitted), "unavailable" (too many replicates failed: NaN intervals)
+    bootstrap_failed: int = 0  # replicates that gave no usable fit (skipped; see `fit_power_law`)
 
     def predict(self, compute):
         """Loss the fit expects at `compute` FLOPs (scalar or array)."""
@@ -64,8 +68,13 @@ class PowerLawFit:
         return asdict(self)
 
     def describe(self) -> str:
-        return (f"L = {self.E:.4g} + {self.A:.3g} * C^-{self.alpha:.4g}  (95% CI: alpha {_ci(self.alpha_ci)}, "
-                f"E {_ci(self.E_ci)}) over {self.n_points} scale points, {self.n_runs} runs, rmse {self.rmse:.3g}")
+        if self.ci_method == "unavailable":
+            ci = (f"95% CI unavailable: {self.bootstrap_failed} of {self.bootstrap + self.bootstrap_failed} "
+                  "bootstrap refits failed")
+        else:
+            ci = f"95% CI: alpha {_ci(self.alpha_ci)}, E {_ci(self.E_ci)}"
+        return (f"L = {self.E:.4g} + {self.A:.3g} * C^-{self.alpha:.4g}  ({ci}) over {self.n_points} scale points, "
+                f"{self.n_runs} runs, rmse {self.rmse:.3g}")
 
 
 def _ci(ci: tuple[float, float]) -> str:
@@ -179,13 +188,26 @@ def fit_power_law(compute, loss, groups=None, bootstrap: int = 1000, seed: int =
     Expect the intervals to be somewhat optimistic with few repeats: on simulated sweeps of 7 points x 4
     repeats they held the true alpha and E about 90 % of the time, not 95 %.
 
+    A replicate whose refit fails (no falling curve, or a result out of float range) is skipped and counted in
+    `bootstrap_failed`; when more than MAX_FAILED_BOOTSTRAP of them fail, the intervals are NaN (`ci_method`
+    "unavailable"), since the failures sit at an extreme and the rest would give too narrow an interval. A
+    replicate with a steep alpha whose A is beyond float range still counts (A's interval then ends at inf).
+
     Raises ValueError for mismatched lengths, non-finite or non-positive values, fewer than 3 distinct
-    compute values (E, A and alpha cannot be told apart), or loss that does not fall with compute."""
+    compute values (E, A and alpha cannot be told apart), loss that does not fall with compute, or a fit
+    that diverges (its A or alpha out of float range)."""
     c, l = _check_runs(compute, loss)
     index = _group_index(groups, c)
     x0 = float(np.log(c).mean())
-    E, logA, alpha, sse = _fit(c, l, x0)
-    E, A, alpha = float(E), math.exp(logA), float(alpha)
+    try:
+        E, logA, alpha, sse = _fit(c, l, x0)
+        E, A, alpha = float(E), math.exp(logA), float(alpha)
+    except ArithmeticError as e:  # e.g. exp(log A) overflows: alpha so steep that A = L * C**alpha is out of range
+        raise ValueError(f"the fit diverged ({e}): these runs do not pin down a power law (the best curve has an "
+                         "extreme alpha); sweep over a wider range of compute or with more repeats") from e
+    if not all(math.isfinite(v) for v in (E, A, alpha, sse)):
+        raise ValueError(f"the fit diverged (E {E:.4g}, A {A:.4g}, alpha {alpha:.4g}): these runs do not pin down a "
+                         "power law; sweep over a wider range of compute or with more repeats")
     rng = np.random.default_rng(seed)
     repeats = any(ix.size > 1 for ix in index)
     fitted = E + np.exp(logA - alpha * np.log(c))
@@ -197,7 +219,7 @@ def fit_power_law(compute, loss, groups=None, bootstrap: int = 1000, seed: int =
         if ix.size > 1:
             centre[ix] = l[ix].mean()
             spread[ix] = (l[ix] - centre[ix]) * math.sqrt(ix.size / (ix.size - 1))
-    draws = []
+    draws, failed = [], 0
     for _ in range(int(bootstrap)):
         if repeats:
             take = np.concatenate([rng.choice(ix, size=ix.size, replace=True) for ix in index])
@@ -205,21 +227,42 @@ def fit_power_law(compute, loss, groups=None, bootstrap: int = 1000, seed: int =
         else:
             cb, lb = c, fitted + rng.choice(resid, size=c.size, replace=True)
         if np.any(lb <= 0):
+            failed += 1
             continue
         try:
             Eb, logAb, alphab, _ = _fit(cb, lb, x0)
-        except ValueError:
+        except (ValueError, ArithmeticError):  # no falling curve in this replicate, or a refit that overflowed
+            failed += 1
             continue
-        draws.append((Eb, math.exp(logAb), alphab))
-    if draws:
+        if not (math.isfinite(Eb) and math.isfinite(logAb) and math.isfinite(alphab)):
+            failed += 1
+            continue
+        # log A, not A: a replicate with a steep alpha has an A beyond float range, yet its E and alpha count
+        draws.append((Eb, logAb, alphab))
+    if draws and failed > MAX_FAILED_BOOTSTRAP * int(bootstrap):
+        # the failed refits are not a random subset (they are the replicates at an extreme), so the percentiles of
+        # the rest would give an interval that is too narrow: better none than a wrong one
+        nan = (math.nan, math.nan)
+        cis = [nan, nan, nan]
+        method = "unavailable"
+    elif draws:
         lo, hi = np.percentile(np.asarray(draws), [2.5, 97.5], axis=0)
-        cis = [(float(lo[k]), float(hi[k])) for k in range(3)]
+        cis = [(float(lo[0]), float(hi[0])), (_exp(lo[1]), _exp(hi[1])), (float(lo[2]), float(hi[2]))]
         method = "within-scale" if repeats else "residual"
     else:
         cis = [(E, E), (A, A), (alpha, alpha)]
         method = "none"
     return PowerLawFit(E=E, A=A, alpha=alpha, E_ci=cis[0], A_ci=cis[1], alpha_ci=cis[2], n_points=len(index),
-                       n_runs=int(c.size), rmse=math.sqrt(sse / c.size), bootstrap=len(draws), ci_method=method)
+                       n_runs=int(c.size), rmse=math.sqrt(sse / c.size), bootstrap=len(draws), ci_method=method,
+                       bootstrap_failed=failed)
+
+
+def _exp(v: float) -> float:
+    """exp, with inf for a log beyond float range (an A interval's end, from a replicate with a steep alpha)."""
+    try:
+        return math.exp(float(v))
+    except OverflowError:
+        return math.inf
 
 
 # ---------------------------------------------------------------------------

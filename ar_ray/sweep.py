@@ -366,7 +366,7 @@ def run_sweep(config: RunConfig, spec: SweepSpec | None, on_row=None, on_event=N
         work_root = str(run_dir / "experiments")
         os.makedirs(work_root, exist_ok=True)
         trainers = cluster.start_trainers(p, target, work_root, run_id, config.keep_files, config.box())
-        ray.get([t.ping.remote() for t in trainers])
+        cluster.wait_started(trainers, p=p)  # placed and constructed, or a StartupError naming who is not
         result["sandbox"] = check_sandbox(trainers, lambda kind, _, data: emit("note", data))
         emit("start", {"total": len(plan_), "todo": len(todo), "already_done": result["already_done"],
                        "trainers": len(trainers)})

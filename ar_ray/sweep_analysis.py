@@ -167,8 +167,10 @@ def analyze(df: pd.DataFrame, run_dir: str | os.PathLike | None = None, *, varia
                     fits[v] = fit
                     entry["fit"] = {**fit.to_dict(), "describe": fit.describe()}
                     entry.update(_fit_quality(g, fit))
-                except ValueError as e:
-                    entry["fit_error"] = str(e)
+                except (ValueError, ArithmeticError) as e:  # ArithmeticError: a fit out of float range
+                    fits.pop(v, None)
+                    entry["fit"] = None
+                    entry["fit_error"] = str(e) or type(e).__name__
             frame = g.rename(columns={"loss": "_loss"})
             ratio = scaling.optimal_tokens_per_param(frame, loss="_loss")
             if ratio is not None:
@@ -243,6 +245,12 @@ def analyze_run(run_dir: str | os.PathLike, bootstrap: int = 1000, plots: bool =
     return analyze(df, run_dir, bootstrap=bootstrap, plots=plots)
 
 
+def _ci_text(ci) -> str:
+    """[lo, hi], with "?" for an end that is not a number (null in sweep.json: infinite or unavailable)."""
+    ends = list(ci) if isinstance(ci, (list, tuple)) and len(ci) == 2 else [None, None]
+    return "[" + ", ".join(f"{x:.4g}" if isinstance(x, (int, float)) and math.isfinite(x) else "?" for x in ends) + "]"
+
+
 def describe(result: dict) -> list[str]:
     """The analysis in lines of text: fits (alpha with its 95 % interval), tokens/param, comparisons."""
     lines = [f"{result['runs']} runs: {result['ok']} ok, {result['failed']} failed"
@@ -257,9 +265,15 @@ def describe(result: dict) -> list[str]:
     for v, e in result["variants"].items():
         if e["fit"]:
             f = e["fit"]
-            lines.append(f"{v}: alpha {f['alpha']:.4g} (95% CI [{f['alpha_ci'][0]:.4g}, {f['alpha_ci'][1]:.4g}]), "
-                         f"E {f['E']:.4g} [{f['E_ci'][0]:.4g}, {f['E_ci'][1]:.4g}], A {f['A']:.4g}; "
-                         f"{f['n_points']} scales, {f['n_runs']} runs, rmse {f['rmse']:.3g}")
+            if f.get("ci_method") == "unavailable":
+                failed = f.get("bootstrap_failed") or 0
+                lines.append(f"{v}: alpha {f['alpha']:.4g}, E {f['E']:.4g}, A {f['A']:.4g} (95% CI unavailable: "
+                             f"{failed} of {failed + (f.get('bootstrap') or 0)} bootstrap refits failed); "
+                             f"{f['n_points']} scales, {f['n_runs']} runs, rmse {f['rmse']:.3g}")
+            else:
+                lines.append(f"{v}: alpha {f['alpha']:.4g} (95% CI {_ci_text(f['alpha_ci'])}), "
+                             f"E {f['E']:.4g} {_ci_text(f['E_ci'])}, A {f['A']:.4g}; "
+                             f"{f['n_points']} scales, {f['n_runs']} runs, rmse {f['rmse']:.3g}")
             if e.get("fit_warning"):
                 lines.append(f"  warning: {e['fit_warning']}")
         else:

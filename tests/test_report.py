@@ -366,3 +366,89 @@ def test_export_git_into_another_repository(tmp_path, known):
     assert git(other, "ls-tree", "-r", "--name-only", "best").split() == ["train.py"]
     with pytest.raises(GitExportError, match="not in a git repository"):
         export_git(known, "best2")  # the run's target is not in a repository and no --repo
+
+
+# ---------------------------------------------------------------------------
+# a promotion ladder's root, and ids a resumed driver gives versions
+# ---------------------------------------------------------------------------
+
+
+V0_LADDER = train(0.7, 8)  # the run started from uncommitted work: not what the repository's HEAD holds
+
+
+def ladder_rows() -> list[dict]:
+    """A 2-rung ladder in confirm mode, as the driver writes it: policy.start names the top rung's baseline group
+    e00000 (its first run) and the cheap rung's e00000-r0; the cheap runs land first. A screen made from version 0
+    (parent e00000) is promoted and kept at the top rung; the new best then gets its runs at the cheap rung."""
+    b = dict(role="baseline", proposer="baseline", status="ok", decision="baseline", files=V0_LADDER,
+             edit_hash="h0", base_version=0, best_version=0)
+    order = [  # (id, fields), in the order the rows land
+        (2, dict(b, group_id="e00000-r0", metric=1.10)),
+        (3, dict(b, group_id="e00000-r0", metric=1.11)),
+        (0, dict(b, group_id="e00000", metric=1.00)),
+        (1, dict(b, group_id="e00000", metric=1.01, best_metric=1.005)),
+        (4, dict(role="screen", proposer="llm-0", status="ok", decision="promoted", parent_id="e00000",
+                 base_version=0, best_version=0, best_metric=1.005, metric=1.05, description="raise lr",
+                 edit_hash="h1")),
+        (5, dict(role="promote", group_id="e00004", proposer="policy", status="ok", decision="keep",
+                 parent_id="e00000", base_version=0, best_version=1, best_metric=0.95, metric=0.95, files=V1,
+                 description="promote of e00004: raise lr", edit_hash="h1")),
+        (6, dict(role="baseline", group_id="e00004-b0", proposer="baseline", status="ok", decision="baseline",
+                 parent_id="e00004", base_version=1, best_version=1, best_metric=0.95, metric=1.02, files=V1,
+                 edit_hash="h1")),
+    ]
+    return [row(i, **{**kw, "ended_at": T0 + k * 600, "started_at": T0 + k * 600 - 100})
+            for k, (i, kw) in enumerate(order)]
+
+
+def test_a_ladder_lineage_starts_at_the_top_rung_baseline(tmp_path):
+    df = load(write_run(tmp_path / "run", ladder_rows()))
+    lin = A.lineage(df)
+    assert list(lin["node"]) == ["e00000", "e00004"] and list(lin["parent"]) == [None, "e00000"]
+    assert lin["on_best_path"].all() and list(A.best_path(df)["node"]) == ["e00000", "e00004"]
+    assert lin["metric"].iloc[0] == 1.005  # the top rung's baseline, not the cheap rung's 1.10
+    assert lin["improvement"].iloc[1] == pytest.approx(0.055)
+    s = A.summary(df, A.run_info(tmp_path / "run", df))
+    assert s["kept_on_best_path"] == 1 and s["baseline_metric"] == 1.005 and s["improvement"] == pytest.approx(0.055)
+    # before any top-rung run has landed, the root is still e00000 (the name proposals use), with no metric yet
+    early = load(write_run(tmp_path / "early", ladder_rows()[:2]))
+    lin = A.lineage(early)
+    assert list(lin["node"]) == ["e00000"] and pd.isna(lin["metric"].iloc[0])
+
+
+def test_a_ladder_exports_its_baseline_commit(tmp_path, repo):
+    run = write_run(tmp_path / "run", ladder_rows(), target=repo / "sub" / "target")
+    head = git(repo, "rev-parse", "HEAD")
+    commits = export_git(run, "ar-ray/best")
+    assert [(c.node, c.version) for c in commits] == [("e00000", 0), ("e00004", 1)]
+    assert git(repo, "rev-parse", "ar-ray/best~2") == head
+    assert git(repo, "show", "ar-ray/best~1:sub/target/train.py") == V0_LADDER["train.py"]
+    assert git(repo, "show", "ar-ray/best:sub/target/train.py") == V1["train.py"]
+    # the kept commit holds only the kept change, not the difference between HEAD and the target as run
+    diff = git(repo, "diff", "ar-ray/best~1", "ar-ray/best", "--", "sub/target/train.py")
+    assert "-LR = 0.7" in diff and "+LR = 0.3" in diff
+
+
+def test_lineage_follows_the_ids_a_resumed_driver_gives_versions(tmp_path):
+    """A resumed driver names version 0 by the first of its runs in the ledger (here e00002, a cheap-rung run) and
+    a kept version by the row that kept it (e00005, not its group e00004): later proposals name those as parents."""
+    rows = [dict(r, parent_id="e00002") if r["experiment_id"] in ("e00004", "e00005") else r for r in ladder_rows()]
+    rows.append(row(8, role="promote", group_id="e00008", proposer="policy", status="ok", decision="keep",
+                    parent_id="e00005", base_version=1, best_version=2, best_metric=0.90, metric=0.90, files=V2,
+                    description="promote of e00008: wider", edit_hash="h8"))
+    df = load(write_run(tmp_path / "run", rows))
+    lin = A.lineage(df)
+    assert list(lin["node"]) == ["e00000", "e00004", "e00008"]
+    assert list(lin["parent"]) == [None, "e00000", "e00004"] and lin["on_best_path"].all()
+    assert lin["improvement"].tolist()[1:] == pytest.approx([0.055, 0.05])
+    assert A.summary(df)["kept_on_best_path"] == 2
+
+
+def test_export_git_refuses_a_history_that_misses_the_baseline(tmp_path, repo):
+    """A kept change whose parent the ledger does not hold: no commit may fold HEAD-vs-target into it."""
+    rows = [dict(r, parent_id="e99999") if r["experiment_id"] in ("e00004", "e00005") else r for r in ladder_rows()]
+    run = write_run(tmp_path / "run", rows, target=repo / "sub" / "target")
+    assert list(A.best_path(load(run))["node"]) == ["e00004"]
+    with pytest.raises(GitExportError, match="does not reach the unmodified target"):
+        export_git(run, "ar-ray/best")
+    assert "ar-ray/best" not in git(repo, "branch", "--list")

@@ -88,6 +88,97 @@ def test_fit_rejects_bad_input(compute, loss, match):
         S.fit_power_law(compute, loss, bootstrap=0)
 
 
+# Found by fuzzing: a bootstrap replicate of these four runs fits a steep alpha, whose A = exp(log A) is beyond
+# float range (this used to raise OverflowError out of the fit, and out of `ar-ray sweep --analyze`).
+STEEP_C = [272008215432445.7, 553464943188196.8, 572515329852248.6, 662494474453519.8]
+STEEP_L = [4.7045, 4.2915, 4.3259, 4.1809]
+
+
+def test_a_replicate_with_a_steep_alpha_does_not_crash_the_fit():
+    fit = S.fit_power_law(STEEP_C, STEEP_L, bootstrap=100)
+    assert fit.ci_method == "residual" and fit.bootstrap + fit.bootstrap_failed == 100
+    assert math.isfinite(fit.A) and math.isfinite(fit.alpha) and math.isfinite(fit.E)
+    assert fit.alpha_ci[0] <= fit.alpha <= fit.alpha_ci[1]
+    assert fit.alpha_ci[1] > 10  # the steep replicates count: four runs over 0.4 decades do not pin alpha down
+    assert fit.A_ci[1] == math.inf  # ... and their A is beyond float range
+    assert "95% CI" in fit.describe()
+
+
+def test_a_diverging_main_fit_is_a_value_error():
+    with pytest.raises(ValueError, match="diverged"):
+        S.fit_power_law([437155125498.1, 851543319609.1244, 886553952828.8069], [4.0479, 2.9802, 2.9898],
+                        bootstrap=0)
+
+
+def test_too_many_failed_refits_make_the_interval_unavailable(monkeypatch):
+    real, calls = S._fit, []
+
+    def flaky(c, l, x0):
+        calls.append(1)
+        if len(calls) > 1 and len(calls) % 3 == 0:
+            raise OverflowError("math range error")
+        return real(c, l, x0)
+
+    monkeypatch.setattr(S, "_fit", flaky)
+    c, l = noisy_runs(seed=0)
+    fit = S.fit_power_law(c, l, bootstrap=60)
+    assert fit.ci_method == "unavailable" and fit.bootstrap_failed == 20 and fit.bootstrap == 40
+    assert all(math.isnan(v) for v in (*fit.alpha_ci, *fit.E_ci, *fit.A_ci))
+    assert "CI unavailable: 20 of 60 bootstrap refits failed" in fit.describe()
+    assert fit.alpha == pytest.approx(ALPHA_TRUE, rel=0.1)  # the point estimate stands
+
+
+def test_fit_fuzz_raises_nothing_but_value_error():
+    """Random small sweeps (fixed seeds): a fit either succeeds with finite point estimates or is a ValueError.
+    Seed 0 gives five sweeps whose bootstrap used to raise OverflowError."""
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        cs = 10 ** rng.uniform(11, 16) * 10 ** np.sort(rng.uniform(0, rng.uniform(0.3, 3), rng.integers(3, 7)))
+        L = rng.uniform(0.5, 2) + rng.uniform(0.2, 3) * (cs / cs[0]) ** -rng.uniform(0.05, 0.8)
+        reps = int(rng.integers(1, 4))
+        c = np.repeat(cs, reps)
+        l = np.repeat(L, reps) + rng.normal(0, rng.uniform(0.001, 0.05), c.size)
+        try:
+            fit = S.fit_power_law(c, l, bootstrap=20, seed=int(rng.integers(1000)))
+        except ValueError:
+            continue
+        assert math.isfinite(fit.E) and math.isfinite(fit.A) and math.isfinite(fit.alpha)
+        assert fit.bootstrap + fit.bootstrap_failed == 20
+        fit.describe()
+
+
+def test_sweep_analysis_survives_a_steep_replicate(tmp_path):
+    from ar_ray import ledger
+    from ar_ray import sweep_analysis as SA
+
+    rows = [{"experiment_id": f"base-c{k}-r0", "group_id": "base", "role": "sweep", "status": "ok", "metric": l,
+             "knobs": {"compute": repr(c)}, "run_id": "x"} for k, (c, l) in enumerate(zip(STEEP_C, STEEP_L))]
+    ledger.Ledger(tmp_path).append(rows)
+    out = SA.analyze(ledger.load(tmp_path), tmp_path, bootstrap=100, plots=False)
+    assert out["error"] is None
+    v = out["variants"]["base"]
+    assert v["fit_error"] is None and v["fit"]["A_ci"][1] is None  # inf is null in sweep.json
+    assert "base: alpha" in "\n".join(SA.describe(out))
+    assert (tmp_path / "sweep.json").stat().st_size > 0
+
+
+def test_sweep_analysis_reports_an_arithmetic_error_as_a_fit_error(tmp_path, monkeypatch):
+    from ar_ray import ledger
+    from ar_ray import sweep_analysis as SA
+
+    def overflow(*a, **k):
+        raise OverflowError("math range error")
+
+    monkeypatch.setattr(SA.scaling, "fit_power_law", overflow)
+    rows = [{"experiment_id": f"base-c{k}-r0", "group_id": "base", "role": "sweep", "status": "ok", "metric": l,
+             "knobs": {"compute": repr(c)}, "run_id": "x"} for k, (c, l) in enumerate(zip(STEEP_C, STEEP_L))]
+    ledger.Ledger(tmp_path).append(rows)
+    out = SA.analyze(ledger.load(tmp_path), bootstrap=10, plots=False)
+    v = out["variants"]["base"]
+    assert v["fit"] is None and v["fit_error"] == "math range error"
+    assert "base: no fit: math range error" in SA.describe(out)
+
+
 def test_t_quantiles():
     assert G.t975(1) == pytest.approx(12.706, abs=1e-3)
     assert G.t975(3) == pytest.approx(3.182, abs=1e-3)

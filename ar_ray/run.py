@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -66,7 +67,7 @@ def restore(driver: Driver, run_dir: str) -> None:
         return
     rows = table.select(["experiment_id", "decision", "status", "role", "edit_hash", "best_version", "metric",
                          "files", "cost_usd", "budget_seconds", "knobs", "gpu_model", "gain", "group_mean", "group_n",
-                         "run_seconds", "seed", "curve"]).to_pylist()
+                         "run_seconds", "seed", "curve", "group_id"]).to_pylist()
     journal = [e["experiment_id"] for e in Journal(run_dir).entries()]
     ids = [int(x[1:]) for x in [r["experiment_id"] for r in rows] + journal if x[1:].isdigit()]
     driver.next_id = max(ids) + 1 if ids else 0
@@ -97,7 +98,10 @@ def restore(driver: Driver, run_dir: str) -> None:
     versions, best = {}, None
     for r in ran:
         if r["decision"] in ("keep", "baseline") and r["files"]:
-            versions.setdefault(r["best_version"], (dict(r["files"]), r["experiment_id"]))
+            # a version is named as the live driver named it: by the group that made it (a confirmation's
+            # deciding row is not the candidate; a ladder's cheap-rung baseline group X-r0 stands for X)
+            made_by = re.sub(r"-r\d+$", "", r["group_id"]) if r["group_id"] else r["experiment_id"]
+            versions.setdefault(r["best_version"], (dict(r["files"]), made_by))
             if r["decision"] == "keep" or best is None:
                 best = r
     if best is None:
@@ -110,10 +114,11 @@ def restore(driver: Driver, run_dir: str) -> None:
             best_runs.setdefault(rung, []).extend((m, gpu) for m in metrics)
     if driver.policy.config.acceptance == "greedy" and best["decision"] == "keep":  # greedy: its one run made it best
         best_runs = {top: [(best["metric"], best["gpu_model"] or "")]}
-    driver.policy.restore(best["best_version"], {v: f for v, (f, _) in versions.items()}, best["experiment_id"],
+    best_id = versions[best["best_version"]][1]
+    driver.policy.restore(best["best_version"], {v: f for v, (f, _) in versions.items()}, best_id,
                           best_runs, spread, rung_gains)
     driver.versions.update({v: e for v, (_, e) in versions.items()})
-    driver.best = Baseline(best["best_version"], files, best["experiment_id"], driver.policy.best_mean)
+    driver.best = Baseline(best["best_version"], files, best_id, driver.policy.best_mean)
     for r in ran:  # the best's curves: what --prune compares new candidates with
         if r["status"] == "ok" and r["edit_hash"] == code and r["curve"]:
             rung = rung_of(driver.scales, r["budget_seconds"], dict(r["knobs"] or []), default_budget)

@@ -207,7 +207,7 @@ class TestCluster:
         def on_event(kind, driver, row):
             if kind == "finished":
                 live.update(best=sorted(driver.policy.best_metrics), spread=driver.policy.spread,
-                            version=driver.best.version)
+                            version=driver.best.version, versions=dict(driver.versions), best_id=driver.best.experiment_id)
 
         cfg = config(tmp_path, target, acceptance="confirm", max_experiments=1, proposers=1, proposer=SCRIPT,
                      proposer_options={"script": [[{"LR": 0.3}, "LR 0.3"]]})
@@ -221,6 +221,9 @@ class TestCluster:
         assert fresh.best.version == 1
         assert sorted(fresh.policy.best_metrics) == live["best"]
         assert fresh.policy.spread == live["spread"]
+        # versions are named as the live run named them (the candidate's group, not its deciding confirmation
+        # row), so proposals made after a resume name the same parent ids
+        assert fresh.versions == live["versions"] and fresh.best.experiment_id == live["best_id"]
 
     def test_node_loss_reruns_the_experiment_elsewhere_once(self, cluster, tmp_path):
         """Runs last in the class: it removes a node. The trainer restarts on a spare node and the

@@ -201,6 +201,21 @@ def _diff_header_path(line: str) -> str:
     return p
 
 
+def _closes_hunk(lines: list[str], i: int) -> bool:
+    """Whether lines[i] is a fence that ends the hunk it is in.
+
+    A fence at column 0 does. An indented one (" ```") is a context line, a docstring's or Markdown's fence,
+    unless no hunk line follows it (then it closes the answer's fence, and is at most trailing context)."""
+    if not _FENCE_RE.match(lines[i]):
+        return False
+    if lines[i][:1] in ("`", "~"):
+        return True
+    for line in lines[i + 1 :]:
+        if line.strip():
+            return not line.startswith((" ", "+", "-", "\\", "@@"))
+    return True
+
+
 def _parse_unified(lines: list[str], known: list[str], default: str | None) -> list[Edit]:
     sections: list[tuple[str, list[str]]] = []  # (path, hunk text lines)
     path: str | None = None
@@ -232,7 +247,7 @@ def _parse_unified(lines: list[str], known: list[str], default: str | None) -> l
             i += 1
             while i < n:
                 l = lines[i]
-                if l.startswith("@@") or _FENCE_RE.match(l) or l.startswith("diff --git"):
+                if l.startswith(("@@", "diff --git")) or _closes_hunk(lines, i):
                     break
                 if l.startswith("--- ") and i + 1 < n and lines[i + 1].startswith("+++ "):
                     break

@@ -145,7 +145,8 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
     if proposer == "llm":
         from proposers.llm_config import LLMConfigError, build_options
         try:
-            options = build_options(model=model, base_url=base_url, api_key_env=api_key_env, config_file=config_file)
+            options = build_options(model=model, base_url=base_url, api_key_env=api_key_env, config_file=config_file,
+                                    max_cost=max_cost)
         except LLMConfigError as e:
             raise click.ClickException(str(e)) from None
     elif model or base_url or api_key_env or config_file:

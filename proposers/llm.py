@@ -8,6 +8,11 @@ One proposal is one conversation with one endpoint (picked by weight):
 3. if any of that fails, the exact reason goes back as the next user turn of the same conversation,
    up to `max_tries` answers; then the proposal fails with status "invalid_edit".
 
+Every request fits `context_tokens` (estimated from characters), the answer's `max_tokens` included: the
+opening prompt's history is trimmed to leave room for the answer and for the repair turns, whose size is
+bounded (a long answer is replayed shortened, a long reason cut). Where the current files alone leave no
+room for an answer, the proposal fails with "proposer_error" before any request.
+
 Each HTTP request goes through the endpoint's shared rate limiter (`proposers.ratelimit`) and is
 bounded by `request_timeout`. 429, 408/409 and 5xx answers, timeouts and connection errors are retried
 here (the client itself is built with max_retries=0, so each retry is counted once) with exponential
@@ -42,7 +47,8 @@ RETRY_STATUSES = {408, 409, 429} | set(range(500, 600))
 MAX_BACKOFF = 60.0  # seconds, before jitter
 MAX_RETRY_AFTER = 120.0  # a server asking for longer is waited on this long, then asked again
 REPLAY_ANSWER_CHARS = 6000  # an unusable answer longer than this is replayed shortened in the next turn
-DEFAULT_COMPLETION_ESTIMATE = 2000  # tokens booked with the rate limiter when max_tokens is not set
+REPAIR_REASON_CHARS = 2500  # a longer reason (an edit error quoting many lines) is cut in the repair turn
+DEFAULT_COMPLETION_ESTIMATE = 2000  # tokens booked (and kept free in the context) when max_tokens is not set
 
 
 @dataclass
@@ -109,8 +115,19 @@ class LLMProposer(ProposerBase):
                          usage: dict) -> tuple[str, dict[str, str]]:
         i = self._pick_endpoint()
         usage.update(prompt_tokens=0, completion_tokens=0, cost_usd=0.0, requests=0, turns=0)
+        answer = self._answer_tokens()
+        # history is trimmed so that the first request and every repair turn leave room for the answer
         prompt = build_prompt(self.program, base.files, self.editable, history, in_flight, base.metric,
-                              base.experiment_id, budget_tokens=self.context_tokens)
+                              base.experiment_id, budget_tokens=self.context_tokens,
+                              reserve_tokens=answer + (self.max_tries - 1) * REPAIR_TURN_TOKENS)
+        if prompt.tokens + answer > self.context_tokens:  # no history left in it: the files alone are too big
+            size = sum(len(t) for t in base.files.values())
+            raise ProposalFailed("proposer_error", (
+                f"context_tokens = {self.context_tokens} is too small for the target's files: the prompt with no "
+                f"history needs about {prompt.tokens} tokens (the files {', '.join(sorted(base.files))} are {size} "
+                f"characters), plus {answer} for the answer. Raise context_tokens in the [llm] config if the "
+                "model's context window allows, lower max_tokens in [llm.sampling], or use a model with a "
+                "longer context."))
         messages = list(prompt.messages)
         reason = ""
         for turn in range(1, self.max_tries + 1):
@@ -121,9 +138,17 @@ class LLMProposer(ProposerBase):
             except edits.EditError as e:
                 reason = self.scrub(str(e))
             messages = messages + [{"role": "assistant", "content": _replayed(reply)},
-                                   {"role": "user", "content": repair_message(reason)}]
+                                   {"role": "user", "content": repair_message(_cut(reason, REPAIR_REASON_CHARS))}]
+            if turn < self.max_tries and messages_tokens(messages) + answer > self.context_tokens:
+                tries = f"{turn} tries" if turn > 1 else "1 try"
+                raise ProposalFailed("invalid_edit", f"no usable edit after {tries} (no room for another within "
+                                                     f"context_tokens = {self.context_tokens}); last problem: {reason}")
         tries = f"{self.max_tries} tries" if self.max_tries > 1 else "1 try"
         raise ProposalFailed("invalid_edit", f"no usable edit after {tries}; last problem: {reason}")
+
+    def _answer_tokens(self) -> int:
+        """Tokens the answer may take: max_tokens (or max_completion_tokens), else an estimate."""
+        return self.sampling.get("max_tokens") or self.sampling.get("max_completion_tokens") or DEFAULT_COMPLETION_ESTIMATE
 
     def _use(self, base: Baseline, reply: Reply) -> tuple[str, dict[str, str]]:
         """(description, changed files) from an answer, or EditError saying what to fix."""
@@ -162,8 +187,7 @@ class LLMProposer(ProposerBase):
         ep = self.endpoints[i]
         client = await self._client(i)
         limiter = self._limiters[i]
-        answer_tokens = self.sampling.get("max_tokens") or self.sampling.get("max_completion_tokens")
-        booked = messages_tokens(messages) + (answer_tokens or DEFAULT_COMPLETION_ESTIMATE)
+        booked = messages_tokens(messages) + self._answer_tokens()
         where = f"{ep['base_url'] or 'the OpenAI API'} (model {ep['model']})"
         last = ""
         for attempt in range(self.max_retries + 1):
@@ -320,11 +344,21 @@ def _short(text: str, n: int = 300) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+def _cut(text: str, n: int) -> str:
+    """`text`, its first n characters and a note if longer (the note at most 50 characters)."""
+    if len(text) > n:
+        return text[:n] + f"\n[... {len(text) - n} more characters cut ...]"
+    return text
+
+
 def _replayed(reply: Reply) -> str:
     """The assistant turn as sent back in the repair conversation (a huge answer shortened)."""
     text = reply.text or reply.refusal or ""
     if not text.strip():
         return "(empty answer)"
-    if len(text) > REPLAY_ANSWER_CHARS:
-        return text[:REPLAY_ANSWER_CHARS] + f"\n[... {len(text) - REPLAY_ANSWER_CHARS} more characters cut ...]"
-    return text
+    return _cut(text, REPLAY_ANSWER_CHARS)
+
+
+# the most one repair turn (the replayed answer and the repair message) adds to a conversation, estimated
+REPAIR_TURN_TOKENS = messages_tokens([{"content": "x" * (REPLAY_ANSWER_CHARS + 50)},
+                                      {"content": repair_message("x" * (REPAIR_REASON_CHARS + 50))}])

@@ -23,7 +23,7 @@ A run config (`--config run.toml`) can describe several, chosen per proposal by 
     api_key_env = "OPENAI_API_KEY"
     weight = 3
     price_prompt_per_mtok = 0.15       # USD per million tokens; default: the built-in table, else 0
-    price_completion_per_mtok = 0.60
+    price_completion_per_mtok = 0.60   # (with --max-cost, a model the table lacks must be priced here)
     rpm = 500                          # requests per minute, shared by every proposer actor of this endpoint
     tpm = 200000                       # tokens per minute, likewise
     burst = 20                         # requests allowed back to back (default: 6 seconds' worth of rpm)
@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
 # USD per million (prompt, completion) tokens, OpenAI list prices for common models when this was written.
-# Matched by the longest prefix of the model name; anything else costs 0 unless priced in the config.
+# A model matches its exact name or the name plus a dated snapshot suffix ("gpt-4.1-mini-2025-04-14",
+# "gpt-3.5-turbo-0125"); any other suffix ("-pro", "-mini", "-preview") names another model. Anything
+# else costs 0 unless priced in the config (and --max-cost refuses to run with such an endpoint).
 PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o-mini": (0.15, 0.60),
     "gpt-4o": (2.50, 10.00),
@@ -51,14 +54,20 @@ PRICES: dict[str, tuple[float, float]] = {
     "gpt-5-nano": (0.05, 0.40),
     "gpt-5-mini": (0.25, 2.00),
     "gpt-5": (1.25, 10.00),
+    "gpt-5-pro": (15.00, 120.00),
     "o4-mini": (1.10, 4.40),
     "o3-mini": (1.10, 4.40),
     "o3": (2.00, 8.00),
+    "o3-pro": (20.00, 80.00),
     "o1-mini": (1.10, 4.40),
     "o1": (15.00, 60.00),
+    "o1-pro": (150.00, 600.00),
     "gpt-4-turbo": (10.00, 30.00),
+    "gpt-4": (30.00, 60.00),
     "gpt-3.5-turbo": (0.50, 1.50),
 }
+# what may follow a table name and still be that model: a snapshot date (-2024-08-06, -20240806) or -MMDD (-0613)
+_SNAPSHOT_RE = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})")
 
 DEFAULTS = {
     "max_tries": 3,
@@ -78,21 +87,31 @@ class LLMConfigError(ValueError):
     """The LLM proposer cannot be configured as asked; the message says what to change."""
 
 
+def table_price(model: str) -> tuple[float, float] | None:
+    """(prompt, completion) USD per million tokens from the built-in table; None when the table lacks the model.
+
+    Only the exact name, or the name plus a snapshot date, matches: "o1-pro" is not "o1"."""
+    name = model.split("/")[-1].lower()  # "openai/gpt-4o" as some routers spell it
+    if name in PRICES:
+        return PRICES[name]
+    for known, price in PRICES.items():
+        if name.startswith(known) and _SNAPSHOT_RE.fullmatch(name[len(known):]):
+            return price
+    return None
+
+
 def price_of(model: str) -> tuple[float, float]:
     """(prompt, completion) USD per million tokens from the built-in table; (0, 0) when unknown."""
-    name = model.split("/")[-1].lower()  # "openai/gpt-4o" as some routers spell it
-    best = ""
-    for prefix in PRICES:
-        if name.startswith(prefix) and len(prefix) > len(best):
-            best = prefix
-    return PRICES[best] if best else (0.0, 0.0)
+    return table_price(model) or (0.0, 0.0)
 
 
 def build_options(model: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
-                  config_file: str | None = None, check_env: bool = True) -> dict:
+                  config_file: str | None = None, check_env: bool = True, max_cost: float | None = None) -> dict:
     """The LLMProposer options from flags and/or a config file; raises LLMConfigError with a fix.
 
-    `check_env` (default on) requires each endpoint's key variable to be set in this process."""
+    `check_env` (default on) requires each endpoint's key variable to be set in this process. With
+    `max_cost` (the run's --max-cost), every endpoint that may be picked needs a known price: the built-in
+    table's or the config's."""
     table: dict = {}
     where = "the flags"
     if config_file:
@@ -129,6 +148,16 @@ def build_options(model: str | None = None, base_url: str | None = None, api_key
     endpoints = [_endpoint(e, i, where, check_env) for i, e in enumerate(raw)]
     if sum(e["weight"] for e in endpoints) <= 0:
         raise LLMConfigError(f"{where}: the endpoint weights add up to 0; give at least one endpoint a positive weight")
+    if max_cost is not None:
+        for i, (e, ep) in enumerate(zip(raw, endpoints)):
+            unpriced = [k for k in ("price_prompt_per_mtok", "price_completion_per_mtok") if k not in e]
+            if ep["weight"] > 0 and unpriced and table_price(ep["model"]) is None:
+                label = f"endpoint {i + 1}" if raw_endpoints is not None else "the endpoint"
+                raise LLMConfigError(
+                    f"--max-cost is set, but the price of {ep['model']} ({label}) is unknown: the built-in price "
+                    f"table lacks it, so its spend would count as $0 and --max-cost would never stop the run. Set "
+                    f"{' and '.join(unpriced)} (USD per million tokens; 0 for a free local server) for it in a "
+                    "[[llm.endpoints]] table of a run config (--config run.toml), or drop --max-cost.")
 
     options: dict = {"endpoints": endpoints, "sampling": _sampling(table.get("sampling", {}), where)}
     for key, default in DEFAULTS.items():
@@ -172,6 +201,13 @@ def _endpoint(e: dict, i: int, where: str, check_env: bool) -> dict:
     if key_env is not None and (not isinstance(key_env, str) or not key_env.replace("_", "").isalnum()):
         raise LLMConfigError(f"{where}: api_key_env of {label} must be the NAME of an environment variable "
                              "(like OPENAI_API_KEY), not the key itself")
+    if key_env is not None:
+        from trainers.trainer import is_secret_name  # the rule that keeps a variable from candidate code
+        if not is_secret_name(key_env):
+            raise LLMConfigError(f"{where}: api_key_env {key_env!r} of {label} does not look like a secret's name, so "
+                                 "it would reach candidate code (training runs get every environment variable not "
+                                 "named like a secret); name the variable with KEY, TOKEN or SECRET in it (e.g. "
+                                 f"{key_env}_API_KEY)")
     if check_env and key_env and not os.environ.get(key_env):
         raise LLMConfigError(f"the API key for {label} ({model}) is read from the environment variable {key_env}, "
                              f"which is not set. Set it before starting the run: export {key_env}=<your key> "

@@ -274,6 +274,19 @@ def test_unified_diff_whitespace_fuzz_and_bad_context():
         apply_answer(bad)
 
 
+@pytest.mark.parametrize("fenced", [False, True], ids=["bare", "fenced"])
+def test_unified_diff_context_line_with_a_code_fence_keeps_the_rest_of_the_hunk(fenced):
+    # a docstring holding a Markdown code fence: in the diff, " ```" is a context line, not the answer's fence
+    doc = 'def usage():\n    """Run it like this:\n\n```\nrun()\n```\n    """\n\n\n'
+    files = {**FILES, "train.py": TRAIN.replace("# hyperparameters\n", doc + "# hyperparameters\n")}
+    target = files["train.py"].replace("run()\n", "run(fast=True)\n").replace(
+        "LEARNING_RATE = 3e-4", "LEARNING_RATE = 1e-3").replace("N_LAYER = 4", "N_LAYER = 6")
+    diff = unified_diff(files, {**files, "train.py": target})
+    assert "\n ```\n" in diff  # the fence lines are context of the hunk that edits run() and the hyperparameters
+    answer = "DESCRIPTION: three changes\n\n" + ("```diff\n" + diff + "```\nDone." if fenced else diff)
+    assert apply_edits(files, parse_answer(answer, files), EDITABLE)["train.py"] == target
+
+
 def test_unified_diff_pure_insertion_uses_line_number():
     answer = "--- a/train.py\n+++ b/train.py\n@@ -16,0 +17,1 @@\n+GRAD_CLIP = 1.0\n"
     new = apply_answer(answer)["train.py"]

@@ -25,6 +25,7 @@ from ar_ray.types import Attempt, Baseline
 from llm_server import LLMServer, error, reply
 from proposers import prompt as prompt_mod
 from proposers.llm import LLMProposer, retry_after
+from proposers.llm import REPAIR_TURN_TOKENS
 from proposers.llm_config import LLMConfigError, build_options, key_env_vars, price_of
 from proposers.ratelimit import RateLimiter
 
@@ -370,6 +371,57 @@ def test_trimming_drops_history_first_and_never_the_files():
     assert len(none.dropped) == 30 and big in none.messages[1]["content"]
 
 
+BIG_TRAIN = TRAIN + "".join(f"X{i} = {i}  # padding to make the file large enough to matter\n" for i in range(200))
+# an answer longer than the replay limit whose SEARCH part is not in the file (characters that are not in it
+# either: ar_ray.edits' search for the closest lines is slow when many characters match)
+NOT_THERE = ("DESCRIPTION: change the padding\n\ntrain.py\n<<<<<<< SEARCH\n" + "ÆØÅ" * 12 + "\n" + "ÅØÆ" * 12 + "\n"
+             + "=======\n" + "".join(f"Z{i} = {i}  # a long replacement, longer than the replay limit\n" for i in range(150))
+             + ">>>>>>> REPLACE\n")
+LONG_HISTORY = [Attempt(f"e{i:05d}", f"idea number {i} HIST-{i}-END " + "words " * 40, "crash" if i % 2 else "ok",
+                        "discard", 1.0 + i / 100, diff="--- a/train.py\n+++ b/train.py\n" + "".join(
+                            f"-X{k} = {k}\n+X{k} = {k + i}\n" for k in range(10)),
+                        error_tail="Traceback\nRuntimeError: boom " * 8) for i in range(60)]
+
+
+def make_big(server, **opts) -> LLMProposer:
+    p = make(server, **opts)
+    p.update(Baseline(1, {"train.py": BIG_TRAIN}, None, 1.2))
+    return p
+
+
+def test_every_request_fits_the_context_with_the_answer_and_the_repair_turns(server):
+    context, max_tokens = 12000, 1500
+    server.script(*[reply(NOT_THERE)] * 3)
+    p = make_big(server, context_tokens=context, sampling={"max_tokens": max_tokens}).propose(LONG_HISTORY)
+    assert p.status == "invalid_edit" and "after 3 tries" in p.error
+    bodies = server.bodies()
+    assert [len(b["messages"]) for b in bodies] == [2, 4, 6]  # the first answer, then two repair turns
+    for b in bodies:
+        assert b["max_tokens"] == max_tokens
+        assert prompt_mod.messages_tokens(b["messages"]) + max_tokens <= context
+    first = bodies[0]["messages"][1]["content"]
+    assert BIG_TRAIN in first and "HIST-59-END" in first  # the files whole, the newest history kept
+    assert "HIST-0-END" not in first  # the oldest dropped to make room
+    # the repair turns are as large as they get: the room kept for them is used, not a guess far off
+    grown = prompt_mod.messages_tokens(bodies[2]["messages"]) - prompt_mod.messages_tokens(bodies[0]["messages"])
+    assert REPAIR_TURN_TOKENS < grown <= 2 * REPAIR_TURN_TOKENS
+
+
+def test_files_too_big_for_the_context_fail_before_any_request(server):
+    max_tokens = 1500
+    bare = prompt_mod.build_prompt(PROGRAM, {"train.py": BIG_TRAIN}, ("train.py",), LONG_HISTORY,
+                                   budget_tokens=10).tokens  # no history fits: the files and the rest only
+    p = make_big(server, context_tokens=bare + max_tokens - 1, sampling={"max_tokens": max_tokens}).propose(LONG_HISTORY)
+    assert p.status == "proposer_error" and "too small for the target's files" in p.error
+    assert "context_tokens" in p.error and not server.requests
+    # room for the first answer but not for a repair turn: one request, then the edit is refused
+    server.script(reply(NOT_THERE), reply(GOOD))
+    p = make_big(server, context_tokens=bare + max_tokens + 100, sampling={"max_tokens": max_tokens}).propose(LONG_HISTORY)
+    assert p.status == "invalid_edit" and "no room for another" in p.error and "after 1 try" in p.error
+    (body,) = server.bodies()
+    assert prompt_mod.messages_tokens(body["messages"]) + max_tokens <= bare + max_tokens + 100
+
+
 def test_descriptions_and_refusals_are_recognized():
     assert prompt_mod.parse_description(GOOD) == "lower LR to 0.3, the loss curve suggests 0.5 overshoots"
     assert prompt_mod.parse_description("**Description:** use SwiGLU\n\ntrain.py\n<<<<<<< SEARCH") == "use SwiGLU"
@@ -469,6 +521,68 @@ def test_config_errors_say_what_to_do(tmp_path, kwargs, toml, message):
         build_options(**kwargs)
     assert message in str(e.value)
     assert KEY not in str(e.value)
+
+
+def test_prices_match_exact_names_and_dated_snapshots_only():
+    assert price_of("o1-pro") == (150.0, 600.0) != price_of("o1")  # not o1's price, 10x too cheap
+    assert price_of("o3-pro") == (20.0, 80.0) != price_of("o3")
+    assert price_of("gpt-5-pro") == (15.0, 120.0) != price_of("gpt-5")
+    assert price_of("gpt-4.1-mini-2025-04-14") == price_of("gpt-4.1-mini") == (0.4, 1.6)
+    assert price_of("gpt-4o-mini-2024-07-18") == (0.15, 0.6) and price_of("gpt-3.5-turbo-0125") == (0.5, 1.5)
+    assert price_of("gpt-4") == (30.0, 60.0) and price_of("gpt-4-0613") == (30.0, 60.0)
+    assert price_of("openai/gpt-4o") == price_of("gpt-4o")
+    for unknown in ("gpt-4o-audio-preview", "gpt-4.1-mini-fast", "o1-preview", "my-llama", "gpt-5-codex"):
+        assert price_of(unknown) == (0.0, 0.0), unknown
+
+
+def test_max_cost_refuses_an_endpoint_whose_price_is_unknown(tmp_path, server):
+    for model in ("my-llama", "gpt-4o-audio-preview", "router/some-model"):
+        assert build_options(model=model, base_url=server.url)  # no --max-cost: fine, spend counts as 0
+        with pytest.raises(LLMConfigError) as e:
+            build_options(model=model, base_url=server.url, max_cost=5.0)
+        for needle in ("--max-cost", model, "price_prompt_per_mtok and price_completion_per_mtok", "[[llm.endpoints]]"):
+            assert needle in str(e.value)
+    assert build_options(model="gpt-4.1-mini-2025-04-14", max_cost=5.0)["endpoints"][0]["price_prompt_per_mtok"] == 0.4
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f"""
+[[llm.endpoints]]
+model = "gpt-4o-mini"
+
+[[llm.endpoints]]
+model = "local-coder"
+base_url = "{server.url}"
+price_prompt_per_mtok = 0
+
+[[llm.endpoints]]
+model = "never-picked"
+base_url = "{server.url}"
+weight = 0
+""")
+    with pytest.raises(LLMConfigError, match=r"local-coder \(endpoint 2\).*Set price_completion_per_mtok \("):
+        build_options(config_file=str(cfg), max_cost=5.0)
+    cfg.write_text(cfg.read_text().replace("price_prompt_per_mtok = 0\n", "price_prompt_per_mtok = 0\nprice_completion_per_mtok = 0\n"))
+    opts = build_options(config_file=str(cfg), max_cost=5.0)  # priced as free by the config: fine
+    assert [e["price_completion_per_mtok"] for e in opts["endpoints"]] == [0.6, 0.0, 0.0]
+    from ar_ray.cli import main
+    r = CliRunner().invoke(main, ["run", "--proposer", "llm", "--model", "my-llama", "--base-url", server.url,
+                                  "--max-cost", "5", "--run-dir", str(tmp_path / "run")])
+    assert r.exit_code != 0 and "price of my-llama" in r.output and not (tmp_path / "run").exists()
+
+
+def test_api_key_env_must_be_named_like_a_secret(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOO", "sk-foo")
+    monkeypatch.setenv("VLLM_KEY", "sk-vllm")
+    with pytest.raises(LLMConfigError) as e:
+        build_options(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="FOO")
+    assert "api_key_env 'FOO'" in str(e.value) and "would reach candidate code" in str(e.value)
+    assert "FOO_API_KEY" in str(e.value) and "sk-foo" not in str(e.value)
+    (tmp_path / "c.toml").write_text("[[llm.endpoints]]\nmodel = 'a'\nbase_url = 'http://127.0.0.1:9/v1'\n"
+                                     "api_key_env = 'FOO'\n")
+    with pytest.raises(LLMConfigError, match="does not look like a secret's name"):
+        build_options(config_file=str(tmp_path / "c.toml"))
+    with pytest.raises(LLMConfigError, match="does not look like a secret's name"):  # hand-written options too
+        LLMProposer("x", ("train.py",), "", 0, model="m", base_url="http://127.0.0.1:9/v1", api_key_env="FOO")
+    assert key_env_vars(build_options(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="VLLM_KEY")) == ["VLLM_KEY"]
 
 
 # ------------------------------------------------------------------------------------- on a real Ray

@@ -137,23 +137,30 @@ def _adapt_replacement(repl: list[str], m: _Match) -> list[str]:
     return r
 
 
+CLOSEST_WINDOWS = 8  # windows compared character by character when a SEARCH block is not found
+CLOSEST_CHARS = 4000  # characters of a window (and of the block) compared
+
+
 def _closest(file_lines: list[str], search: list[str]) -> str:
     s = [x.strip() for x in search if x.strip()]
     if not s or not file_lines:
         return "the file is empty" if not file_lines else ""
-    target = "\n".join(s)
+    target = "\n".join(s)[:CLOSEST_CHARS]
     m = len(search)
     size = max(1, min(m, len(file_lines)))
-    best, best_i = -1.0, 0
     sm = difflib.SequenceMatcher(None, autojunk=False)
     sm.set_seq2(target)
+    # ratio() is quadratic in the text's length: rank every window by quick_ratio() (an upper bound, linear)
+    # and compare characters only for the few best (a 40-line block against train.py took minutes before)
+    ranked = []
     for i in range(0, len(file_lines) - size + 1):
-        sm.set_seq1("\n".join(x.strip() for x in file_lines[i : i + size] if x.strip()))
-        if sm.real_quick_ratio() <= best or sm.quick_ratio() <= best:
-            continue
-        r = sm.ratio()
-        if r > best:
-            best, best_i = r, i
+        sm.set_seq1("\n".join(x.strip() for x in file_lines[i : i + size] if x.strip())[:CLOSEST_CHARS])
+        ranked.append((sm.quick_ratio(), -i))
+    best, best_i = -1.0, 0
+    for _, neg_i in sorted(ranked, reverse=True)[:CLOSEST_WINDOWS]:
+        sm.set_seq1("\n".join(x.strip() for x in file_lines[-neg_i : -neg_i + size] if x.strip())[:CLOSEST_CHARS])
+        if (r := sm.ratio()) > best:
+            best, best_i = r, -neg_i
     window = file_lines[best_i : best_i + size]
     msg = (
         f"the closest lines are {best_i + 1}-{best_i + len(window)}:\n"

@@ -139,6 +139,7 @@ class Driver:
                 else:
                     self.free.append(flight.trainer)
                     self.just_freed += 1
+                    self._reference_curve(flight, out)  # before the next dispatch: it may be pruned against it
             self._fill_trainers()  # freed trainers start on queued work before any bookkeeping
             try:
                 for out, flight in landed:
@@ -330,6 +331,11 @@ class Driver:
             self.count.runs += 1
         self.running[self.trainers[t].run.remote(job.candidate)] = Flight(t, job)
 
+    def _reference_curve(self, flight: Flight, r: Result) -> None:
+        """A run of the best (a baseline repeat) gives the curve new candidates are pruned against."""
+        if r.status == "ok" and flight.job.role == "baseline":
+            self.references.observe(flight.job.proposal.base_version, (flight.job.rung, r.gpu_model), r.curve)
+
     def _prune_limits(self, job: Job, trainer: int) -> tuple[tuple[float, float], ...]:
         """Where a run may be stopped early (--prune): new candidates only; the policy's follow-ups always finish."""
         if self.prune is None or job.role != "screen":
@@ -374,9 +380,9 @@ class Driver:
         verdict = self.policy.on_result(r.experiment_id, job.role, job.group, job.proposal.base_version,
                                         job.proposal.files, job.parent_id, r.status, r.metric, job.rung, r.gpu_model)
         if r.status == "ok" and (job.role == "baseline" or verdict.new_best):  # runs of the best teach the time limit
-            self.timeouts.observe((job.rung, r.gpu_model), r.child_seconds)  # and the curve to prune against
-            self.references.observe(verdict.new_best[0] if verdict.new_best else job.proposal.base_version,
-                                    (job.rung, r.gpu_model), r.curve)
+            self.timeouts.observe((job.rung, r.gpu_model), r.child_seconds)
+        if r.status == "ok" and verdict.new_best:  # (the best's repeats were read as they landed)
+            self.references.observe(verdict.new_best[0], (job.rung, r.gpu_model), r.curve)
         if verdict.new_best:
             version, files, exp_id, metric = verdict.new_best
             self.best = Baseline(version, files, exp_id, metric)

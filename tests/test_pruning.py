@@ -205,8 +205,8 @@ def test_the_driver_prunes_hopeless_candidates_and_a_resume_keeps_the_reference(
                          proposer="toys:ScriptedProposer", proposer_options={"script": script}, prune=True,
                          prune_at=(0.5,), prune_margin=0.05, **kw)
 
-    # (the first candidate starts as the baseline lands, before its curve is read: it goes unchecked)
-    first = execute(config([[{"LR": 0.45}, "a little lower"], [{"LR": 5.0}, "far too high"]], max_experiments=2))
+    # the first candidate starts the moment the baseline lands, and is checked against its curve already
+    first = execute(config([[{"LR": 5.0}, "far too high"], [{"LR": 0.45}, "a little lower"]], max_experiments=2))
     assert first["by_status"] == {"ok": 2, "pruned": 1}
     df = ledger.load(tmp_path / "run")
     pruned = df[df.status == "pruned"].iloc[0]
@@ -219,4 +219,4 @@ def test_the_driver_prunes_hopeless_candidates_and_a_resume_keeps_the_reference(
     second = execute(config([[{"LR": 6.0}, "even higher"]], max_experiments=3, resume=True))
     assert second["by_status"] == {"pruned": 1}  # the restored best's curve was the reference at once
     again = ledger.load(tmp_path / "run")
-    assert list(again.status) == ["ok", "ok", "pruned", "pruned"]
+    assert list(again.status) == ["ok", "pruned", "ok", "pruned"]

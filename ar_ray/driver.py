@@ -168,9 +168,10 @@ class Driver:
             self.queue.append(p)
         while self.queue:
             p = self.queue.popleft()
-            self._record(rows.proposal_row(self.run_id, self._new_id(), self.versions.get(p.base_version), p,
-                                           self.best.version, self.best.metric, status="unused",
-                                           error="the run stopped before it ran"))
+            row = rows.proposal_row(self.run_id, self._new_id(), self.versions.get(p.base_version), p,
+                                    self.best.version, self.best.metric, status="unused",
+                                    error="the run stopped before it ran")
+            self._record({**row, "files": p.files})  # a resume runs it (its cost was paid)
         self._flush()
 
     def _fill_trainers(self) -> None:

@@ -88,7 +88,7 @@ SCHEMA = pa.schema([
     ("completion_tokens", pa.int64()),
     ("cost_usd", pa.float64()),
     ("proposer_seconds", pa.float64()),
-    ("files", _str_map),  # full editable files, stored for baseline and kept rows only
+    ("files", _str_map),  # full editable files, stored for baseline, kept and unused rows only
     ("curve", _curve),  # (progress 0..1, training loss) read from the log, when the target declares progress_pattern
 ], metadata={"ar_ray_schema_version": str(SCHEMA_VERSION)})
 

@@ -23,7 +23,7 @@ from ar_ray.ladder import rung_of
 from ar_ray.ledger import RUN_FILE, Ledger, read_table
 from ar_ray.policy import Policy
 from ar_ray.target import load_target
-from ar_ray.types import Baseline
+from ar_ray.types import Baseline, Proposal
 
 
 
@@ -67,7 +67,8 @@ def restore(driver: Driver, run_dir: str) -> None:
         return
     rows = table.select(["experiment_id", "decision", "status", "role", "edit_hash", "best_version", "metric",
                          "files", "cost_usd", "budget_seconds", "knobs", "gpu_model", "gain", "group_mean", "group_n",
-                         "run_seconds", "seed", "curve", "group_id"]).to_pylist()
+                         "run_seconds", "seed", "curve", "group_id", "base_version", "proposer", "description",
+                         "diff", "lines_added", "lines_removed"]).to_pylist()
     journal = [e["experiment_id"] for e in Journal(run_dir).entries()]
     ids = [int(x[1:]) for x in [r["experiment_id"] for r in rows] + journal if x[1:].isdigit()]
     driver.next_id = max(ids) + 1 if ids else 0
@@ -125,6 +126,22 @@ def restore(driver: Driver, run_dir: str) -> None:
             driver.references.observe(best["best_version"], (rung, r["gpu_model"] or ""),
                                       tuple((c["progress"], c["loss"]) for c in r["curve"]))
     driver.followups.extend(driver._job(spec) for spec in driver.policy.missing_repeats())
+    requeue_unused(driver, rows)
+
+
+def requeue_unused(driver: Driver, rows: list[dict]) -> None:
+    """Proposals paid for but never run (status unused) go back in the queue, as they were when the run stopped
+    (one made from an older best is judged as any stale proposal is): nothing is asked for twice."""
+    ran = {r["edit_hash"] for r in rows if r["decision"] != "skip"}
+    if driver.max_experiments is not None and driver.count.ran >= driver.max_experiments:
+        return
+    for r in rows:
+        if (r["status"] == "unused" and r["files"] and r["edit_hash"] not in ran and r["edit_hash"] not in {p.edit_hash for p in driver.queue}):
+            driver.queue.append(Proposal(proposer=r["proposer"], base_version=r["base_version"],
+                                         description=r["description"] or "", files=dict(r["files"]),
+                                         diff=r["diff"] or "", edit_hash=r["edit_hash"],
+                                         lines_added=r["lines_added"] or 0, lines_removed=r["lines_removed"] or 0))
+            driver.seen.add(r["edit_hash"])
 
 
 def execute(config: RunConfig, on_event=None) -> dict:

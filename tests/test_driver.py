@@ -346,6 +346,15 @@ def test_proposals_left_when_time_runs_out_are_recorded_with_their_cost(ray_loca
     assert len(unused) >= 1 and set(unused.decision) == {"skip"} and (unused.cost_usd == 0.1).all()
     assert unused.error.str.contains("stopped before it ran").all()
     assert df.cost_usd.sum() == pytest.approx(summary["cost_usd"])  # every paid proposal is a row
+    # a resume runs them first, and pays for nothing twice
+    again = execute(RunConfig(target=str(tmp_path / "target"), run_dir=str(tmp_path / "run"), acceptance="greedy",
+                              resume=True, max_experiments=summary["experiments"] + len(unused), proposers=1,
+                              queue_depth=1, trainers=1, proposer=SCRIPT, proposer_options={"cost": 0.1}))
+    after = ledger.load(tmp_path / "run")
+    ran_later = after[(after.seq >= len(df)) & (after.decision != "skip")]
+    assert set(unused.edit_hash) <= set(ran_later.edit_hash)
+    assert after.cost_usd.sum() == pytest.approx(df.cost_usd.sum())  # nothing new was asked for
+    assert again["cost_usd"] == pytest.approx(after.cost_usd.sum())
 
 
 def test_a_trainer_that_restarts_gets_work_again_only_once_it_answers(ray_local, tmp_path, monkeypatch):

@@ -123,6 +123,17 @@ def _stale(r) -> bool:
     return r["best_version"] - (r["decision"] == "keep") > r["base_version"]  # a keep made the version it reports
 
 
+def _curve_text(curve, points: int = 10) -> str | None:
+    """The training curve (ledger column `curve`) in one line, about `points` points of it, the last always."""
+    if curve is None or isinstance(curve, float) or len(curve) == 0:
+        return None
+    curve = list(curve)
+    step = max(1, len(curve) // points)
+    shown = curve[::step] + ([curve[-1]] if (len(curve) - 1) % step else [])
+    return (f"training curve ({len(curve)} points; progress loss): "
+            + " · ".join(f"{p['progress']:.0%} {p['loss']:.4g}" for p in shown))
+
+
 def show_text(df: pd.DataFrame, run_dir: str | os.PathLike, ident: str, lines: int = 40, color: bool = False) -> str:
     """What `ar-ray show` prints for one experiment."""
     rows = _find(df, ident)
@@ -158,6 +169,8 @@ def show_text(df: pd.DataFrame, run_dir: str | os.PathLike, ident: str, lines: i
         out.append("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
     if isinstance(r["knobs"], dict) and r["knobs"]:
         out.append("knobs: " + ", ".join(f"{k}={v}" for k, v in r["knobs"].items()))
+    if (curve := _curve_text(r["curve"])) is not None:
+        out.append(curve)
     if isinstance(r["error"], str) and r["error"].strip():
         out.append("error:\n" + r["error"].rstrip())
     diff, source = r["diff"], ""

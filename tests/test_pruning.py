@@ -215,6 +215,12 @@ def test_the_driver_prunes_hopeless_candidates_and_a_resume_keeps_the_reference(
     baseline = df[df.decision == "baseline"].iloc[0]
     assert len(baseline.curve) == 10 and baseline.curve[4]["loss"] == pytest.approx(3.5)
     assert len(pruned.curve) == 6  # read up to where it was stopped
+    from click.testing import CliRunner
+
+    from ar_ray.cli import main
+    shown = CliRunner().invoke(main, ["show", str(tmp_path / "run"), pruned.experiment_id], catch_exceptions=False)
+    assert "training curve (6 points; progress loss): 10% 21.9 · 20% 21.8" in shown.output
+    assert "60% 21.4" in shown.output and "status pruned" in shown.output
 
     second = execute(config([[{"LR": 6.0}, "even higher"]], max_experiments=3, resume=True))
     assert second["by_status"] == {"pruned": 1}  # the restored best's curve was the reference at once

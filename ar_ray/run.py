@@ -132,11 +132,10 @@ def restore(driver: Driver, run_dir: str) -> None:
 def requeue_unused(driver: Driver, rows: list[dict]) -> None:
     """Proposals paid for but never run (status unused) go back in the queue, as they were when the run stopped
     (one made from an older best is judged as any stale proposal is): nothing is asked for twice."""
-    ran = {r["edit_hash"] for r in rows if r["decision"] != "skip"}
     if driver.max_experiments is not None and driver.count.ran >= driver.max_experiments:
         return
-    for r in rows:
-        if (r["status"] == "unused" and r["files"] and r["edit_hash"] not in ran and r["edit_hash"] not in {p.edit_hash for p in driver.queue}):
+    for r in rows:  # (`seen` holds every code tried, and each one queued here)
+        if r["status"] == "unused" and r["files"] and r["edit_hash"] not in driver.seen:
             driver.queue.append(Proposal(proposer=r["proposer"], base_version=r["base_version"],
                                          description=r["description"] or "", files=dict(r["files"]),
                                          diff=r["diff"] or "", edit_hash=r["edit_hash"],

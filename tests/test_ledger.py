@@ -396,7 +396,6 @@ def test_a_failed_background_merge_is_reported_and_loses_nothing(tmp_path, monke
 
 
 def test_parts_of_the_older_schema_are_upgraded_on_open_and_a_newer_one_is_refused(tmp_path):
-    import pyarrow as pa
     led = Ledger(tmp_path)
     led.append([make_row(i) for i in range(3)])
     (old,) = (tmp_path / "ledger").glob("part-*.parquet")

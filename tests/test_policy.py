@@ -167,18 +167,17 @@ def test_two_concurrent_winners_are_combined_and_a_conflicting_one_is_recorded()
     assert v.decision == "keep" and v.new_best[1] == combined and p.best_version == 2
 
 
-def keep_lr_change(p) -> dict:
+def keep_lr_change(p) -> None:
     """Candidate "a" (LR 0.3, made from v0) is screened and confirmed: it becomes best version 1."""
     a = edited(BASE, LR=0.3)
     p.on_result("a", "screen", None, 0, a, "e0", "ok", 0.990)
     p.on_result("a1", "confirm", "a", 0, a, "e0", "ok", 0.990)
     assert p.on_result("a2", "confirm", "a", 0, a, "e0", "ok", 0.990).decision == "keep"
-    return a
 
 
 def test_a_stale_candidate_is_screened_against_the_code_it_edited():
     p = started()
-    a = keep_lr_change(p)
+    keep_lr_change(p)
     # B was made from v0 and improves it by 0.006, though it is worse than the new best A
     b = edited(BASE, WIDTH=12)
     v = p.on_result("b", "screen", None, 0, b, "e0", "ok", 0.994)
@@ -438,7 +437,7 @@ def test_a_rebase_that_leaves_only_a_seed_change_is_refused_like_a_conflict():
     """Made from v0 and changing only SEED, a stale candidate passes a check against the newer best v1 (the diff
     also undoes v1's change); re-applied onto v1 it is a seed change alone. The merge was never checked."""
     p = started()
-    a = keep_lr_change(p)
+    keep_lr_change(p)
     seed_only = edited(BASE, SEED=7)
     assert p.check_proposal(p.files_at(1), seed_only) is None  # against the best: looks like a real change
     assert p.check_proposal(p.files_at(0), seed_only)  # against the version it was made from: refused

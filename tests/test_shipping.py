@@ -23,7 +23,7 @@ import proposers
 import trainers
 from ar_ray import cluster as cluster_mod
 from ar_ray import shipping
-from ar_ray.shipping import EXCLUDES, ShippingError, package_runtime_env
+from ar_ray.shipping import ShippingError, package_runtime_env
 
 REPO = Path(ar_ray.__file__).resolve().parent.parent
 PKG_DIRS = [str(Path(m.__file__).resolve().parent) for m in (ar_ray, trainers, proposers)]

@@ -28,8 +28,8 @@ class CurveWatch:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def poll(self) -> None:
-        """Read what the log gained, add its points, and prune when the limits say so."""
+    def poll(self, judge: bool = True) -> None:
+        """Read what the log gained, add its points, and (`judge`) prune when the limits say so."""
         if self._offset >= MAX_BYTES:
             return
         try:
@@ -42,7 +42,7 @@ class CurveWatch:
         *lines, self._rest = (self._rest + chunk).split(b"\n")
         if lines:
             self.points += pruning.parse_points(b"\n".join(lines).decode(errors="replace"), self.rx)
-        if self.limits and self.reason is None and (why := pruning.verdict(self.points, self.limits)):
+        if judge and self.limits and self.reason is None and (why := pruning.verdict(self.points, self.limits)):
             self.reason = why
             self.on_prune()
 
@@ -59,9 +59,7 @@ class CurveWatch:
         self._done.set()
         if self._thread:
             self._thread.join()
-        limits, self.limits = self.limits, ()  # a run that has ended is judged by its metric, not pruned now
-        self.poll()
+        self.poll(judge=False)  # a run that has ended is judged by its metric, not pruned now
         if self._rest:  # a last line without a newline
             self.points += pruning.parse_points(self._rest.decode(errors="replace"), self.rx)
-        self.limits = limits
         return pruning.downsample(self.points)

@@ -22,7 +22,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ar_ray.pruning import compile_pattern
+from ar_ray.search.pruning import compile_pattern
 from ar_ray.timeouts import Timeouts
 
 CONFIG_NAME = "ar-ray.toml"
@@ -48,7 +48,7 @@ class Target:
     metric: str = "val_bpb"
     metric_pattern: str = DEFAULT_PATTERN
     direction: str = "min"
-    progress_pattern: str | None = None  # a log line's progress and training loss: the curve (--prune, ar_ray/pruning.py)
+    progress_pattern: str | None = None  # a log line's progress and training loss: the curve (--prune, ar_ray/search/pruning.py)
     budget_seconds: float | None = 300.0
     cpu_budget_seconds: float | None = None  # the budget on trainers without a GPU (None: budget_seconds)
     budget_tokens: int | None = None

@@ -72,7 +72,7 @@ class Candidate:
     budget_seconds: float | None = None  # None: the target's budget
     knobs: dict[str, str] = field(default_factory=dict)  # scale knobs, passed as AR_<NAME> env vars
     timeout_seconds: float | None = None  # the hard timeout; None: the trainer applies `timeouts` alone
-    prune: tuple[tuple[float, float], ...] = ()  # (progress, highest training loss allowed there): ar_ray/pruning.py
+    prune: tuple[tuple[float, float], ...] = ()  # (progress, highest training loss allowed there): ar_ray/search/pruning.py
 
 
 @dataclass(frozen=True)

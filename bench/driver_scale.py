@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The driver's own logic at 1,000 trainers, on a simulated clock.
 
-`ar_ray.driver.Driver` and `ar_ray.policy.Policy` run unchanged in this process;
+`ar_ray.engine.driver.Driver` and `ar_ray.search.policy.Policy` run unchanged in this process;
 only Ray is replaced. The bench assigns a fake `ray` namespace (wait/get/put) to
-`ar_ray.driver.ray` and hands the driver fake actor handles:
+`ar_ray.engine.driver.ray` and hands the driver fake actor handles:
 
 - trainer `run.remote(candidate)` schedules its Result at sim_now + D (D = --duration
   seconds +- 10 % jitter) on a heap; the metric comes from the candidate's files
@@ -45,13 +45,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ar_ray.driver as driver_mod  # noqa: E402
-from ar_ray.driver import Driver  # noqa: E402
-from ar_ray.ledger import Ledger  # noqa: E402
-from ar_ray.policy import Policy, PolicyConfig  # noqa: E402
+import ar_ray.engine.driver as driver_mod  # noqa: E402
+from ar_ray.code.codehash import code_hash  # noqa: E402
+from ar_ray.engine.driver import Driver  # noqa: E402
+from ar_ray.ledger.store import Ledger  # noqa: E402
+from ar_ray.search.policy import Policy, PolicyConfig  # noqa: E402
 from ar_ray.target import load_target  # noqa: E402
 from ar_ray.types import Baseline, Proposal, Result  # noqa: E402
-from ar_ray.codehash import code_hash  # noqa: E402
 
 CONSTANTS = {"LEARNING_RATE": 0.04, "WEIGHT_DECAY": 0.1, "WARMUP_FRAC": 0.05, "DROPOUT": 0.1, "DEPTH_SCALE": 1.0}
 OPTIMUM = {"LEARNING_RATE": 0.012, "WEIGHT_DECAY": 0.02, "WARMUP_FRAC": 0.1, "DROPOUT": 0.0, "DEPTH_SCALE": 1.7}

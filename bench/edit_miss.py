@@ -12,7 +12,7 @@ import random
 import sys
 import time
 
-from ar_ray import edits
+from ar_ray.code import edits
 
 
 def load(path: str):
@@ -25,7 +25,7 @@ def load(path: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--old", help="an older ar_ray/edits.py to time side by side (e.g. from git show)")
+    ap.add_argument("--old", help="an older ar_ray/code/edits.py to time side by side (e.g. from git show)")
     ap.add_argument("--sizes", default="10,40,120")
     args = ap.parse_args()
     versions = [("now", edits)] + ([("old", load(args.old))] if args.old else [])

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ar_ray import ledger as lm
+from ar_ray.ledger import store as lm
 
 CODE = [
     "    x = self.attn(self.ln_1(x))", "    return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))",
@@ -76,7 +76,7 @@ def make_row(i: int, rng: random.Random) -> dict:
 
 
 def disable_fsync() -> None:
-    os.fsync = lambda fd: None  # this process only; ar_ray.ledger calls os.fsync
+    os.fsync = lambda fd: None  # this process only; ar_ray.ledger.store calls os.fsync
     lm._fsync_dir = lambda path: None
 
 

@@ -93,10 +93,10 @@ def start_ray(n: int) -> None:
 class DriverTimer:
     """Wrap Driver / Ledger methods in place to see where the driver's own time goes."""
 
-    NAMES = (("ar_ray.driver", "Driver", "_wait"), ("ar_ray.driver", "Driver", "_landed"),
-             ("ar_ray.driver", "Driver", "_dispatch"), ("ar_ray.driver", "Driver", "_top_up"),
-             ("ar_ray.driver", "Driver", "_proposed"), ("ar_ray.driver", "Driver", "_broadcast"),
-             ("ar_ray.driver", "Driver", "_record"), ("ar_ray.ledger", "Ledger", "append"))
+    NAMES = (("ar_ray.engine.driver", "Driver", "_wait"), ("ar_ray.engine.driver", "Driver", "_landed"),
+             ("ar_ray.engine.driver", "Driver", "_dispatch"), ("ar_ray.engine.driver", "Driver", "_top_up"),
+             ("ar_ray.engine.driver", "Driver", "_proposed"), ("ar_ray.engine.driver", "Driver", "_broadcast"),
+             ("ar_ray.engine.driver", "Driver", "_record"), ("ar_ray.ledger.store", "Ledger", "append"))
 
     def __init__(self):
         import importlib
@@ -155,9 +155,9 @@ def per_trainer(ran) -> dict:
 
 
 def run_ar_ray(n: int, m: int, d: float, target: Path, root: Path, proposers: int, sandbox: str = "auto") -> dict:
-    from ar_ray.config import RunConfig
-    from ar_ray.ledger import load
-    from ar_ray.run import execute
+    from ar_ray.engine.config import RunConfig
+    from ar_ray.engine.run import execute
+    from ar_ray.ledger.store import load
 
     run_dir = root / f"ar-ray-N{n}-M{m}-D{d:g}-{sandbox}-{time.time_ns()}"
     config = RunConfig(target=str(target), run_dir=str(run_dir), proposer="mutate", proposers=proposers,

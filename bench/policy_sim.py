@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Research policy on a simulated clock: noise-aware `confirm` against greedy hill-climbing.
 
-Uses `ar_ray.simulate.simulate` (no Ray, no waiting): N on/off switches, candidate i turns
+Uses `ar_ray.search.simulate.simulate` (no Ray, no waiting): N on/off switches, candidate i turns
 switch i on with a true additive effect effects[i] (negative = better); every run measures
 the true value plus Gaussian noise; runs take `run_hours` each on a simulated clock.
 
@@ -43,8 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ar_ray import simulate as sim  # noqa: E402
-from ar_ray.policy import PolicyConfig  # noqa: E402
+from ar_ray.search import simulate as sim  # noqa: E402
+from ar_ray.search.policy import PolicyConfig  # noqa: E402
 
 NOISE = 0.002
 RUN_HOURS = 1 / 12

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ar_ray import pruning
-from ar_ray.ledger import load
+from ar_ray.ledger.store import load
+from ar_ray.search import pruning
 
 
 def curves_of(df: pd.DataFrame, rx) -> dict[str, list]:

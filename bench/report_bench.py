@@ -1,6 +1,6 @@
 """Benchmark: `ledger.load` and `ar-ray report` on a big synthetic ledger. (Not a test.)
 
-Writes a synthetic confirm-mode run (`ar_ray.synthetic.synthetic_run`: proposals, crashes, skips,
+Writes a synthetic confirm-mode run (`ar_ray.search.synthetic.synthetic_run`: proposals, crashes, skips,
 confirmations, keeps, repeats of the best) of --rows rows, with diffs of about 2 KB and a 600-line
 train.py stored on kept and baseline rows, then times, each --repeat times (the median is reported):
   load      ar_ray.ledger.load(run_dir): Parquet parts -> pandas with categoricals and dicts
@@ -27,11 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from ar_ray import analysis as A
-from ar_ray import report
+from ar_ray.cli import report
+from ar_ray.ledger import analysis as A
 from ar_ray.ledger import load
-from ar_ray.synthetic import synthetic_run
-
+from ar_ray.search.synthetic import synthetic_run
 
 CPU: dict[str, float] = {}  # name -> median CPU seconds of this process (less sensitive to a busy machine)
 

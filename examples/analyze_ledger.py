@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ar_ray import analysis as A
+from ar_ray.ledger import analysis as A
 from ar_ray.ledger import load
-from ar_ray.synthetic import synthetic_run
+from ar_ray.search.synthetic import synthetic_run
 
 pd.set_option("display.width", 160)
 pd.set_option("display.max_columns", 12)
@@ -28,7 +28,7 @@ else:
     print(f"(no run dir given: wrote a synthetic run to {run_dir})\n")
 parquet = f"{run_dir}/ledger/*.parquet"
 
-# --- pandas, through ar_ray.analysis -------------------------------------------------------------
+# --- pandas, through ar_ray.ledger.analysis -------------------------------------------------------------
 df = load(run_dir)  # categoricals for status/decision/proposer/gpu_model; tz-aware timestamps
 info = A.run_info(run_dir, df)  # run.json: metric name and direction
 s = A.summary(df, info)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import time
 
-from ar_ray import edits
-from ar_ray.codehash import code_hash
+from ar_ray.code import edits
+from ar_ray.code.codehash import code_hash
 from ar_ray.types import Attempt, Baseline, Proposal
 
 

@@ -4,7 +4,7 @@ One proposal is one conversation with one endpoint (picked by weight):
 
 1. the opening prompt (`proposers.prompt`): program, compact history, what runs now, the current
    best files in full, the SEARCH/REPLACE answer format;
-2. the answer is parsed and applied (`ar_ray.edits`), read-only files refused, the result compiled;
+2. the answer is parsed and applied (`ar_ray.code.edits`), read-only files refused, the result compiled;
 3. if any of that fails, the exact reason goes back as the next user turn of the same conversation,
    up to `max_tries` answers; then the proposal fails with status "invalid_edit".
 
@@ -36,11 +36,17 @@ from dataclasses import dataclass
 
 import openai
 
-from ar_ray import answers, edits
+from ar_ray.code import answers, edits
 from ar_ray.types import Attempt, Baseline, Proposal
 from proposers import llm_config
 from proposers.base import ProposalFailed, ProposerBase
-from proposers.prompt import build_prompt, looks_like_refusal, messages_tokens, parse_description, repair_message
+from proposers.prompt import (
+    build_prompt,
+    looks_like_refusal,
+    messages_tokens,
+    parse_description,
+    repair_message,
+)
 from proposers.ratelimit import limiter_for
 
 RETRY_STATUSES = {408, 409, 429} | set(range(500, 600))

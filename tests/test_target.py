@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from ar_ray.config import default_target
+from ar_ray.engine.config import default_target
 from ar_ray.target import (
     FIELDS,
     PLACEHOLDERS,

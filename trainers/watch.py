@@ -2,7 +2,7 @@
 
 The log is read as it grows (new bytes only, every POLL seconds), matched with the target's
 `progress_pattern`, and each new point checked against the candidate's prune limits
-(`ar_ray/pruning.py`). A run that logs gigabytes costs at most MAX_BYTES of reading.
+(`ar_ray/search/pruning.py`). A run that logs gigabytes costs at most MAX_BYTES of reading.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from ar_ray import pruning
+from ar_ray.search import pruning
 from trainers import outcome
 
 POLL = 0.5  # seconds between reads of the log

@@ -1,0 +1,265 @@
+"""Start, resume and finish a run: the glue between the CLI, Ray and the driver loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import ray
+
+from ar_ray.code.codehash import code_hash
+from ar_ray.engine import cluster
+from ar_ray.engine.config import RunConfig
+from ar_ray.engine.driver import Counters, Driver
+from ar_ray.engine.journal import Journal
+from ar_ray.errors import ConfigError
+from ar_ray.ledger import store as ledger_mod
+from ar_ray.ledger.store import RUN_FILE, Ledger, read_table
+from ar_ray.search.ladder import rung_of
+from ar_ray.search.policy import Policy
+from ar_ray.target import load_target
+from ar_ray.types import Baseline, Proposal
+
+
+def prepare_run_dir(config: RunConfig) -> tuple[str, dict | None]:
+    """Create or reopen the run dir. Returns (run id, previous run.json when resuming)."""
+    run_dir = Path(config.run_dir)
+    meta_path = run_dir / RUN_FILE
+    has_ledger = (run_dir / "ledger").is_dir() and any((run_dir / "ledger").glob("part-*.parquet"))
+    if config.resume:
+        if not meta_path.exists():
+            raise ConfigError(f"--resume: {run_dir} holds no run ({RUN_FILE} missing); "
+                              "give the run dir of an earlier `ar-ray run`, or leave out --resume to start a new run")
+        try:
+            meta = json.loads(meta_path.read_text())
+            run_id = meta["run_id"]
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"--resume: {meta_path} is not a run's {RUN_FILE} (not JSON, or no run_id); restore it, "
+                              "or start a new run") from None
+        if meta.get("kind") == "sweep":
+            raise ConfigError(f"{run_dir} is a scaling sweep; continue it with `ar-ray sweep --resume {run_dir}`")
+        return run_id, meta
+    if has_ledger:
+        raise ConfigError(f"{run_dir} already holds a run's ledger; pass --resume to continue it, "
+                          "or choose a new --run-dir")
+    # a run that failed before its first row left run.json (and maybe an in-flight journal): start afresh
+    shutil.rmtree(run_dir / "inflight", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    return run_id, None
+
+
+def restore(driver: Driver, run_dir: str) -> None:
+    """Put a fresh driver and its policy back where the ledger says the run was.
+
+    Completed experiments are not re-run; the best, its runs and the noise pool come back; new candidates
+    that were in flight are re-queued from the journal. Confirmations in flight when the driver died are
+    abandoned (the rows they had stay).
+    """
+    table = read_table(run_dir)
+    if table.num_rows == 0:
+        return
+    rows = table.select(["experiment_id", "decision", "status", "role", "edit_hash", "best_version", "metric",
+                         "files", "cost_usd", "budget_seconds", "knobs", "gpu_model", "gain", "group_mean", "group_n",
+                         "run_seconds", "seed", "curve", "group_id", "base_version", "proposer", "description",
+                         "diff", "lines_added", "lines_removed"]).to_pylist()
+    journal = [e["experiment_id"] for e in Journal(run_dir).entries()]
+    ids = [int(x[1:]) for x in [r["experiment_id"] for r in rows] + journal if x[1:].isdigit()]
+    driver.next_id = max(ids) + 1 if ids else 0
+    driver.seen.update(r["edit_hash"] for r in rows if r["edit_hash"] and r["status"] != "unused")
+    ran = [r for r in rows if r["decision"] != "skip"]
+    for r in ran:  # the seeds each code has used: a repeat never replays one
+        if r["edit_hash"] and r["seed"] is not None:
+            driver.seeds[r["edit_hash"]] = max(driver.seeds[r["edit_hash"]], r["seed"] - driver.seed + 1)
+    driver.count.ran = sum(r["role"] == "screen" for r in ran)
+    driver.count.runs = len(ran)
+    driver.count.kept = sum(r["decision"] == "keep" for r in ran)
+    driver.count.cost_usd = sum(r["cost_usd"] or 0.0 for r in rows)
+    spread: dict[tuple, list[float]] = {}  # (code hash, rung, GPU model) -> metrics, as the live policy keeps them
+    rung_gains: dict[int, list[float]] = {}  # what each rung below the top has seen (the promotion rule ranks in it)
+    default_budget = driver.budget or driver.target.budget_seconds
+    top = len(driver.scales) - 1
+    for r in ran:
+        rung = rung_of(driver.scales, r["budget_seconds"], dict(r["knobs"] or []), default_budget)
+        if r["status"] == "ok" and r["metric"] is not None and r["role"] != "screen":
+            spread.setdefault((r["edit_hash"], rung, r["gpu_model"] or ""), []).append(r["metric"])
+        if r["status"] == "ok" and (r["role"] == "baseline" or r["decision"] == "keep"):
+            driver.timeouts.observe((rung, r["gpu_model"] or ""), r["run_seconds"] or 0.0)
+        # a result at a rung: a screen, or a promotion's one run there (a rescreen's second look is not a new one)
+        concluded = r["role"] == "screen" or (r["role"] == "promote" and r["group_mean"] is not None
+                                              and r["group_n"] == 1)
+        if rung < top and concluded and r["gain"] is not None:
+            rung_gains.setdefault(rung, []).append(r["gain"])
+    versions, best = {}, None
+    for r in ran:
+        if r["decision"] in ("keep", "baseline") and r["files"]:
+            # a version is named as the live driver named it: by the group that made it (a confirmation's
+            # deciding row is not the candidate; a ladder's cheap-rung baseline group X-r0 stands for X)
+            made_by = re.sub(r"-r\d+$", "", r["group_id"]) if r["group_id"] else r["experiment_id"]
+            versions.setdefault(r["best_version"], (dict(r["files"]), made_by))
+            if r["decision"] == "keep" or best is None:
+                best = r
+    if best is None:
+        return  # the baseline never finished: it runs again
+    files = dict(best["files"])
+    code = code_hash(files)
+    best_runs: dict[int, list] = {}
+    for (h, rung, gpu), metrics in spread.items():
+        if h == code:
+            best_runs.setdefault(rung, []).extend((m, gpu) for m in metrics)
+    if driver.policy.config.acceptance == "greedy" and best["decision"] == "keep":  # greedy: its one run made it best
+        best_runs = {top: [(best["metric"], best["gpu_model"] or "")]}
+    best_id = versions[best["best_version"]][1]
+    driver.policy.restore(best["best_version"], {v: f for v, (f, _) in versions.items()}, best_id,
+                          best_runs, spread, rung_gains)
+    driver.versions.update({v: e for v, (_, e) in versions.items()})
+    driver.best = Baseline(best["best_version"], files, best_id, driver.policy.best_mean)
+    for r in ran:  # the best's curves: what --prune compares new candidates with
+        if r["status"] == "ok" and r["edit_hash"] == code and r["curve"]:
+            rung = rung_of(driver.scales, r["budget_seconds"], dict(r["knobs"] or []), default_budget)
+            driver.references.observe(best["best_version"], (rung, r["gpu_model"] or ""),
+                                      tuple((c["progress"], c["loss"]) for c in r["curve"]))
+    driver.followups.extend(driver._job(spec) for spec in driver.policy.missing_repeats())
+    requeue_unused(driver, rows)
+
+
+def requeue_unused(driver: Driver, rows: list[dict]) -> None:
+    """Proposals paid for but never run (status unused) go back in the queue, as they were when the run stopped
+    (one made from an older best is judged as any stale proposal is): nothing is asked for twice."""
+    if driver.max_experiments is not None and driver.count.ran >= driver.max_experiments:
+        return
+    for r in rows:  # (`seen` holds every code tried, and each one queued here)
+        if r["status"] == "unused" and r["files"] and r["edit_hash"] not in driver.seen:
+            driver.queue.append(Proposal(proposer=r["proposer"], base_version=r["base_version"],
+                                         description=r["description"] or "", files=dict(r["files"]),
+                                         diff=r["diff"] or "", edit_hash=r["edit_hash"],
+                                         lines_added=r["lines_added"] or 0, lines_removed=r["lines_removed"] or 0))
+            driver.seen.add(r["edit_hash"])
+
+
+def execute(config: RunConfig, on_event=None) -> dict:
+    """Run (or resume) one research run to its end; returns the summary."""
+    config.check()
+    target = load_target(config.target, **config.target_overrides)
+    if config.prune and not target.progress_pattern:
+        raise ConfigError(f"--prune reads each run's training curve from its log, and target {target.name!r} declares no "
+                          "progress_pattern; add one to its ar-ray.toml (a regex with groups loss and progress or percent, "
+                          "e.g. progress_pattern = 'loss (?P<loss>\\S+) .* (?P<percent>[\\d.]+)% done'), or leave out --prune")
+    run_id, previous = prepare_run_dir(config)
+    run_dir = Path(config.run_dir).resolve()
+    if previous is None:
+        (run_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id, "created_at": time.time(),
+                                                    "target": str(target.root), "metric": target.metric,
+                                                    "direction": target.direction,
+                                                    "budget_tokens": target.budget_tokens,
+                                                    "config": json.loads(config.to_json())}, indent=2))
+    ledger = Ledger(run_dir, background=True)  # merges never stall the loop
+    started = cluster.connect(config.address)
+    trainers, proposers = [], []
+    try:
+        p = cluster.plan(config, cluster.cluster_resources())
+        work_root = str(run_dir / "experiments")
+        os.makedirs(work_root, exist_ok=True)
+        trainers = cluster.start_trainers(p, target, work_root, run_id, config.keep_files, config.box())
+        proposers = cluster.start_proposers(config, target, run_id, gpus=p.gpus > 0)
+        cluster.wait_started(trainers, proposers, p=p)  # placed and constructed, or a StartupError naming who is not
+        confinement = check_sandbox(trainers, on_event)
+        driver = Driver(target, ledger, run_id, trainers, proposers, Policy(config.policy(), target.direction),
+                        queue_depth=config.queue_depth or (p.trainers + config.proposers),
+                        max_experiments=config.max_experiments, time_limit=config.time_limit, seed=config.seed,
+                        budget_seconds=config.budget_seconds, max_skipped_in_a_row=config.max_skipped_in_a_row, max_cost=config.max_cost,
+                        scales=config.scales(), prune=config.prune_rule(), on_event=on_event)
+        if previous:
+            restore(driver, str(run_dir))
+            driver.requeue_journal()
+        state = "aborted"
+        try:
+            interrupted = _run_until_done(driver, trainers)
+            state = "interrupted" if interrupted else "finished"
+        finally:
+            driver.on_event("finished", driver, {"state": state})
+        out = {**summary(driver.count, driver, interrupted), "sandbox": confinement}
+        ledger.wait(timeout=120)  # let the last merges land (a crash here loses nothing either)
+        if config.ladder:
+            out["transfer"] = write_transfer(run_dir)
+        return out
+    finally:
+        stop_trainers(trainers)  # an abort leaves runs in flight: let each reaper end its tree and clean up
+        for a in trainers + proposers:
+            ray.kill(a, no_restart=True)
+        if started:
+            ray.shutdown()
+
+
+def stop_trainers(trainers: list) -> None:
+    """Each trainer kills its child's whole tree (a trainer already gone took its children with it: the reaper
+    dies with its parent)."""
+    try:
+        ray.get([t.stop.remote() for t in trainers], timeout=30)
+    except (ray.exceptions.RayError, TimeoutError):
+        pass
+
+
+TRANSFER_FILE = "transfer.json"
+
+
+def write_transfer(run_dir: Path) -> dict | None:
+    """The ladder's transfer report (ar_ray.search.ranks), saved beside the ledger; None until 2 candidates were promoted."""
+    from ar_ray.search.ranks import transfer_from_ledger
+    t = transfer_from_ledger(ledger_mod.load(run_dir))
+    if t is None:
+        return None
+    report = {**t.to_dict(), "text": t.describe()}
+    (run_dir / TRANSFER_FILE).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def check_sandbox(trainers: list, on_event=None) -> list[str]:
+    """Ask every trainer how it confines candidates on its node; say it once per distinct answer.
+    `--sandbox bwrap` on a node that cannot do it stops the run before anything is spent."""
+    answers = ray.get([t.sandbox_note.remote() for t in trainers])
+    problems = sorted({a["problem"] for a in answers if a["problem"]})
+    if problems:
+        raise ConfigError(problems[0])
+    notes = sorted({a["note"] for a in answers})
+    if on_event:
+        for note in notes:
+            on_event("note", None, {"text": note})
+    return sorted({a["mode"] for a in answers})
+
+
+def _run_until_done(driver: Driver, trainers: list) -> bool:
+    """Drive the loop; Ctrl-C or SIGTERM stops it cleanly: children killed, ledger consistent."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        driver.run()
+        return False
+    except KeyboardInterrupt:
+        driver.stop()
+        stop_trainers(trainers)
+        try:
+            driver.record_unused()
+        except KeyboardInterrupt:  # pressed again: what is appended stays; only the console misses some rows
+            pass
+        return True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def summary(count: Counters, driver: Driver, interrupted: bool) -> dict:
+    elapsed = time.time() - driver.started_at
+    return {
+        "run_id": driver.run_id, "interrupted": interrupted, "elapsed_seconds": elapsed,
+        "experiments": count.ran, "kept": count.kept, "failed": count.failed, "pruned": count.pruned, "skipped": count.skipped,
+        "infra": count.infra, "by_status": dict(count.by_status), "cost_usd": count.cost_usd,
+        "cost_per_kept": count.cost_usd / count.kept if count.kept else None,
+        "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id,
+        "best_version": driver.best.version, "metric": driver.target.metric,
+        "in_flight_at_stop": len(driver.running),
+    }

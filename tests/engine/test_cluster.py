@@ -1,0 +1,328 @@
+"""ar-ray on a simulated multi-node Ray cluster (ray.cluster_utils.Cluster, fake GPUs, real training children).
+
+Every simulated node runs on this machine under one hostname, so placement is read from Ray's state API
+(node ids), never from the ledger's `node` column. The driver-kill test runs the CLI as a subprocess with
+its own embedded Ray, after the cluster is gone.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import ray
+from helpers_targets import wait_for
+from ray.cluster_utils import Cluster
+from toys import make_toy, marker_processes
+
+from ar_ray.engine.config import RunConfig
+from ar_ray.engine.run import execute
+from ar_ray.ledger import store as ledger
+
+SCRIPT = "toys:ScriptedProposer"
+
+
+def toy(tmp_path, mark: str, sleep: float):
+    return make_toy(tmp_path / "target", f"[target]\nenv = {{ TOY_SLEEP = '{sleep}', TOY_MARK = '{mark}' }}\n")
+
+
+def config(tmp_path, target, **kw) -> RunConfig:
+    kw = {"trainers": 2, "gpus_per_trainer": 1, "acceptance": "greedy", **kw}
+    return RunConfig(target=str(target), run_dir=str(tmp_path / "run"), **kw)
+
+
+def running_children(mark: str) -> dict[str, int]:
+    """experiment id -> pid of a live process of that experiment (reaper or training child) carrying `mark`."""
+    out = {}
+    for pid in marker_processes(mark):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if b"AR_EXPERIMENT_ID" in env:
+            out[env[b"AR_EXPERIMENT_ID"].decode()] = pid
+    return out
+
+
+def trainer_nodes(driver) -> list[str | None]:
+    """The node id of each of the driver's trainers, asked of the trainers themselves (they answer while a run is
+    in flight; Ray's state API needs the dashboard, which a loaded machine can leave unavailable)."""
+    return ray.get([t.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
+                    for t in driver.trainers], timeout=30)
+
+
+def no_orphans(mark: str, timeout: float = 30) -> None:
+    wait_for(lambda: not marker_processes(mark), timeout, f"the run's training children to be gone: {marker_processes(mark)}")
+
+
+def screens(df) -> int:
+    return int(((df.role == "screen") & (df.decision != "skip")).sum())
+
+
+def first_baselines(df) -> int:
+    return int(((df.role == "baseline") & (df.base_version == 0)).sum())
+
+
+@pytest.fixture(scope="class")
+def cluster():
+    """A head with no GPU and three worker nodes of 2 CPUs and 2 fake GPUs each."""
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": True,
+                                                     "dashboard_port": 0})  # the dashboard serves the state API
+    for i in range(3):
+        c.add_node(num_cpus=2, num_gpus=2, resources={f"node_{i}": 1})
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.mark.timeout(240)
+class TestCluster:
+    def test_trainers_spread_over_nodes(self, cluster, tmp_path):
+        """2 trainers of 1 GPU could share one 2-GPU node; SPREAD puts them on different nodes."""
+        mark = f"toy-{uuid.uuid4().hex}"
+        seen = []
+
+        def on_event(kind, driver, row):
+            if kind == "row" and not seen:
+                seen.append(trainer_nodes(driver))
+
+        summary = execute(config(tmp_path, toy(tmp_path, mark, 0.3), max_experiments=2, proposers=1), on_event)
+        assert summary["experiments"] == 2
+        nodes = seen[0]
+        gpu_nodes = {n.node_id for n in cluster.worker_nodes}
+        assert None not in nodes and len(set(nodes)) == 2 and set(nodes) <= gpu_nodes, nodes
+        no_orphans(mark)
+
+    @staticmethod
+    def _kill_a_proposer_mid_run(tmp_path, max_experiments: int):
+        """Kill proposer 0 (Ray restarts it) while proposals are queued in the driver and in flight on it."""
+        mark = f"toy-{uuid.uuid4().hex}"
+        snap = {"infra_events": []}
+
+        def on_event(kind, driver, row):
+            if (kind == "tick" and "queued" not in snap and driver.queue and driver.count.ran >= 1
+                    and 0 in driver.proposing.values()):
+                snap["queued"] = [p.edit_hash for p in driver.queue]
+                snap["ran"] = driver.count.ran
+                ray.kill(driver.proposers[0], no_restart=False)
+            if kind in ("infra", "proposer_error"):
+                snap["infra_events"].append(row)
+            if kind == "finished":
+                snap["left_in_queue"] = len(driver.queue)
+                snap["proposed"] = driver.count.proposed
+
+        # proposals take a while, so some are in flight on the proposer when it dies
+        summary = execute(config(tmp_path, toy(tmp_path, mark, 0.5), max_experiments=max_experiments, proposers=2,
+                                 proposer=SCRIPT, proposer_options={"delay": 0.3}), on_event)
+        no_orphans(mark)
+        return summary, snap, ledger.load(tmp_path / "run")
+
+    def test_dead_proposer_loses_no_queued_proposal(self, cluster, tmp_path):
+        summary, snap, df = self._kill_a_proposer_mid_run(tmp_path, 8)
+        assert snap["queued"] and snap["ran"] + len(snap["queued"]) <= 8, snap
+        assert summary["experiments"] == 8 == screens(df) and not summary["interrupted"]
+        assert df.experiment_id.is_unique
+        assert sorted(df.experiment_id) == [f"e{i:05d}" for i in range(len(df))]  # no id lost in between
+        assert set(snap["queued"]) <= set(df[df.role == "screen"].edit_hash)  # queued at the death: all ran
+        # every proposal that came back was run, recorded as skipped, or is still queued at the end
+        assert snap["proposed"] == screens(df) + int((df.decision == "skip").sum()) + snap["left_in_queue"]
+        assert set(df[df.decision != "skip"].status) == {"ok"}
+        # the call that was in flight on the dead proposer failed, was counted, and was simply asked again
+        assert summary["infra"] >= 1 and snap["infra_events"], (summary, snap)
+
+    def test_a_candidate_that_kills_its_trainer_is_retried_at_most_3_times(self, cluster, tmp_path):
+        mark = f"toy-{uuid.uuid4().hex}"
+        killer = ("import os, signal, time\n"
+                  "reaper = os.getppid()\n"
+                  "with open(f'/proc/{reaper}/stat') as f:\n"
+                  "    actor = int(f.read().rsplit(')', 1)[1].split()[1])\n"
+                  "os.kill(actor, signal.SIGKILL)  # the trainer actor's process, like an OOM kill\n"
+                  "time.sleep(60)\n")
+        events = collections.Counter()
+
+        def on_event(kind, driver, row):
+            if kind == "infra":
+                events[row["experiment_id"]] += 1
+                if max(events.values()) >= 6:  # 1 run + 3 retries = 4 losses at most: stop a runaway loop here
+                    driver.stop()
+            if kind == "row" and row["description"] == "kills":
+                driver.stop()  # given up on, as it should be: no need to run the rest
+
+        # screens are slow and many, so a trainer that dies is handed queued work at once and the
+        # killer waits for the next free trainer (the `followups` path). Unconfined: under bubblewrap a
+        # candidate cannot even see its trainer (its own PID namespace); here it stands for an OOM kill.
+        execute(config(tmp_path, toy(tmp_path, mark, 1.0), max_experiments=20, proposers=1, proposer=SCRIPT,
+                       proposer_options={"script": [[{"__raw__": killer}, "kills"]]}, time_limit=90,
+                       sandbox="none"), on_event)
+        df = ledger.load(tmp_path / "run")
+        row = df[df.description == "kills"]
+        no_orphans(mark)
+        assert len(row) == 1 and events[row.experiment_id.iloc[0]] == 4, events  # others may be hit in passing
+        assert row.status.iloc[0] == "infra"
+
+    def test_resume_after_a_partial_baseline_completes_the_baseline(self, cluster, tmp_path):
+        mark = f"toy-{uuid.uuid4().hex}"
+        target = toy(tmp_path, mark, 0.5)
+        script = {"script": [[{"LR": 0.3}, "LR 0.3"]]}  # a large, real improvement
+
+        def stop_at_first_row(kind, driver, row):
+            if kind == "row":
+                raise KeyboardInterrupt  # what Ctrl-C does: the run stops cleanly, the ledger is consistent
+
+        first = execute(config(tmp_path, target, trainers=1, acceptance="confirm", max_experiments=3, proposers=1,
+                               proposer=SCRIPT, proposer_options=script), stop_at_first_row)
+        assert first["interrupted"] and first_baselines(ledger.load(tmp_path / "run")) == 1
+        execute(config(tmp_path, target, trainers=1, acceptance="confirm", max_experiments=1, proposers=1,
+                       proposer=SCRIPT, proposer_options=script, resume=True))
+        df = ledger.load(tmp_path / "run")
+        no_orphans(mark)
+        assert first_baselines(df) == 3
+        ran = df[(df.description == "LR 0.3") & (df.decision != "skip")]
+        assert len(ran) == 1 and ran.noise.notna().all()
+        # the proposal queued when Ctrl-C came is a row of its own (its cost was spent), and ran after the resume
+        assert set(df[df.description == "LR 0.3"].status) <= {"ok", "unused"}
+
+    def test_resume_rebuilds_the_policy_state_the_run_had(self, cluster, tmp_path):
+        from ar_ray.engine.driver import Driver
+        from ar_ray.engine.run import restore
+        from ar_ray.ledger.store import Ledger
+        from ar_ray.search.policy import Policy
+        from ar_ray.target import load_target
+
+        mark = f"toy-{uuid.uuid4().hex}"
+        target = toy(tmp_path, mark, 0.2)
+        live = {}
+
+        def on_event(kind, driver, row):
+            if kind == "finished":
+                live.update(best=sorted(driver.policy.best_metrics), spread=driver.policy.spread,
+                            version=driver.best.version, versions=dict(driver.versions), best_id=driver.best.experiment_id)
+
+        cfg = config(tmp_path, target, acceptance="confirm", max_experiments=1, proposers=1, proposer=SCRIPT,
+                     proposer_options={"script": [[{"LR": 0.3}, "LR 0.3"]]})
+        summary = execute(cfg, on_event)
+        no_orphans(mark)
+        assert summary["kept"] == 1 and live["version"] == 1
+        t = load_target(str(target))
+        fresh = Driver(t, Ledger(tmp_path / "run"), summary["run_id"], [], [], Policy(cfg.policy(), t.direction),
+                       queue_depth=1)
+        restore(fresh, str(tmp_path / "run"))
+        assert fresh.best.version == 1
+        assert sorted(fresh.policy.best_metrics) == live["best"]
+        assert fresh.policy.spread == live["spread"]
+        # versions are named as the live run named them (the candidate's group, not its deciding confirmation
+        # row), so proposals made after a resume name the same parent ids
+        assert fresh.versions == live["versions"] and fresh.best.experiment_id == live["best_id"]
+
+    def test_node_loss_reruns_the_experiment_elsewhere_once(self, cluster, tmp_path):
+        """Runs last in the class: it removes a node. The trainer restarts on a spare node and the
+        experiment it was running is re-dispatched under the same id."""
+        mark = f"toy-{uuid.uuid4().hex}"
+        sleep = 3.0
+        hit = {}
+
+        def on_event(kind, driver, row):
+            if kind == "infra":
+                hit.setdefault("infra", []).append(row["experiment_id"])
+            if kind != "row" or hit:
+                return
+            # a flight whose child is running and has most of its time ahead of it
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                live = running_children(mark)
+                fresh = [f for f in driver.running.values()
+                         if f.candidate.experiment_id in live and time.time() - f.dispatched_at < sleep - 1.5]
+                if fresh:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("no experiment in flight to kill")
+            victim = fresh[0]
+            node_id = trainer_nodes(driver)[victim.trainer]
+            node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+            hit.update(experiment_id=victim.candidate.experiment_id, node_id=node_id,
+                       pid=live[victim.candidate.experiment_id])
+            cluster.remove_node(node)
+            hit["removed_at"] = time.time()
+
+        summary = execute(config(tmp_path, toy(tmp_path, mark, sleep), max_experiments=4, proposers=1), on_event)
+        df = ledger.load(tmp_path / "run")
+        victim = hit["experiment_id"]
+        assert summary["experiments"] == 4 == screens(df) and not summary["interrupted"]
+        assert summary["infra"] >= 1 and victim in hit["infra"], (summary, hit)
+        assert df.experiment_id.is_unique
+        again = df[df.experiment_id == victim]
+        assert len(again) == 1 and again.status.iloc[0] == "ok", again[["experiment_id", "status", "error"]]
+        assert again.started_at.iloc[0].timestamp() > hit["removed_at"] - 1  # the row is the run elsewhere
+        assert set(df[df.decision != "skip"].status) == {"ok"}
+        assert hit["node_id"] not in {n.node_id for n in cluster.worker_nodes}
+        no_orphans(mark)  # the dead node's children went with it; the others finished
+
+
+# ---- the driver itself killed (a subprocess with its own embedded Ray) ----
+
+def ledger_rows(run_dir) -> int:
+    try:
+        return ledger.read_table(run_dir).num_rows
+    except (ledger.LedgerError, OSError):
+        return 0
+
+
+@pytest.mark.timeout(240)
+def test_driver_killed_at_random_moments_and_resumed_loses_and_repeats_nothing(tmp_path):
+    seed = int(os.environ.get("AR_TEST_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    mark = f"toy-{uuid.uuid4().hex}"
+    target = toy(tmp_path, mark, 0.3)
+    run_dir = tmp_path / "run"
+    n = 10
+    common = ["--max-experiments", str(n), "--trainers", "2", "--cpus-per-trainer", "1"]
+    env = {**os.environ, "RAY_ADDRESS": ""}  # its own embedded Ray
+    kills, log = rng.choice([2, 3]), []
+    print(f"AR_TEST_SEED={seed}: {kills} kills")  # shown on failure; set it to replay the same moments
+    for attempt in range(kills + 1):
+        where = ["--target", str(target), "--run-dir", str(run_dir)] if attempt == 0 else ["--resume", str(run_dir)]
+        proc = subprocess.Popen([sys.executable, "-m", "ar_ray.cli.main", "run", *where, *common], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        at, out = None, ""
+        try:
+            if attempt < kills:
+                # the first kill after the 3 baseline rows (see the partial-baseline test), then 1-4 rows later
+                at = ledger_rows(run_dir) + (rng.randint(3, 6) if attempt == 0 else rng.randint(1, 4))
+                wait_for(lambda: ledger_rows(run_dir) >= at or proc.poll() is not None, 120, f"{at} rows")
+                proc.send_signal(signal.SIGKILL)
+            out = proc.communicate(timeout=120)[0]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                out = proc.communicate()[0]
+            print(f"--- attempt {attempt}: kill at {at} rows, rc {proc.returncode}, {ledger_rows(run_dir)} rows\n"
+                  f"{out[-2500:]}")
+        log.append((at, ledger_rows(run_dir), proc.returncode))
+        if attempt < kills:
+            no_orphans(mark, 60)  # the killed driver's training children die with its embedded Ray
+        else:
+            assert proc.returncode == 0, out
+    df = ledger.load(run_dir)
+    why = f"seed {seed}, kills (rows wanted, rows, rc): {log}"
+    assert all(rc == -signal.SIGKILL for _, _, rc in log[:-1]), why
+    assert df.experiment_id.is_unique, why
+    assert df.seq.tolist() == list(range(len(df))), why
+    assert screens(df) == n, why
+    assert first_baselines(df) == 3, why
+    assert df[(df.role == "screen") & (df.decision != "skip")].edit_hash.is_unique, why  # no candidate ran twice
+    no_orphans(mark)

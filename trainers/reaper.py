@@ -73,14 +73,31 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
+# Wait statuses of the children reaped by _reap_zombies: the training child may be among them (a limit kill reaps
+# the whole tree before the reaper waits on it), and its status is the reaper's exit status.
+_reaped: dict[int, int] = {}
+
+
 def _reap_zombies() -> None:
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        _reaped[pid] = status
+
+
+def wait_child(pid: int) -> int:
+    """The exit code of our child `pid` (negative: killed by that signal), waiting for it unless already reaped."""
+    while pid not in _reaped:
+        try:
+            got, status = os.waitpid(pid, 0)  # blocking; signal handlers run in between (PEP 475)
+        except ChildProcessError:  # reaped elsewhere without a record: cannot happen, but never crash here
+            return -signal.SIGKILL
+        _reaped[got] = status
+    return os.waitstatus_to_exitcode(_reaped.pop(pid))
 
 
 def kill_tree(grace: float) -> None:
@@ -332,8 +349,7 @@ def _supervise(argv, child_setup, opts, verdict_fd, grace, cgroup) -> int:
         _report(broken, verdict_fd)
         signal.setitimer(signal.ITIMER_REAL, 0)
         kill_tree(0.0)  # no grace for a run that broke a limit: a fork bomb must not get time to grow
-    _, status = os.waitpid(child.pid, 0)  # blocking; signal handlers run in between (PEP 475)
-    child.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting on it again
+    child.returncode = wait_child(child.pid)  # (set: keeps Popen from waiting on it again)
     signal.setitimer(signal.ITIMER_REAL, 0)
     kill_tree(grace)
     refused = _refused_forks(cgroup)

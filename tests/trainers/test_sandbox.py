@@ -247,6 +247,27 @@ def test_many_files_hit_the_disk_quota(mode, request, tmp_path):
     run.assert_contained()
 
 
+MANY_FILES = "import itertools, time\nfor i in itertools.count():\n    open(f'f{i}.bin', 'wb').write(b'x' * 2**20)\n" \
+             "    time.sleep(0.005)\n"
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "none"])
+@pytest.mark.parametrize("limit", ["disk quota", "process limit"])
+def test_a_watchdog_kill_ends_the_reaper_cleanly(limit, mode, request, tmp_path):
+    """The watchdog's kill reaps the training child itself; the reaper must still end with the child's status
+    (killed: 128 + the signal), not a ChildProcessError traceback, and still make its final sweep of the tree."""
+    if mode == "bwrap":
+        request.getfixturevalue("bwrap")
+    if limit == "disk quota":
+        run = Run(tmp_path, MANY_FILES, mode=mode, disk_quota_gb=24 / 1024)
+    else:  # a cgroup cap far above the watchdog's, so the watchdog (not the kernel) stops it
+        run = Run(tmp_path, FORK_FOREVER, mode=mode, max_processes=40, max_tasks=100_000)
+    assert run.result.status == "limit" and limit in run.result.error_tail, run.result.error_tail
+    assert "Traceback" not in run.log and "ChildProcessError" not in run.log, run.log[-2000:]
+    assert run.result.returncode in (128 + signal.SIGTERM, 128 + signal.SIGKILL)  # (a crashed reaper: 1)
+    run.assert_contained()
+
+
 def test_memory_on_a_cpu_run_is_limited(bwrap, tmp_path):
     run = Run(tmp_path, "blocks = [bytearray(2**26) for _ in range(64)]\n" + HONEST_END, max_memory_gb=0.5)
     assert run.result.status == "oom" and "MemoryError" in run.result.error_tail

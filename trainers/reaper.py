@@ -13,7 +13,8 @@ It exists so that no process outlives an experiment, grandchildren included:
 While the child runs it is also the watchdog for limits the kernel cannot
 enforce for every user: the number of processes in the tree and the size of the
 run dir. Past a limit it kills the tree and writes one JSON line saying which
-limit to --verdict-fd, a pipe only the trainer reads (the child cannot forge it).
+limit to --verdict-fd, a pipe only the trainer reads (the child cannot forge it);
+when the child exits it writes {"exited": code} there too, before sweeping the tree.
 Resource limits (--rlimit) are set in the child before it starts. With
 --max-tasks, the child also goes into a pids cgroup of its own capped at that
 many tasks, where the machine lets us make one (root on cgroup v1, or a
@@ -332,10 +333,14 @@ def _refused_forks(cgroup: str | None) -> int:
         return 0
 
 
+def _tell(verdict_fd: int | None, record: dict) -> None:
+    if verdict_fd is not None:
+        os.write(verdict_fd, (json.dumps(record) + "\n").encode())
+
+
 def _report(broken: str, verdict_fd: int | None) -> None:
     print(f"ar-ray: stopped the run: {broken}", flush=True)
-    if verdict_fd is not None:
-        os.write(verdict_fd, (json.dumps({"limit": broken}) + "\n").encode())
+    _tell(verdict_fd, {"limit": broken})
 
 
 def _supervise(argv, child_setup, opts, verdict_fd, grace, cgroup) -> int:
@@ -350,6 +355,9 @@ def _supervise(argv, child_setup, opts, verdict_fd, grace, cgroup) -> int:
         signal.setitimer(signal.ITIMER_REAL, 0)
         kill_tree(0.0)  # no grace for a run that broke a limit: a fork bomb must not get time to grow
     child.returncode = wait_child(child.pid)  # (set: keeps Popen from waiting on it again)
+    # The run itself is over: the trainer counts a hard timeout that strikes during the sweep below (up to the
+    # grace period, for leftovers that ignore SIGTERM) against the sweep, not against the run.
+    _tell(verdict_fd, {"exited": child.returncode})
     signal.setitimer(signal.ITIMER_REAL, 0)
     kill_tree(grace)
     refused = _refused_forks(cgroup)

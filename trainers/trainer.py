@@ -96,6 +96,21 @@ def _wait(proc: subprocess.Popen, timeout: float) -> int:
         os.close(fd)
 
 
+def _read_ready(fd: int, into: bytearray) -> bytearray:
+    """Append what the pipe `fd` holds now (without blocking) to `into`; returns `into`."""
+    while select.select([fd], [], [], 0)[0]:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        into += chunk
+    return into
+
+
+def _records(verdict: bytes) -> list[dict]:
+    """The reaper's JSON lines on the verdict pipe: {"limit": why} and {"exited": code}."""
+    return [json.loads(line) for line in verdict.decode(errors="replace").splitlines() if line.strip()]
+
+
 ONEXC = "onexc" if sys.version_info >= (3, 12) else "onerror"  # rmtree's error handler (onerror: deprecated in 3.12)
 
 
@@ -398,11 +413,15 @@ class Trainer:
             if watch:
                 watch.start()
             timed_out = False
+            verdict = bytearray()
             try:
                 code = _wait(proc, timeout)
             except subprocess.TimeoutExpired:
-                timed_out = True
-                proc.send_signal(signal.SIGTERM)  # the reaper TERMs the tree, then KILLs it after the grace period
+                # A child that exited before the limit is not timed out, even if the reaper is still sweeping
+                # leftovers that ignore SIGTERM (its grace period may be longer than what was left of the limit).
+                timed_out = not (confine and any("exited" in r for r in _records(_read_ready(read_fd, verdict))))
+                if timed_out:
+                    proc.send_signal(signal.SIGTERM)  # the reaper TERMs the tree, then KILLs it after the grace period
                 try:
                     code = proc.wait(timeout=self.grace + 10)
                 except subprocess.TimeoutExpired:
@@ -413,7 +432,7 @@ class Trainer:
             seconds = time.monotonic() - start
         broken = None
         if confine:
-            with os.fdopen(read_fd, "rb") as verdict:
-                line = verdict.read(4096).decode(errors="replace").strip()
-            broken = json.loads(line)["limit"] if line else None
+            with os.fdopen(read_fd, "rb") as rest:
+                verdict += rest.read(8192)
+            broken = next((r["limit"] for r in _records(verdict) if "limit" in r), None)
         return code, timed_out, seconds, broken

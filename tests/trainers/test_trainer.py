@@ -203,6 +203,22 @@ while True:
     assert not alive(int((tmp_path / "gc.pid").read_text()))
 
 
+def test_a_run_that_finished_before_the_limit_is_not_a_timeout_while_the_reaper_sweeps(tmp_path):
+    """The child prints its metric and exits at once, leaving a grandchild that ignores SIGTERM: the reaper's sweep
+    then waits its grace period (5 s), past the hard timeout (2 s). The run finished in time: it is ok, not timeout."""
+    gc = tmp_path / "gc.pid"
+    train = SLEEPER_FN + f"""
+sleeper({str(gc)!r})
+wait_file({str(gc)!r})
+print("val_bpb: 1.25")
+"""
+    res = run_toy(tmp_path, train, timeout_seconds=2, grace=5)
+    assert gc.exists(), "the grandchild never started: the test proves nothing"
+    assert res.status == "ok" and res.metric == 1.25, (res.status, res.error_tail)
+    assert res.child_seconds > 2, "the sweep did not outlast the limit: the test proves nothing"
+    assert not alive(int(gc.read_text()))
+
+
 def test_explicit_timeout_wins_over_the_candidate_budget(tmp_path):
     # --timeout must hold even when the driver passes --budget on every candidate.
     target, trainer, mark = toy(tmp_path, "import time\ntime.sleep(3600)\n", timeout_seconds=1.0)

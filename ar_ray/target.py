@@ -57,6 +57,8 @@ class Target:
     program: str | None = None  # research instructions for LLM proposers
     result_file: bool = False  # the harness writes the metric to $AR_RESULT_FILE as JSON
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the child
+    # names of variables copied from the trainer's environment to the child, beyond the allowlist (trainers/trainer.py)
+    env_passthrough: tuple[str, ...] = ()
     # data the runs read and must never change (paths on each node; ~ and $VARS expanded there): fingerprinted
     # before and after every run, read-only inside the sandbox
     data: tuple[str, ...] = ()
@@ -133,6 +135,11 @@ def _is_env(v) -> bool:  # numbers are written out as strings; nested tables, li
                                        and isinstance(x, (str, int, float)) for k, x in v.items())
 
 
+def _is_env_names(v) -> bool:  # NAME, never NAME=value: the value is the trainer's own
+    return isinstance(v, (list, tuple)) and all(isinstance(x, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", x)
+                                                for x in v)
+
+
 # Every key of [target]: how its value is checked, what it must be, and an example to write instead.
 FIELDS = {
     "name": (_is_str, "a string", 'name = "gpt"'),
@@ -153,6 +160,8 @@ FIELDS = {
     "result_file": (_is_bool, "true or false", "result_file = true"),
     "network": (_is_bool, "true or false", "network = false"),
     "env": (_is_env, "a table of NAME = value strings", 'env = { OMP_NUM_THREADS = "4" }'),
+    "env_passthrough": (_is_env_names, "a list of environment variable names (the values come from the trainer's "
+                        "environment)", 'env_passthrough = ["WANDB_MODE"]'),
     "data": (_is_names, "a list of paths", 'data = ["~/.cache/my-data"]'),
 }
 
@@ -208,7 +217,7 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
         check, what, example = FIELDS[key]
         if not check(value):
             raise TargetError(f"{key} must be {what}, got {value!r}; write e.g. {example}")
-    for key in ("editable", "readonly", "data"):
+    for key in ("editable", "readonly", "data", "env_passthrough"):
         if key in decl:
             decl[key] = (decl[key],) if isinstance(decl[key], str) else tuple(decl[key])
     if "env" in decl:

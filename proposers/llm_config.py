@@ -205,8 +205,8 @@ def _endpoint(e: dict, i: int, where: str, check_env: bool) -> dict:
         from trainers.trainer import is_secret_name  # the rule that keeps a variable from candidate code
         if not is_secret_name(key_env):
             raise LLMConfigError(f"{where}: api_key_env {key_env!r} of {label} does not look like a secret's name, so "
-                                 "it would reach candidate code (training runs get every environment variable not "
-                                 "named like a secret); name the variable with KEY, TOKEN or SECRET in it (e.g. "
+                                 "it could reach candidate code (names such as AR_* or CUDA_* are on the allowlist training "
+                                 "runs get, and a target can pass any name through); name the variable with KEY, TOKEN or SECRET in it (e.g. "
                                  f"{key_env}_API_KEY)")
     if check_env and key_env and not os.environ.get(key_env):
         raise LLMConfigError(f"the API key for {label} ({model}) is read from the environment variable {key_env}, "

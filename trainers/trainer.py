@@ -33,7 +33,22 @@ from trainers.watch import CurveWatch
 
 REAPER = str(Path(__file__).with_name("reaper.py"))
 KEEP_AFTER_RUN = ("log.txt", "result.json")
-# Never handed to a candidate: it is code an LLM wrote.
+# The environment a candidate's child gets is an ALLOWLIST (child_env): candidate code is written by an LLM, and
+# its log tail goes back into the ledger and the prompts. Exact names, then prefixes; the target adds its own
+# `env` values and `env_passthrough` names in ar-ray.toml. Everything else in the trainer's environment is dropped.
+ENV_ALLOWED = frozenset({
+    "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME", "SHELL", "TMPDIR", "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH", "LIBRARY_PATH", "CPATH", "CC", "CXX", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE",
+    "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_CACHE", "TRANSFORMERS_OFFLINE", "XDG_CACHE_HOME",
+    "MPLCONFIGDIR", "MPLBACKEND", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+})
+ENV_ALLOWED_PREFIXES = (
+    "LC_", "PYTHON", "CONDA_", "AR_",  # locale, the Python/venv/conda settings, ar-ray's own (AR_PRESET, AR_DATA...)
+    "CUDA_", "CUDNN_", "CUBLAS_", "NCCL_", "NVIDIA_", "TORCH", "PYTORCH_", "TRITON_",  # compute settings
+    "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "HIP_", "HSA_", "ROCR_", "ROCM_", "XLA_", "JAX_", "TF_",
+)
+# Names that look like credentials (is_secret_name) never pass the allowlist's prefixes, and are listed (names only)
+# in the run's start message when the trainer's environment holds them.
 SECRET_MARKERS = ("API_KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AWS_", "GOOGLE_APPLICATION", "AZURE_")
 # Besides the markers above (matched anywhere in the upper-cased name), KEY as a word of the name: the name is
 # split into words at every character other than a letter or digit and at camelCase humps ("vllmKey" ->
@@ -41,15 +56,38 @@ SECRET_MARKERS = ("API_KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AWS_"
 # VLLM_KEY, OPENROUTER_KEY, KEY, OPENAI_APIKEY, MY_KEY_FILE, SSL_KEY_PATH, GPG_KEY and vllmKey are scrubbed;
 # MONKEY, KEYBOARD_LAYOUT, KEYRING_BACKEND and TURNKEY are not (KEY is only part of a longer word there).
 _KEY_WORD = re.compile(r"(?:API)?KEYS?[0-9]*")
+# Other words that name a credential: DB_AUTH, BASIC_AUTH, HTTP_AUTHORIZATION, DB_PASS, MYSQL_PWD, PASSPHRASE,
+# GH_PAT, SENTRY_DSN, SESSION_COOKIE, ... (PWD alone is the shell's working directory); and a URL of a database
+# or broker (DATABASE_URL, REDIS_URL), which usually holds a password.
+_SECRET_WORDS = frozenset({"AUTH", "AUTHORIZATION", "PASS", "PASSWD", "PWD", "PASSPHRASE", "DSN", "PAT", "COOKIE",
+                           "PRIVATE", "CREDS", "SIGNATURE"})
+_STORE_WORDS = frozenset({"DATABASE", "DB", "REDIS", "MONGO", "MONGODB", "POSTGRES", "POSTGRESQL", "PG", "MYSQL",
+                          "AMQP", "BROKER", "CELERY", "RABBITMQ"})
 
 
 def is_secret_name(name: str) -> bool:
-    """Whether an environment variable of this name is kept from a candidate's child (see SECRET_MARKERS)."""
+    """Whether an environment variable of this name looks like a credential (see SECRET_MARKERS and the words)."""
     upper = name.upper()
     if any(m in upper for m in SECRET_MARKERS):
         return True
     words = re.split(r"[^A-Z0-9]+", re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).upper())
-    return any(_KEY_WORD.fullmatch(w) for w in words)
+    if any(_KEY_WORD.fullmatch(w) for w in words):
+        return True
+    if upper != "PWD" and _SECRET_WORDS & set(words):
+        return True
+    return bool({"URL", "URI"} & set(words) and _STORE_WORDS & set(words))
+
+
+def env_allowed(name: str) -> bool:
+    """Whether the trainer's variable `name` reaches a candidate's child without the target naming it."""
+    return (name in ENV_ALLOWED or name.startswith(ENV_ALLOWED_PREFIXES)) and not is_secret_name(name)
+
+
+def dropped_credentials(target: Target, environ=None) -> list[str]:
+    """Names (never values) in the trainer's environment that look like credentials and that no run gets."""
+    environ = os.environ if environ is None else environ
+    return sorted(k for k in environ if is_secret_name(k) and not env_allowed(k) and k not in target.env_passthrough
+                  and k not in target.env)
 
 
 class SetupError(RuntimeError):
@@ -57,7 +95,9 @@ class SetupError(RuntimeError):
 
 
 def child_env(target: Target, extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not is_secret_name(k)}
+    """The child's environment: the allowlisted part of the trainer's, the names the target passes through, the
+    target's `env` values, then ar-ray's own variables (`extra`)."""
+    env = {k: v for k, v in os.environ.items() if env_allowed(k) or k in target.env_passthrough}
     env.update(target.env)
     env.update(extra)
     env["PYTHONUNBUFFERED"] = "1"  # the log shows progress as it happens
@@ -192,6 +232,8 @@ class Trainer:
         except sandbox.SandboxError as e:
             return {"mode": None, "note": str(e), "problem": str(e)}
         self._box_mode = mode
+        if dropped := dropped_credentials(self.target):  # names only, never values
+            note += f"; kept from candidates (named like credentials): {', '.join(dropped)}"
         return {"mode": mode, "note": f"{self.node}: {note}", "problem": None}
 
     # -- status and control (called from another thread while run() is busy) --

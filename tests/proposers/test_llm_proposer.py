@@ -573,7 +573,7 @@ def test_api_key_env_must_be_named_like_a_secret(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_KEY", "sk-vllm")
     with pytest.raises(LLMConfigError) as e:
         build_options(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="FOO")
-    assert "api_key_env 'FOO'" in str(e.value) and "would reach candidate code" in str(e.value)
+    assert "api_key_env 'FOO'" in str(e.value) and "could reach candidate code" in str(e.value)
     assert "FOO_API_KEY" in str(e.value) and "sk-foo" not in str(e.value)
     (tmp_path / "c.toml").write_text("[[llm.endpoints]]\nmodel = 'a'\nbase_url = 'http://127.0.0.1:9/v1'\n"
                                      "api_key_env = 'FOO'\n")

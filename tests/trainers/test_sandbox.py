@@ -8,6 +8,7 @@ watchdogs that do not need it are also tested with `--sandbox none`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -77,7 +78,8 @@ class Run:
         env = {"AR_TEST_MARK": self.mark}
         self.target = make_target(tmp_path / "target", "print('val_bpb: 1.5')\n", env=env, data=(str(self.data),),
                                   network=limits.pop("network", None), result_file=limits.pop("result_file", None),
-                                  timeout_seconds=limits.pop("timeout", None))
+                                  timeout_seconds=limits.pop("timeout", None),
+                                  env_passthrough=limits.pop("env_passthrough", None))
         self.trainer = Trainer(self.target, str(self.root / "experiments"), name="t-box", grace_seconds=0.5,
                                box=Sandbox(mode=mode, **limits))
         self.trainer.sandbox_note()
@@ -140,6 +142,49 @@ def test_secrets_are_out_of_reach(bwrap, home, tmp_path):
     run.assert_contained()
     leaked = [p for p in run.root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert leaked == [] and SECRET not in repr(run.result)
+
+
+CREDENTIAL_NAMES = ("DB_AUTH", "MYSQL_PWD", "DB_PASS", "DATABASE_URL", "BASIC_AUTH", "HTTP_AUTHORIZATION", "PASSPHRASE",
+                    "GH_PAT", "SENTRY_DSN")
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "none"])
+def test_the_environment_is_an_allowlist(mode, request, tmp_path, monkeypatch):
+    """Credentials under names no denylist guessed never reach a candidate; neither does any other name outside the
+    allowlist, unless the target passes it through by name. The start note names the dropped credentials, never
+    their values."""
+    if mode == "bwrap":
+        request.getfixturevalue("bwrap")
+    for name in CREDENTIAL_NAMES:
+        monkeypatch.setenv(name, f"{name}-{SECRET}")
+    monkeypatch.setenv("SOME_OTHER_SETTING", "not-allowlisted")
+    monkeypatch.setenv("MY_PASSED_SETTING", "passed-through")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run = Run(tmp_path, f"""
+        import json, os
+        print("leaked:", sorted(k for k, v in os.environ.items() if {SECRET!r} in v))
+        print("env:", json.dumps(dict(os.environ)))
+        """, mode=mode, end=HONEST_END, env_passthrough=["MY_PASSED_SETTING"])
+    assert run.result.status == "ok", run.result.error_tail
+    assert "leaked: []" in run.log and SECRET not in run.log
+    env = json.loads(next(line[5:] for line in run.log.splitlines() if line.startswith("env: ")))
+    assert env["MY_PASSED_SETTING"] == "passed-through" and "SOME_OTHER_SETTING" not in env
+    assert env["OMP_NUM_THREADS"] == "1" and env["PATH"] and env["AR_TEST_MARK"] == run.mark
+    note = run.trainer.sandbox_note()["note"]
+    assert "kept from candidates" in note and all(name in note for name in CREDENTIAL_NAMES)
+    assert SECRET not in note and "MY_PASSED_SETTING" not in note
+    run.assert_contained()
+
+
+@pytest.mark.parametrize("value,problem", [
+    ("HF_HOME", "must be a list of environment variable names"), (["FOO=bar"], "must be a list"), ([1], "must be a list"),
+])
+def test_env_passthrough_is_checked(tmp_path, value, problem):
+    from ar_ray.target import TargetError
+    with pytest.raises(TargetError, match=problem) as e:
+        make_target(tmp_path / "target", "print('val_bpb: 1.5')\n", env_passthrough=value)
+    assert "env_passthrough = [" in str(e.value)  # what to write instead
+    assert make_target(tmp_path / "ok", "print(1)\n", env_passthrough=["WANDB_MODE"]).env_passthrough == ("WANDB_MODE",)
 
 
 def test_writes_to_the_ledger_other_runs_prepare_and_data_fail(bwrap, tmp_path):

@@ -107,8 +107,8 @@ def test_keys_named_without_a_marker_do_not_reach_the_child(tmp_path, monkeypatc
     candidate code is LLM-written and its log tail goes back into the ledger and the prompts."""
     for name in ("VLLM_KEY", "OPENROUTER_KEY", "vllmKey", "MY_KEY_FILE"):
         monkeypatch.setenv(name, f"{name}-must-not-leak")
-    monkeypatch.setenv("MY_SETTING", "passes-through")
-    monkeypatch.setenv("KEYBOARD_LAYOUT", "us")  # KEY is only part of a word: not a secret
+    monkeypatch.setenv("MY_SETTING", "stays-behind")
+    monkeypatch.setenv("KEYBOARD_LAYOUT", "us")  # KEY is only part of a word: not a secret, yet not allowlisted
     dump = tmp_path / "env.json"
     train = f"""
         import json, os
@@ -120,7 +120,7 @@ def test_keys_named_without_a_marker_do_not_reach_the_child(tmp_path, monkeypatc
     env = json.loads(dump.read_text())
     assert not {"VLLM_KEY", "OPENROUTER_KEY", "vllmKey", "MY_KEY_FILE"} & set(env)
     assert not any("must-not-leak" in v for v in env.values())
-    assert env["MY_SETTING"] == "passes-through" and env["KEYBOARD_LAYOUT"] == "us"
+    assert "MY_SETTING" not in env and "KEYBOARD_LAYOUT" not in env  # an allowlist: unknown names stay behind
     assert env["PATH"] == os.environ["PATH"]
 
 
@@ -130,6 +130,9 @@ def test_keys_named_without_a_marker_do_not_reach_the_child(tmp_path, monkeypatc
     ("OPENAI_API_KEY", True), ("HF_TOKEN", True), ("DB_PASSWORD", True), ("AWS_PROFILE", True),
     ("PATH", False), ("MY_SETTING", False), ("HOME", False), ("CUDA_VISIBLE_DEVICES", False),
     ("MONKEY", False), ("KEYBOARD_LAYOUT", False), ("KEYRING_BACKEND", False), ("TURNKEY", False),
+    ("DB_AUTH", True), ("MYSQL_PWD", True), ("DB_PASS", True), ("DATABASE_URL", True), ("BASIC_AUTH", True),
+    ("HTTP_AUTHORIZATION", True), ("PASSPHRASE", True), ("GH_PAT", True), ("SENTRY_DSN", True), ("REDIS_URL", True),
+    ("PWD", False), ("GIT_AUTHOR_NAME", False), ("PATCH_LEVEL", False), ("BASE_URL", False),
 ])
 def test_is_secret_name(name, secret):
     assert is_secret_name(name) is secret

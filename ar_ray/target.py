@@ -64,6 +64,10 @@ class Target:
     data: tuple[str, ...] = ()
     network: bool = False  # may a sandboxed run open network connections?
     readonly_hashes: dict[str, str] = field(default_factory=dict)
+    # the search space declared under [knobs]: name -> ("range", lo, hi) or ("choices", (values...)); and the
+    # names (or * patterns) the mutate proposer must leave alone (`off`). Read by proposers/mutate.py.
+    knobs: dict[str, tuple] = field(default_factory=dict)
+    knobs_off: tuple[str, ...] = ()
     # the content of every editable and read-only file, read once by the driver: trainers on other nodes
     # materialize runs from it and never need the target folder itself
     contents: dict[str, bytes] = field(default_factory=dict, repr=False)
@@ -174,17 +178,86 @@ def _read_declaration(config_path: Path) -> dict:
         doc = tomllib.loads(config_path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise TargetError(f"{config_path} is not valid TOML: {e}") from None
-    stray = sorted(set(doc) - {"target"})
+    stray = sorted(set(doc) - {"target", "knobs"})
     if stray:
         raise TargetError(f"{config_path}: unknown table(s) or key(s) {stray} at the top level; "
-                          "ar-ray reads only the table [target]: write the settings under a line [target]")
+                          "ar-ray reads only the tables [target] and [knobs]: write the settings under a line [target]")
     decl = doc.get("target", {})
     if not isinstance(decl, dict):
         raise TargetError(f"{config_path}: target must be the table [target], got target = {decl!r}")
+    if "knobs" in decl:
+        raise TargetError(f"{config_path}: knobs is a table of its own: write [knobs] on a line of its own, "
+                          "not knobs under [target]")
     unknown = set(decl) - set(FIELDS)
     if unknown:
         raise TargetError(f"{config_path}: unknown key(s) {sorted(unknown)} under [target]; known keys: {sorted(FIELDS)}")
-    return decl
+    return {**decl, "knobs": doc["knobs"]} if "knobs" in doc else decl
+
+
+KNOBS_EXAMPLE = ('[knobs] learning_rate = [1e-4, 1e-2] (a range [lo, hi]), n_layer = [2, 4, 6] (the values to try), '
+                 'act = ["relu", "gelu"], n_head = { choices = [4, 8] } (two numbers as choices, not a range), '
+                 'off = ["eval_*", "wandb_log"] (names mutate leaves alone)')
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def parse_knobs(table) -> tuple[dict[str, tuple], tuple[str, ...]]:
+    """The [knobs] table as (space, off): name -> ("range", lo, hi) or ("choices", values); names left alone.
+
+    `name = [lo, hi]` (two numbers) is a range, any other list the values to try; `name = { choices = [...] }`
+    makes two numbers choices, `name = { range = [lo, hi] }` says range outright; `off` lists names (or
+    * patterns) that mutate must never change."""
+    hint = f"write e.g. {KNOBS_EXAMPLE}"
+    if not isinstance(table, dict):
+        raise TargetError(f"knobs must be the table [knobs], got knobs = {table!r}; {hint}")
+    space: dict[str, tuple] = {}
+    off = table.get("off", [])
+    if isinstance(off, str):
+        off = [off]
+    if not (isinstance(off, list) and all(isinstance(x, str) and x for x in off)):
+        raise TargetError(f"[knobs] off must be a list of names (or * patterns) mutate leaves alone, got {off!r}; "
+                          'write e.g. off = ["eval_*", "wandb_log"]')
+    for name, spec in table.items():
+        if name == "off":
+            continue
+        where = f"[knobs] {name}"
+        if isinstance(spec, dict):
+            if set(spec) == {"choices"} and isinstance(spec["choices"], list):
+                values = spec["choices"]
+            elif set(spec) == {"range"} and isinstance(spec["range"], list):
+                values = spec["range"]
+                if len(values) != 2 or not all(_number(x) for x in values):
+                    raise TargetError(f"{where}: a range is two numbers [lo, hi], got {values!r}; "
+                                      f"write e.g. {name} = {{ range = [0.0001, 0.01] }}")
+            else:
+                raise TargetError(f"{where}: a table must be {{ choices = [...] }} or {{ range = [lo, hi] }}, got "
+                                  f"{spec!r}; {hint}")
+            kind = next(iter(spec))
+        elif isinstance(spec, list):
+            values = spec
+            kind = "range" if len(spec) == 2 and all(_number(x) for x in spec) else "choices"
+        else:
+            raise TargetError(f"{where} must be a range [lo, hi] or a list of the values to try, got {spec!r}; {hint}")
+        if kind == "range":
+            lo, hi = values
+            if not lo < hi:
+                raise TargetError(f"{where}: the range [{lo}, {hi}] is empty; write the smaller bound first, "
+                                  f"e.g. {name} = [{min(lo, hi)}, {max(lo, hi) if lo != hi else hi * 2 or 1}]")
+            space[name] = ("range", lo, hi)
+            continue
+        if len(values) < 2:
+            raise TargetError(f"{where} lists {len(values)} value(s); give at least two to choose between, "
+                              f"or a range [lo, hi]")
+        if not all(isinstance(x, (str, bool)) or _number(x) for x in values):
+            raise TargetError(f"{where}: choices must be strings, numbers or booleans, got {values!r}")
+        if len({type(x) if not isinstance(x, int) or isinstance(x, bool) else float for x in values}) > 1:
+            raise TargetError(f"{where}: choices mix types ({values!r}); list values of one type")
+        if len(set(values)) != len(values):
+            raise TargetError(f"{where} lists a value twice ({values!r}); list each value once")
+        space[name] = ("choices", tuple(values))
+    return space, tuple(off)
 
 
 def check_command(key: str, command: str) -> None:
@@ -213,7 +286,11 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
         raise TargetError(f"target folder {root} does not exist; pass --target with a folder holding train.py (or ar-ray.toml)")
     decl = _read_declaration(root / CONFIG_NAME)
     decl.update({k: v for k, v in overrides.items() if v is not None})
+    if "knobs" in decl:
+        decl["knobs"], decl["knobs_off"] = parse_knobs(decl["knobs"])
     for key, value in decl.items():
+        if key in ("knobs", "knobs_off"):
+            continue
         check, what, example = FIELDS[key]
         if not check(value):
             raise TargetError(f"{key} must be {what}, got {value!r}; write e.g. {example}")

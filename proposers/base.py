@@ -20,6 +20,12 @@ from ar_ray.code.codehash import code_hash
 from ar_ray.types import Attempt, Baseline, Proposal
 
 
+def proposer_seed(run_seed: int, index: int, resumed_rows: int = 0) -> int:
+    """The seed of proposer `index`: fixed by the run's seed in a fresh run, and a new one at each resume (from the
+    number of ledger rows the run had), so a resumed proposer does not replay the proposals it made before."""
+    return run_seed * 1000 + index + 7919 * max(0, resumed_rows)
+
+
 class ProposalFailed(Exception):
     """Raised by make_edit when no usable proposal came out; `status` goes to the ledger."""
 

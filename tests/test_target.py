@@ -125,7 +125,22 @@ PLACEHOLDER_HINT = "the placeholders are {python}, {seed}, {budget_seconds}, {bu
     ('[target]\ncommand = "  "', "command is empty; set 'command' in ar-ray.toml, e.g. command = \"{python} train.py\""),
     ('[target]\nsetup = " "', "setup is empty"),
     # the table itself
-    ('[targets]\nname = "x"', "unknown table(s) or key(s) ['targets'] at the top level; ar-ray reads only the table [target]"),
+    ('[targets]\nname = "x"', "unknown table(s) or key(s) ['targets'] at the top level; ar-ray reads only the tables [target] and [knobs]"),
+    # the search space: [knobs]
+    ('[knobs]\nlr = 5', "[knobs] lr must be a range [lo, hi] or a list of the values to try, got 5; write e.g. [knobs] "
+     "learning_rate = [1e-4, 1e-2]"),
+    ('[knobs]\nlr = [0.1, 0.01]', "[knobs] lr: the range [0.1, 0.01] is empty; write the smaller bound first, e.g. "
+     "lr = [0.01, 0.1]"),
+    ('[knobs]\nlr = { range = [1, "x"] }', "[knobs] lr: a range is two numbers [lo, hi], got [1, 'x']"),
+    ('[knobs]\nlr = { values = [1, 2] }', "[knobs] lr: a table must be { choices = [...] } or { range = [lo, hi] }"),
+    ('[knobs]\nact = ["relu"]', "[knobs] act lists 1 value(s); give at least two to choose between"),
+    ('[knobs]\nact = ["relu", 2, 3]', "[knobs] act: choices mix types"),
+    ('[knobs]\nact = ["relu", "relu"]', "[knobs] act lists a value twice"),
+    ('[knobs]\nact = [["a"], ["b"]]', "[knobs] act: choices must be strings, numbers or booleans"),
+    ('[knobs]\noff = "eval_*"\noff2 = 3', "[knobs] off2 must be a range"),
+    ('[knobs]\noff = [1]', "[knobs] off must be a list of names (or * patterns) mutate leaves alone, got [1]"),
+    ('knobs = 3', "knobs must be the table [knobs], got knobs = 3"),
+    ('[target]\nknobs = { lr = [1, 2] }', "knobs is a table of its own: write [knobs] on a line of its own"),
     ('name = "x"\n[target]\n', "unknown table(s) or key(s) ['name'] at the top level"),
     ('target = 5', "target must be the table [target], got target = 5"),
 ])
@@ -158,8 +173,21 @@ def test_good_values_load_as_declared(tmp_path):
         load_target(root, budget_tokens=0)
 
 
+def test_knobs_declare_the_search_space(tmp_path):
+    root = upstream_layout(tmp_path / "t")
+    (root / "ar-ray.toml").write_text('[target]\nname = "x"\n\n[knobs]\nlearning_rate = [1e-4, 1e-2]\n'
+                                      'n_layer = [2, 4, 6]\nn_head = { choices = [4, 8] }\nwd = { range = [0, 0.1] }\n'
+                                      'act = ["relu", "gelu"]\nbias = [true, false]\noff = ["eval_*", "wandb_log"]\n')
+    t = load_target(root)
+    assert t.knobs == {"learning_rate": ("range", 1e-4, 1e-2), "n_layer": ("choices", (2, 4, 6)),
+                       "n_head": ("choices", (4, 8)), "wd": ("range", 0, 0.1), "act": ("choices", ("relu", "gelu")),
+                       "bias": ("choices", (True, False))}
+    assert t.knobs_off == ("eval_*", "wandb_log")
+    assert load_target(upstream_layout(tmp_path / "u")).knobs == {}
+
+
 def test_every_target_key_is_checked():
-    internal = {"root", "readonly_hashes", "contents"}
+    internal = {"root", "readonly_hashes", "contents", "knobs", "knobs_off"}  # knobs: the [knobs] table
     assert set(FIELDS) == {f.name for f in dataclasses.fields(Target)} - internal
 
 

@@ -14,6 +14,7 @@ from ar_ray.engine.config import RunConfig
 from ar_ray.errors import ConfigError
 from ar_ray.target import Target
 from proposers.actor import ProposerActor
+from proposers.base import proposer_seed
 from trainers.actor import TrainerActor
 
 NAMESPACE = "ar-ray"  # runs on one cluster share named actors here, e.g. an LLM endpoint's rate limiter
@@ -137,12 +138,15 @@ def start_trainers(p: Plan, target: Target, work_root: str, run_id: str, keep_fi
     return actors
 
 
-def start_proposers(config: RunConfig, target: Target, run_id: str, gpus: bool = False) -> list:
+def start_proposers(config: RunConfig, target: Target, run_id: str, gpus: bool = False, resumed_rows: int = 0) -> list:
+    """`resumed_rows`: the ledger's rows when resuming (0 for a fresh run): each resume seeds the proposers anew."""
     cls = ray.remote(ProposerActor)
     program = target.program_text()
     options = dict(config.proposer_options)
     if config.proposer == "mutate":  # it leaves alone the knobs of the hardware the trainers do not have
         options.setdefault("hardware", "gpu" if gpus else "cpu")
+        options.setdefault("space", target.knobs)  # the target's [knobs]
+        options.setdefault("off", target.knobs_off)
     env = {}
     if config.proposer == "llm":
         # on other nodes, workers see that node's environment, not the driver's: hand the API key over
@@ -152,8 +156,8 @@ def start_proposers(config: RunConfig, target: Target, run_id: str, gpus: bool =
     # a proposer that dies restarts; its lost call fails (max_task_retries=0) so the driver counts it and asks again
     return [cls.options(name=f"ar-ray:{run_id}:proposer-{i}", num_cpus=0, max_restarts=-1, max_task_retries=0,
                         max_concurrency=8, runtime_env={"env_vars": env} if env else None)
-            .remote(config.proposer, f"{config.proposer}-{i}", target.editable, program, config.seed * 1000 + i,
-                    options)
+            .remote(config.proposer, f"{config.proposer}-{i}", target.editable, program,
+                    proposer_seed(config.seed, i, resumed_rows), options)
             for i in range(config.proposers)]
 
 

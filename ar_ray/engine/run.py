@@ -167,7 +167,8 @@ def execute(config: RunConfig, on_event=None) -> dict:
         work_root = str(run_dir / "experiments")
         os.makedirs(work_root, exist_ok=True)
         trainers = cluster.start_trainers(p, target, work_root, run_id, config.keep_files, config.box())
-        proposers = cluster.start_proposers(config, target, run_id, gpus=p.gpus > 0)
+        proposers = cluster.start_proposers(config, target, run_id, gpus=p.gpus > 0,  # a resume: new proposer seeds
+                                            resumed_rows=read_table(str(run_dir)).num_rows if previous else 0)
         cluster.wait_started(trainers, proposers, p=p)  # placed and constructed, or a StartupError naming who is not
         confinement = check_sandbox(trainers, on_event)
         driver = Driver(target, ledger, run_id, trainers, proposers, Policy(config.policy(), target.direction),

@@ -168,7 +168,6 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
                        rescreen=rescreen, prune=prune, prune_at=_fractions("--prune-at", prune_at),
                        prune_margin=prune_margin)
     console = Console()
-    console.print(f"run dir: {run_dir}")
     if stored.get("config"):
         ctx = click.get_current_context()
         given = {p for p in ctx.params if ctx.get_parameter_source(p) not in (ParameterSource.DEFAULT, None)}
@@ -177,6 +176,9 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
         console.print("resuming with the settings the run was started with"
                       + (f"; changed now: {', '.join(flags)}" if flags else "")
                       + (" (--time-limit counts from now)" if config.time_limit else ""), soft_wrap=True)
+    from ar_ray.cli.preflight import preflight
+    preflight(config.target, config.target_overrides, config.proposer)  # before Ray: the contract, the proposer
+    console.print(f"run dir: {run_dir}")
     try:
         with Progress(Path(run_dir), console) as progress:
             result = execute(config, on_event=progress)

@@ -87,7 +87,7 @@ class Driver:
                  *, queue_depth: int, max_experiments: int | None = None, time_limit: float | None = None,
                  seed: int = 0, budget_seconds: float | None = None, max_skipped_in_a_row: int = 200,
                  max_cost: float | None = None, scales: tuple[Scale, ...] = (), prune: pruning.PruneRule | None = None,
-                 on_event=None):
+                 on_event=None, proposer_kind: str = ""):
         self.target, self.ledger, self.run_id, self.policy = target, ledger, run_id, policy
         self.journal = Journal(ledger.dir.parent)
         self.trainers, self.proposers = trainers, proposers
@@ -119,6 +119,8 @@ class Driver:
         self.unwritten: list[dict] = []  # rows of the current round, appended together
         self.skipped_in_a_row = self.just_freed = self.broken_in_a_row = 0
         self.stopping = False
+        self.proposer_kind = proposer_kind  # mutate, llm, ...: what the stop message advises
+        self.aborting: RunAborted | None = None  # the proposers cannot work: what runs finishes, then this is raised
 
     # ---- the loop ----
 
@@ -155,6 +157,8 @@ class Driver:
                 self._flush()
             self.on_event("tick", self, None)
         self.record_unused()
+        if self.aborting is not None:
+            raise self.aborting
         return self.count
 
     def record_unused(self) -> None:
@@ -299,13 +303,30 @@ class Driver:
         """One more proposal that cannot run. `broken`: the proposer itself failed (not a bad or repeated edit)."""
         self.skipped_in_a_row += 1
         self.broken_in_a_row = self.broken_in_a_row + 1 if broken else 0
+        if self.aborting is not None:
+            return
         if self.count.ran == 0 and not self.queue and self.broken_in_a_row >= FIRST_FAILURES:
-            raise RunAborted(f"the first {self.broken_in_a_row} proposals all failed (last: {last[:400]}); nothing "
-                             "can run until the proposer works: check its configuration (model, --base-url, API key) "
-                             "and the target's editable files")
-        if self.skipped_in_a_row >= self.max_skipped_in_a_row:
-            raise RunAborted(f"{self.skipped_in_a_row} proposals in a row could not run (last: {last[:400]}); "
-                             "check the proposer's configuration and the ledger's error column")
+            if self.proposer_kind == "mutate":
+                fix = ("make the values it reports missing tunable, or declare them under [knobs] in the target's "
+                       "ar-ray.toml (`ar-ray check TARGET` lists what mutate finds)")
+            elif self.proposer_kind == "llm":
+                fix = "check its configuration (model, --base-url, API key) and the target's editable files"
+            else:
+                fix = "check the proposer's configuration and the target's editable files"
+            self._abort(f"the first {self.broken_in_a_row} proposals all failed (last: {last[:400]}); nothing "
+                        f"can run until the proposer works: {fix}")
+        elif self.skipped_in_a_row >= self.max_skipped_in_a_row:
+            self._abort(f"{self.skipped_in_a_row} proposals in a row could not run (last: {last[:400]}); "
+                        "check the proposer's configuration and the ledger's error column")
+
+    def _abort(self, why: str) -> None:
+        """The proposers cannot work: start nothing new, let what runs finish and be recorded with its real status
+        (the baseline gives the run its first row: `best`, `show` and `report` work on it), then stop with `why`."""
+        self.aborting = RunAborted(why)
+        self.stopping = True
+        if self.running:
+            self.on_event("note", self, {"text": f"stopping: {why[:200]}... The {len(self.running)} running "
+                                                 "experiment(s) finish first (Ctrl-C stops them now)."})
 
     # ---- training ----
 

@@ -175,7 +175,8 @@ def execute(config: RunConfig, on_event=None) -> dict:
                         queue_depth=config.queue_depth or (p.trainers + config.proposers),
                         max_experiments=config.max_experiments, time_limit=config.time_limit, seed=config.seed,
                         budget_seconds=config.budget_seconds, max_skipped_in_a_row=config.max_skipped_in_a_row, max_cost=config.max_cost,
-                        scales=config.scales(), prune=config.prune_rule(), on_event=on_event)
+                        scales=config.scales(), prune=config.prune_rule(), on_event=on_event,
+                        proposer_kind=config.proposer)
         if previous:
             restore(driver, str(run_dir))
             driver.requeue_journal()

@@ -26,7 +26,7 @@ def test_a_target_without_its_editable_file_is_refused(tmp_path):
     (tmp_path / "target").mkdir()
     (tmp_path / "target" / "prepare.py").write_text("X = 1\n")
     r = invoke("run", "--target", tmp_path / "target", "--run-dir", tmp_path / "run")
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # refused before Ray starts, like the other config errors
     assert "editable file 'train.py' is missing" in r.output and "create it" in r.output
 
 
@@ -191,19 +191,59 @@ def test_best_git_writes_the_kept_changes_as_commits(ray_local, tmp_path, toy):
     assert r.exit_code == 1 and "exists" in r.output
 
 
-def test_a_proposer_that_cannot_work_stops_the_run_early_and_says_why(ray_local, tmp_path):
-    """The mutate proposer on a script with no UPPER_CASE constants fails every time: the run stops after the
-    first ten failures (not two hundred), every failure is a row, and the console shows the reason."""
+def test_mutate_with_nothing_to_tune_is_refused_before_ray_starts(tmp_path, monkeypatch):
+    """A script with no literal settings: `ar-ray run` says what mutate looks for and how to declare knobs, with exit
+    code 2, before it starts Ray or writes a run dir."""
+    import ar_ray.engine.cluster as cluster
+    monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("Ray was started"))
     train = "import time\ntime.sleep(0.5)\nprint('---')\nprint('val_bpb: 1.0')\n"
+    target = make_toy(tmp_path / "target", train=train)
+    r = invoke("run", "--target", target, "--run-dir", tmp_path / "run", "--trainers", "1", "--max-experiments", "5")
+    assert r.exit_code == 2, r.output
+    out = " ".join(r.output.split())
+    assert "the mutate proposer has nothing to tune in target 'target'" in out
+    assert "no mutable hyperparameters found in the editable file(s) train.py" in out
+    assert "top-level `name = literal` assignments" in out and "[knobs]" in out and "API key" not in out
+    assert not (tmp_path / "run").exists()
+    # a broken contract is refused the same way
+    (target / "ar-ray.toml").write_text("[knobs]\nlr = [1, 0]\n")
+    r = invoke("run", "--target", target, "--run-dir", tmp_path / "run")
+    assert r.exit_code == 2 and "[knobs] lr: the range [1, 0] is empty" in r.output, r.output
+    # a declared knob that is not in the files is named
+    (target / "ar-ray.toml").write_text("[knobs]\nlr = [0.1, 1]\n")
+    r = invoke("run", "--target", target, "--run-dir", tmp_path / "run")
+    assert r.exit_code == 2 and "knob(s) 'lr' declared under [knobs]" in r.output, r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_proposer_that_cannot_work_stops_the_run_and_keeps_what_ran(ray_local, tmp_path):
+    """Past the check (here: the engine called directly), a mutate proposer that cannot work stops the run after
+    the first ten failures, every failure is a row, the stop message speaks of mutate's knobs (not of an API key),
+    and the baseline that was running finishes and is recorded: `best`, `show` and `report` work on the run dir."""
+    from ar_ray.engine.config import RunConfig
+    from ar_ray.engine.driver import RunAborted
+    from ar_ray.engine.run import execute
+
+    train = "import time\ntime.sleep(1.0)\nprint('---')\nprint('val_bpb: 1.25')\n"
     mark = new_mark()
     target = make_toy(tmp_path / "target", f"[target]\nenv = {{ AR_TEST_MARK = '{mark}' }}\n", train=train)
-    r = invoke("run", "--target", target, "--run-dir", tmp_path / "run", "--trainers", "1", "--max-experiments", "5")
-    assert r.exit_code == 1
-    assert "the first 10 proposals all failed" in r.output and "no mutable hyperparameters found" in r.output
-    df = ledger.load(tmp_path / "run")
-    assert (df.status == "proposer_error").sum() == 10 and not ((df.role == "screen") & (df.decision != "skip")).any()
-    assert "proposer_error" in r.output and "| no mutable hyperparameters" not in r.output  # skip rows: reason alone
-    assert any(line.startswith("e0") and "no mutable hyperparameters found" in line for line in r.output.splitlines())
-    snap = json.loads((tmp_path / "run" / "status.json").read_text())  # the baseline in flight was stopped with it
-    assert snap["state"] == "aborted" and snap["running"] == [] and snap["eta"] is None
+    run_dir = tmp_path / "run"
+    states = []
+    with pytest.raises(RunAborted) as e:
+        execute(RunConfig(target=str(target), run_dir=str(run_dir), trainers=1, gpus_per_trainer=1, max_experiments=5),
+                on_event=lambda kind, driver, row: states.append(row["state"]) if kind == "finished" else None)
+    message = str(e.value)
+    assert "the first 10 proposals all failed" in message and "no mutable hyperparameters found" in message
+    assert "API key" not in message and "[knobs]" in message and "ar-ray check" in message
+    assert states == ["aborted"]
+    df = ledger.load(run_dir)  # (proposals that came back while the baseline finished are rows too)
+    assert (df.status == "proposer_error").sum() >= 10 and not ((df.role == "screen") & (df.decision != "skip")).any()
+    base = df[df.role == "baseline"]
+    assert base.status.tolist() == ["ok"] and base.metric.tolist() == [1.25]  # before, it was killed and discarded
+    r = invoke("best", run_dir)
+    assert r.exit_code == 0 and "best val_bpb 1.250000" in r.output, r.output
+    r = invoke("show", run_dir, base.experiment_id.iloc[0])
+    assert r.exit_code == 0 and "status ok" in r.output, r.output
+    r = invoke("report", run_dir)
+    assert r.exit_code == 0, r.output
     wait_for(lambda: not marked_pids(mark), 30, "the aborted run's processes to be gone")

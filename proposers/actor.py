@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from proposers.base import ProposerBase
 
@@ -31,8 +32,16 @@ class ProposerActor:
     nothing. `max_concurrency` of the actor bounds the proposals in progress either way."""
 
     def __init__(self, kind: str, name: str, editable: tuple[str, ...], program: str = "", seed: int = 0,
-                 options: dict | None = None):
+                 options: dict | None = None, keys=None):
+        self._keys = keys  # a KeyHolder's handle: the API keys are fetched from it by a call (see KeyHolder)
         self.proposer = make_proposer(kind, name, editable, program, seed, options)
+
+    async def _take_keys(self) -> None:
+        """Put the API keys the driver handed over into this process's environment, where the proposer reads them
+        (once per actor process: a restarted actor asks again)."""
+        if self._keys is not None:
+            os.environ.update(await self._keys.get.remote())
+            self._keys = None
 
     def update(self, baseline):
         return self.proposer.update(baseline)
@@ -41,7 +50,28 @@ class ProposerActor:
         return self.proposer.baseline_version()
 
     async def propose(self, history=(), in_flight=(), baseline=None):
+        await self._take_keys()
         apropose = getattr(self.proposer, "apropose", None)
         if apropose is not None:
             return await apropose(history, in_flight, baseline)
         return await asyncio.to_thread(self.proposer.propose, history, in_flight, baseline)
+
+
+class KeyHolder:
+    """Holds the LLM API keys in memory for the proposer actors of one run.
+
+    Anything in an actor's runtime_env is written by Ray to runtime_env_agent.log in its session folder (world-
+    readable, kept after the run) and shown by its state API; so the driver hands the keys over in a method call
+    (`hold`), whose arguments Ray neither logs nor shows, and each proposer actor fetches them with `get` when it
+    first proposes (again after a restart). Nothing of it touches the disk. The holder lives as long as a proposer
+    actor holds its handle."""
+
+    def __init__(self):
+        self._keys: dict[str, str] = {}
+
+    def hold(self, keys: dict[str, str]) -> int:
+        self._keys = dict(keys)
+        return len(self._keys)
+
+    def get(self) -> dict[str, str]:
+        return dict(self._keys)

@@ -266,8 +266,8 @@ class LLMProposer(ProposerBase):
             if ep["api_key_env"] and not os.environ.get(ep["api_key_env"]):
                 raise ProposalFailed("proposer_error", (
                     f"the environment variable {ep['api_key_env']} (the API key for {ep['model']}) is not set in the "
-                    f"proposer's process on {socket.gethostname()}. Set it where Ray is started (ray start / the "
-                    "driver), or pass it to the proposer actors through their runtime_env."))
+                    f"proposer's process on {socket.gethostname()}. Set it in the environment of the driver "
+                    "(`ar-ray run`), which hands it to the proposer actors in memory."))
             per_loop[i] = asyncio.ensure_future(asyncio.to_thread(self._new_client, ep))
         try:
             return await asyncio.shield(per_loop[i])

@@ -13,7 +13,7 @@ import ray
 from ar_ray.engine.config import RunConfig
 from ar_ray.errors import ConfigError
 from ar_ray.target import Target
-from proposers.actor import ProposerActor
+from proposers.actor import KeyHolder, ProposerActor
 from proposers.base import proposer_seed
 from trainers.actor import TrainerActor
 
@@ -147,17 +147,20 @@ def start_proposers(config: RunConfig, target: Target, run_id: str, gpus: bool =
         options.setdefault("hardware", "gpu" if gpus else "cpu")
         options.setdefault("space", target.knobs)  # the target's [knobs]
         options.setdefault("off", target.knobs_off)
-    env = {}
+    holder = None
     if config.proposer == "llm":
-        # on other nodes, workers see that node's environment, not the driver's: hand the API key over
-        # (to proposer actors only; trainers strip credentials from what candidates see)
+        # on other nodes, workers see that node's environment, not the driver's: hand the API key over (to proposer
+        # actors only), in memory through a method call: never in a runtime_env, which Ray writes to its logs
         from proposers.llm_config import key_env_vars
-        env = {v: os.environ[v] for v in key_env_vars(config.proposer_options) if v in os.environ}
+        keys = {v: os.environ[v] for v in key_env_vars(config.proposer_options) if v in os.environ}
+        if keys:
+            holder = ray.remote(KeyHolder).options(num_cpus=0, max_restarts=0).remote()
+            ray.get(holder.hold.remote(keys))
     # a proposer that dies restarts; its lost call fails (max_task_retries=0) so the driver counts it and asks again
     return [cls.options(name=f"ar-ray:{run_id}:proposer-{i}", num_cpus=0, max_restarts=-1, max_task_retries=0,
-                        max_concurrency=8, runtime_env={"env_vars": env} if env else None)
+                        max_concurrency=8)
             .remote(config.proposer, f"{config.proposer}-{i}", target.editable, program,
-                    proposer_seed(config.seed, i, resumed_rows), options)
+                    proposer_seed(config.seed, i, resumed_rows), options, keys=holder)
             for i in range(config.proposers)]
 
 

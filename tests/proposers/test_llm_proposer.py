@@ -683,3 +683,9 @@ def test_ar_ray_run_with_the_llm_proposer_end_to_end(ray_llm, server, tmp_path):
             assert KEY.encode() not in path.read_bytes(), path
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["config"]["proposer_options"]["endpoints"][0]["api_key_env"] == "OPENAI_API_KEY"
+    # nor in Ray's session folder (logs, runtime_env_agent.log, sockets' neighbours): the key reached the
+    # proposer actors in memory, never through a runtime_env that Ray writes down
+    session = Path(ray_llm._private.worker.global_worker.node.get_session_dir_path())
+    files = [p for p in session.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.name.startswith("runtime_env_agent") for p in files), "no Ray logs here: the check proves nothing"
+    assert [str(p) for p in files if KEY.encode() in p.read_bytes()] == []

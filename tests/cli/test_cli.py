@@ -234,7 +234,7 @@ def test_a_proposer_that_cannot_work_stops_the_run_and_keeps_what_ran(ray_local,
                 on_event=lambda kind, driver, row: states.append(row["state"]) if kind == "finished" else None)
     message = str(e.value)
     assert "the first 10 proposals all failed" in message and "no mutable hyperparameters found" in message
-    assert "API key" not in message and "[knobs]" in message and "ar-ray check" in message
+    assert "API key" not in message and "declare them under [knobs] in the target's ar-ray.toml" in message
     assert states == ["aborted"]
     df = ledger.load(run_dir)  # (proposals that came back while the baseline finished are rows too)
     assert (df.status == "proposer_error").sum() >= 10 and not ((df.role == "screen") & (df.decision != "skip")).any()

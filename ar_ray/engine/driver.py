@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from ar_ray.types import Attempt, Baseline, Candidate, Proposal, Result
 
 TICK = 0.5  # seconds between status refreshes when nothing lands
 HISTORY = 30  # attempts shown to proposers
+_FOLLOWUP = re.compile(r"^((baseline|confirm|rebase|promote) of \S+: )+")  # a follow-up's own prefix, said once
 FIRST_FAILURES = 10  # proposer errors in a row before any candidate ran: the proposer cannot work, stop early
 
 
@@ -443,7 +445,8 @@ class Driver:
         return len(entries)
 
     def _job(self, spec: RunSpec, source: Proposal | None = None, experiment_id: str | None = None) -> Job:
-        what = source.description if source else ("the target as shipped" if spec.base_version == 0 else "the best")
+        what = spec.note or (_FOLLOWUP.sub("", source.description) if source else
+                             "the target as shipped" if spec.base_version == 0 else "the best")
         p = Proposal(proposer="policy" if source else "baseline", base_version=spec.base_version,
                      description=f"{spec.role} of {spec.group}: {what}"[:500], files=spec.files,
                      edit_hash=code_hash(spec.files))

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 from ar_ray.code import edits, merge
 from ar_ray.code.codehash import code_hash
+from ar_ray.search.tquantile import t_factor
 
 # An edit whose every changed line mentions only these touches the metric, not the model.
 INTEGRITY = re.compile(r"seed|eval|val_|valid|result_file|AR_RESULT|bpb", re.IGNORECASE)
@@ -58,6 +59,9 @@ class PolicyConfig:
     rungs: int = 1  # scales of the promotion ladder, cheapest first; 1: no ladder
     promote_fraction: float = 0.25  # a rung promotes the top fraction of what it has seen
     rescreen: bool = False  # a close call at a cheap rung gets one more run there before it is dropped
+    fresh_reference: bool = True  # a new best is measured by fresh repeats, not by the runs that made it win
+    t_quantiles: bool = True  # bars widen by Student's t while the noise rests on few degrees of freedom
+    combine: int = 3  # near-misses (rejected with a positive mean gain) merged into one candidate; 0: never
 
     @property
     def top(self) -> int:
@@ -74,6 +78,7 @@ class RunSpec:
     group: str  # experiment id of the candidate the run belongs to
     parent_id: str | None
     rung: int = 0  # scale of the promotion ladder the run uses (the top rung is the full scale)
+    note: str = ""  # what the run tests, when it is not its group's own proposal (a combination of near-misses)
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,20 @@ class _Group:
     gpus: list[str] = field(default_factory=list)  # GPU model of each run in `metrics`
     cap: int = 0  # most runs a close call may get (sequential confirmation); 0: the policy's default
     rescreened: bool = False  # a close call at a cheap rung already got its second run there
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class _NearMiss:
+    """A candidate rejected with a positive mean gain: too small to prove alone, perhaps not in a combination."""
+
+    group: str
+    files: dict[str, str]
+    base_version: int
+    score: float  # mean gain over the bar it missed
+
+
+MAX_NEAR = 16  # near-misses kept (the best scores)
 
 
 class Policy:
@@ -134,6 +153,7 @@ class Policy:
         self.groups: dict[str, _Group] = {}
         self.gpu = ""  # GPU model of the result being judged
         self.versions: dict[int, dict[str, str]] = {}  # best version -> its files (rebase needs the old ones)
+        self.near: list[_NearMiss] = []  # rejected with a positive mean gain, waiting to be combined
 
     # ---- estimates ----
 
@@ -277,6 +297,8 @@ class Policy:
             out.update(best_mean=best_mean, best_n=best_n, gain=self._gain(sum(m for m, _ in runs) / n, best_mean))
             if noise is not None:
                 k = self.config.k if screen or rung < self.config.top else self.config.k_confirm
+                if self.config.t_quantiles:  # the noise is an estimate: a bar of k sigmas at its error rate
+                    k = t_factor(k, self._dof.get(rung, 0))
                 out["threshold"] = k * noise if screen else k * noise * math.sqrt(1 / n + ref_var)
         return out
 
@@ -364,8 +386,39 @@ class Policy:
     def _more_runs(self, gid: str, group: _Group, nums: dict) -> Verdict:
         group.waiting = min(max(1, self.config.confirm_runs), self._cap(group) - len(group.metrics))
         return Verdict("confirming", runs=tuple(RunSpec(group.files, group.base_version, group.role, gid, group.parent_id,
-                                                        group.rung) for _ in range(group.waiting)),
+                                                        group.rung, group.note) for _ in range(group.waiting)),
                        numbers={**nums, "reason": "too close to call: more runs"})
+
+    def _near_miss(self, gid: str, group: _Group, nums: dict) -> tuple[RunSpec, ...]:
+        """Keep a rejected candidate whose mean gain was positive; once `combine` of them are kept, test their
+        changes together on the current best. Small real gains add up where each alone is lost in the noise;
+        placebos add nothing, and the combination faces the same confirmation bar on fresh runs."""
+        if (not self.config.combine or group.failed or group.role not in ("confirm", "rebase")
+                or not nums.get("threshold") or nums.get("gain", 0.0) <= 0):
+            return ()
+        self.near.append(_NearMiss(gid, group.files, group.base_version, nums["gain"] / nums["threshold"]))
+        return self._combine() if len(self.near) >= self.config.combine else ()
+
+    def _combine(self) -> tuple[RunSpec, ...]:
+        files, used, left = dict(self.best_files), [], []
+        for near in sorted(self.near, key=lambda n: -n.score):
+            merged, conflicts = merge.rebase(self.versions.get(near.base_version, self.best_files), near.files, files)
+            if conflicts:  # (e.g. the same knob as a better near-miss): it may join a later combination
+                left.append(near)
+            elif merged != files and not self.check_proposal(files, merged):
+                files = merged
+                used.append(near)
+        self.near = left[:MAX_NEAR]
+        if len(used) < 2:  # one change alone was already judged (or none is left that is not in the best)
+            self.near += used
+            return ()
+        gid = "+".join(n.group for n in used)
+        note = f"near-misses {', '.join(n.group for n in used)} combined"
+        n = max(1, self.config.confirm_runs)
+        self.groups[gid] = _Group(files, self.best_version, self.best_id, "confirm", waiting=n, rung=self.config.top,
+                                  note=note)
+        return tuple(RunSpec(files, self.best_version, "confirm", gid, self.best_id, self.config.top, note)
+                     for _ in range(n))
 
     def _insane(self, gain: float) -> bool:
         return self.config.sanity_gain is not None and gain > self.config.sanity_gain
@@ -387,8 +440,8 @@ class Policy:
         group.files, group.base_version, group.parent_id = merged, self.best_version, self.best_id
         group.metrics, group.gpus, group.role, group.rebases = [], [], "rebase", group.rebases + 1
         group.waiting, group.rung = 1 + self.config.confirm_runs, self.config.top
-        return Verdict("screened", runs=tuple(RunSpec(merged, self.best_version, "rebase", gid, self.best_id, group.rung)
-                                               for _ in range(group.waiting)), numbers=nums)
+        return Verdict("screened", runs=tuple(RunSpec(merged, self.best_version, "rebase", gid, self.best_id, group.rung,
+                                                       group.note) for _ in range(group.waiting)), numbers=nums)
 
     def _files_of(self, group: _Group) -> dict[str, str]:
         return self.versions.get(group.base_version, self.best_files)
@@ -435,7 +488,7 @@ class Policy:
             if not group.failed and self._undecided(group, nums):
                 return self._more_runs(gid, group, nums)
             del self.groups[gid]
-            return Verdict("reject", numbers=nums)
+            return Verdict("reject", runs=self._near_miss(gid, group, nums), numbers=nums)
         if group.base_version != self.best_version:  # the best moved while we confirmed
             return self._rebase(gid, group, nums)
         del self.groups[gid]
@@ -448,7 +501,13 @@ class Policy:
         top = self.config.top
         self.best_files, self.best_id = files, exp_id
         self.previous_runs.update({r: runs for r, runs in self.best_runs.items() if runs and r != top})
-        self.best_runs = {top: list(zip(metrics, gpus or [self.gpu] * len(metrics)))}
+        deciding = list(zip(metrics, gpus or [self.gpu] * len(metrics)))
+        if self.config.fresh_reference and self.config.acceptance != "greedy":
+            # the runs that made it win were selected for passing (winner's curse): they stand in as the
+            # reference only until its fresh repeats land, which alone measure it from then on
+            self.best_runs, self.previous_runs[top] = {}, deciding
+        else:
+            self.best_runs = {top: deciding}
         runs = []
         for rung in reversed(range(self.config.rungs)):  # the new best gets its R runs at every rung
             missing = self._repeats() - len(self.best_runs.get(rung, []))

@@ -10,6 +10,7 @@ import pytest
 from ar_ray.engine.config import default_target
 from ar_ray.search.policy import Policy, PolicyConfig
 from ar_ray.search.simulate import simulate, switched_on, switches
+from ar_ray.search.tquantile import t_factor
 
 BASE = {"train.py": "LR = 0.5\nWIDTH = 8\nDEPTH = 2\nSEED = 1\n"}
 
@@ -63,8 +64,41 @@ def test_a_screened_candidate_is_confirmed_then_kept_and_the_new_best_gets_its_r
     v = p.on_result("e5", "confirm", "e3", 0, cand, "e0", "ok", 0.989)
     assert v.decision == "keep" and v.new_best[0] == 1 and v.new_best[1] == cand
     assert v.numbers["group_mean"] == pytest.approx(0.990) and v.numbers["group_n"] == 2  # the lucky screen run is not counted
-    assert [r.role for r in v.runs] == ["baseline"]  # R=3, two confirmation runs: one more
-    assert p.best_version == 1 and p.best_mean == pytest.approx(0.990)
+    # the runs that made it win were selected for passing: R=3 fresh repeats measure the new best, and the deciding
+    # runs stand in only until they land
+    assert [r.role for r in v.runs] == ["baseline"] * 3 and all(r.group == "e3-b" for r in v.runs)
+    assert p.best_version == 1 and p.best_mean == pytest.approx(0.990) and p.ready
+    for i, m in enumerate((0.994, 0.996, 0.995)):
+        p.on_result(f"e{6 + i}", "baseline", "e3-b", 1, cand, "e3", "ok", m)
+    assert p.best_mean == pytest.approx(0.995) and p.best_runs == {0: [(0.994, ""), (0.996, ""), (0.995, "")]}
+
+
+def test_without_fresh_reference_the_deciding_runs_measure_the_new_best():
+    p = started(PolicyConfig(fresh_reference=False))
+    cand = edited(BASE, LR=0.3)
+    p.on_result("e3", "screen", None, 0, cand, "e0", "ok", 0.990)
+    p.on_result("e4", "confirm", "e3", 0, cand, "e0", "ok", 0.991)
+    v = p.on_result("e5", "confirm", "e3", 0, cand, "e0", "ok", 0.989)
+    assert v.decision == "keep" and [r.role for r in v.runs] == ["baseline"]  # R=3, two confirmation runs: one more
+    assert p.best_runs == {0: [(0.991, ""), (0.989, "")]}
+
+
+def test_bars_widen_by_student_t_while_the_noise_rests_on_few_runs():
+    """Three baseline runs give the noise 2 degrees of freedom: a 2-sigma bar at its error rate is 4.53 sigmas."""
+    p = started()
+    cand = edited(BASE, LR=0.3)
+    v = p.on_result("e3", "screen", None, 0, cand, "e0", "ok", 0.9955)  # 2.25 sigmas: above 1.32 (t for k=1)
+    assert v.decision == "screened" and v.numbers["threshold"] == pytest.approx(1.3213 * 0.002, rel=1e-3)
+    p.on_result("e4", "confirm", "e3", 0, cand, "e0", "ok", 0.9955)
+    v = p.on_result("e5", "confirm", "e3", 0, cand, "e0", "ok", 0.9955)
+    # the two identical confirmation runs add a degree of freedom: 3, where t is 3.31 for a 2-sigma bar
+    assert p._dof[0] == 3 and t_factor(2.0, 3) == pytest.approx(3.3066, rel=1e-3)
+    assert v.numbers["threshold"] == pytest.approx(t_factor(2.0, 3) * p.noise() * math.sqrt(1 / 2 + 1 / 3))
+    assert v.decision == "confirming"  # too close to call: more runs, and more degrees of freedom
+    known = started(PolicyConfig(t_quantiles=False))
+    known.on_result("e3", "screen", None, 0, cand, "e0", "ok", 0.9955)
+    known.on_result("e4", "confirm", "e3", 0, cand, "e0", "ok", 0.9955)
+    assert known.on_result("e5", "confirm", "e3", 0, cand, "e0", "ok", 0.9955).decision == "keep"
 
 
 def test_noise_is_rejected_at_the_screen_or_at_confirmation():
@@ -235,7 +269,7 @@ def test_simulated_switches_roundtrip():
 
 # -- the promotion ladder and mixed hardware ---------------------------------------------------
 
-LADDER = PolicyConfig(rungs=2, promote_fraction=0.5, confirm_runs=2)
+LADDER = PolicyConfig(rungs=2, promote_fraction=0.5, confirm_runs=2, t_quantiles=False, fresh_reference=False)  # bars as if the noise were known
 
 
 def laddered(config=LADDER, small=(2.000, 2.010, 1.990), full=(1.000, 1.002, 0.998)):
@@ -359,7 +393,7 @@ def test_more_confirmation_runs_never_exceed_the_cap():
 
 
 def test_with_rescreen_a_close_call_at_the_cheap_rung_gets_one_more_run_there():
-    p = laddered(PolicyConfig(rungs=2, promote_fraction=0.5, confirm_runs=2, rescreen=True))
+    p = laddered(PolicyConfig(rungs=2, promote_fraction=0.5, confirm_runs=2, rescreen=True, t_quantiles=False, fresh_reference=False))
     a, b = edited(BASE, LR=0.3), edited(BASE, LR=0.35)
     v = p.on_result("e1", "screen", None, 0, a, "e0", "ok", 1.994, 0)  # gain 0.006: above half of k x noise (0.01)
     assert v.decision == "confirming" and [(s.role, s.rung, s.group) for s in v.runs] == [("promote", 0, "e1")]
@@ -397,7 +431,7 @@ def test_after_a_keep_on_a_ladder_screens_are_judged_even_if_the_new_bests_cheap
 def test_on_a_mixed_cluster_each_confirmation_run_is_judged_on_its_own_gpu_model():
     """The best ran on two H100s and one A100. A candidate worse on both models was kept: the mean of its H100 and
     A100 runs was compared with the best's A100 run alone (the model of the group's last run)."""
-    p = Policy(PolicyConfig(), "min")
+    p = Policy(PolicyConfig(t_quantiles=False, fresh_reference=False), "min")
     p.start(BASE, "e0")
     for m, gpu in ((0.900, "H100"), (0.910, "H100"), (1.000, "A100")):
         p.on_result("b", "baseline", "e0", 0, BASE, None, "ok", m, None, gpu)
@@ -419,7 +453,7 @@ def test_on_a_mixed_cluster_each_confirmation_run_is_judged_on_its_own_gpu_model
 def test_a_confirmation_of_one_run_faces_k_confirm_standard_errors_not_the_screens_bar():
     """With --confirm-runs 1, a lone confirmation run (or a lone top-rung promotion run) was judged by the screen's
     k x noise, since the bar was inferred from n == 1; it is a mean of one run: k_confirm standard errors."""
-    p = started(PolicyConfig(confirm_runs=1, max_confirm_runs=1))
+    p = started(PolicyConfig(confirm_runs=1, max_confirm_runs=1, t_quantiles=False, fresh_reference=False))
     noise, cand = p.noise(), edited(BASE, LR=0.3)
     gain = 1.5 * noise  # above the screen's k x noise, below 2 standard errors of one run against three
     v = p.on_result("e3", "screen", None, 0, cand, "e0", "ok", p.best_mean - gain)
@@ -427,7 +461,7 @@ def test_a_confirmation_of_one_run_faces_k_confirm_standard_errors_not_the_scree
     v = p.on_result("e4", "confirm", "e3", 0, cand, "e0", "ok", p.best_mean - gain)
     assert v.decision == "reject" and v.numbers["threshold"] == pytest.approx(2 * noise * math.sqrt(1 + 1 / 3))
     # the same at the top rung of a ladder
-    p = laddered(PolicyConfig(rungs=2, promote_fraction=0.5, confirm_runs=1, max_confirm_runs=1))
+    p = laddered(PolicyConfig(rungs=2, promote_fraction=0.5, confirm_runs=1, max_confirm_runs=1, t_quantiles=False, fresh_reference=False))
     assert p.on_result("e1", "screen", None, 0, cand, "e0", "ok", 1.95, 0).decision == "promoted"
     v = p.on_result("e2", "promote", "e1", 0, cand, "e0", "ok", p.best_mean - 1.5 * p.noise(1), 1)
     assert v.decision == "reject" and v.numbers["threshold"] == pytest.approx(2 * p.noise(1) * math.sqrt(1 + 1 / 3))
@@ -445,3 +479,29 @@ def test_a_rebase_that_leaves_only_a_seed_change_is_refused_like_a_conflict():
     v = p.on_result("s", "screen", None, 0, seed_only, "e0", "ok", 0.994)
     assert v.decision == "conflict" and not v.runs and "s" not in p.groups
     assert "merged onto the current best" in v.numbers["reason"] and "seeds or the evaluation" in v.numbers["reason"]
+
+
+def test_near_misses_are_combined_and_the_combination_faces_the_confirmation_bar():
+    """Three changes each rejected with a small positive mean gain: together on the best, on fresh runs, they win."""
+    p = started(PolicyConfig(t_quantiles=False))
+    near = []
+    for i, change in enumerate(({"LR": 0.3}, {"WIDTH": 12}, {"DEPTH": 3})):
+        cand, e = edited(BASE, **change), 10 * (i + 1)
+        assert p.on_result(f"e{e}", "screen", None, 0, cand, "e0", "ok", 0.995).decision == "screened"
+        p.on_result(f"e{e + 1}", "confirm", f"e{e}", 0, cand, "e0", "ok", 0.9995)
+        v = p.on_result(f"e{e + 2}", "confirm", f"e{e}", 0, cand, "e0", "ok", 0.9995)  # gain 0.0005: far below the bar
+        assert v.decision == "reject"
+        near.append(f"e{e}")
+    combo = edited(BASE, LR=0.3, WIDTH=12, DEPTH=3)
+    assert [(s.role, s.files) for s in v.runs] == [("confirm", combo)] * 2  # all three changes, on the best
+    gid = v.runs[0].group
+    assert sorted(gid.split("+")) == near and "near-misses" in v.runs[0].note and not p.near
+    p.on_result("e40", "confirm", gid, 0, combo, "e0", "ok", 0.990)
+    v = p.on_result("e41", "confirm", gid, 0, combo, "e0", "ok", 0.990)
+    assert v.decision == "keep" and p.best_files == combo
+    # a rejected candidate with a negative mean gain is no near-miss; combine=0 turns the pooling off
+    q = started(PolicyConfig(combine=0))
+    cand = edited(BASE, LR=0.3)
+    q.on_result("e3", "screen", None, 0, cand, "e0", "ok", 0.990)
+    q.on_result("e4", "confirm", "e3", 0, cand, "e0", "ok", 0.9995)
+    assert q.on_result("e5", "confirm", "e3", 0, cand, "e0", "ok", 0.9995).decision == "reject" and not q.near

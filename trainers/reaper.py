@@ -247,7 +247,7 @@ def _remove_cgroup(path: str, tries: int = 50) -> None:
 
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
     opts = {"grace": 5.0, "max_procs": 0, "quota_dir": None, "quota_bytes": 0, "rlimits": {}, "verdict_fd": None,
-            "max_tasks": 0}
+            "max_tasks": 0, "share_verdict": False}
     while argv and argv[0] != "--":
         flag, value, argv = argv[0], argv[1], argv[2:]
         if flag == "--grace":
@@ -265,6 +265,8 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
             opts["verdict_fd"] = int(value)
         elif flag == "--max-tasks":
             opts["max_tasks"] = int(value)
+        elif flag == "--share-verdict":  # the command is a second reaper (trainers/trainer.py): it reports there too
+            opts["share_verdict"] = value == "1"
         else:
             raise SystemExit(f"reaper.py: unknown flag {flag}")
     return opts, argv[1:]
@@ -345,7 +347,8 @@ def _report(broken: str, verdict_fd: int | None) -> None:
 
 def _supervise(argv, child_setup, opts, verdict_fd, grace, cgroup) -> int:
     try:
-        child = subprocess.Popen(argv, preexec_fn=child_setup, start_new_session=True)
+        shared = (verdict_fd,) if opts["share_verdict"] and verdict_fd is not None else ()
+        child = subprocess.Popen(argv, preexec_fn=child_setup, start_new_session=True, pass_fds=shared)
     except OSError as e:
         print(f"ar-ray: cannot start {argv[0]!r}: {e.strerror}", flush=True)
         return 127

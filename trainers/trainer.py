@@ -430,6 +430,15 @@ class Trainer:
             argv = sandbox.bwrap_argv(argv, run_dir, self.target.readonly, (self.work_root.parent, self.work_root),
                                       self.target.network, keep=(*sandbox.python_paths(env), *filter(None, data)),
                                       writable=writable)
+        else:
+            # Unconfined, nothing kills the tree for us if the reaper dies: and Ray SIGKILLs a worker's direct
+            # children when the worker exits (Ctrl-C, ray.kill), the reaper among them, before its grace period can
+            # escalate. So a second reaper, out of Ray's reach (a grandchild of the worker), holds the tree: it is
+            # the subreaper its orphans go to, and its parent's death (SIGKILL or not) makes it end the tree.
+            # It reports the run's own exit on the verdict pipe, which the first one shares with it.
+            argv = [sys.executable, "-I", "-S", REAPER, "--grace", str(self.grace), "--verdict-fd", str(verdict_fd),
+                    "--", *argv]
+            flags += ["--share-verdict", "1"]
         return [*flags, "--", *argv]
 
     def _spawn(self, argv: list[str], cwd: Path, env: dict, log: Path, timeout: float,

@@ -541,7 +541,7 @@ def test_the_compile_cache_is_warm_for_candidates_and_written_only_by_the_target
     if mode == "bwrap":
         request.getfixturevalue("bwrap")
     monkeypatch.setenv("AR_COMPILE_CACHE", str(tmp_path / "node-cache"))
-    target = make_target(tmp_path / "target", CACHE_PROBE)
+    target = make_target(tmp_path / "target", CACHE_PROBE, env_passthrough=["SHARED_CACHE"])  # (an allowlist)
     shared = compile_cache.node_dir(target)
     monkeypatch.setenv("SHARED_CACHE", str(shared))
     trainer = Trainer(target, str(tmp_path / "work"), name="t", box=Sandbox(mode=mode))

@@ -560,9 +560,11 @@ while True:
     ref = actor.run.remote(candidate(target, train=train))
     wait_for(child_pid.exists, 30, "the child to start")
     child = int(child_pid.read_text())
-    reaper = ppid_of(child)
-    actor_pid = ppid_of(reaper)
+    reaper = ppid_of(child)  # unconfined: the inner reaper (out of Ray's reach), under the trainer's own reaper
+    outer = ppid_of(reaper)
+    actor_pid = ppid_of(outer)
     assert b"reaper.py" in Path(f"/proc/{reaper}/cmdline").read_bytes()
+    assert b"reaper.py" in Path(f"/proc/{outer}/cmdline").read_bytes()
     assert actor_pid != os.getpid() and mark.encode() not in Path(f"/proc/{actor_pid}/environ").read_bytes()
     victims = marked_pids(mark)
     assert {child, reaper, int(gc_pid.read_text())} <= set(victims)

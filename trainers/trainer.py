@@ -90,6 +90,21 @@ def dropped_credentials(target: Target, environ=None) -> list[str]:
                   and k not in target.env)
 
 
+def readonly_hint(target: Target, text: str, error: str) -> str | None:
+    """When a run failed writing one of the target's read-only files (a leftover such as out/ckpt.pt in the target
+    folder: every file there not listed as editable is read-only by default), which file, and what to do."""
+    tail = text[-8000:]
+    denied = "Read-only file system" in tail or "Permission denied" in tail
+    named = [rel for rel in target.readonly if (denied and rel in tail) or rel in error]
+    if not named or not (denied or "read-only files changed" in error):
+        return None
+    files = ", ".join(named[:5])
+    return (f"the run writes {files}, a read-only file of the target (every file in the target folder that is not "
+            f"editable is read-only in each run, and {target.root} holds it). If it is a leftover output, remove it "
+            f"from the target folder; otherwise list the read-only files in {target.root}/ar-ray.toml without it, "
+            f"e.g. readonly = [\"prepare.py\"].")
+
+
 class SetupError(RuntimeError):
     pass
 
@@ -386,6 +401,8 @@ class Trainer:
             error = f"killed after the hard timeout of {timeout:.0f} s (--timeout sets it)"
         if status != "ok" and not error:
             error = outcome.error_tail(text, status=status, returncode=code, metric_pattern=self.target.metric_pattern)
+        if status in ("crash", "tampered") and (hint := readonly_hint(self.target, text, error)):
+            error = f"{error}\n{hint}"
         if stuck := self._clear(run_dir):
             error = (error + "\n" if error else "") + \
                 f"the trainer could not remove {len(stuck)} path(s) the run left: {', '.join(stuck[:3])}"

@@ -35,7 +35,18 @@ def connect(address: str | None, ship_code: bool = True) -> bool:
     if ray.is_initialized():
         return False
     if address is None:
-        ray.init("local", include_dashboard=False, log_to_driver=False, configure_logging=False, namespace=NAMESPACE)
+        try:
+            ray.init("local", include_dashboard=False, log_to_driver=False, configure_logging=False, namespace=NAMESPACE)
+        except Exception as e:
+            if "timed out during startup" not in str(e):
+                raise
+            ray.shutdown()  # what did start of it (only this driver's own Ray)
+            raise ConfigError(
+                "the local Ray did not start in time: its raylet did not register within Ray's 30 s (\"The current node "
+                "timed out during startup\"), which happens on a loaded machine or one short of memory. Nothing was "
+                "run. Try again when the machine is less busy (see `uptime`, `free -g`), or start Ray once yourself "
+                "with `ray start --head` and pass --address auto; Ray's own logs are in its temp folder (by default /tmp/ray/session_latest/logs)."
+            ) from None
         return True
     from ar_ray.engine.shipping import package_runtime_env
     try:

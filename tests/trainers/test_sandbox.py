@@ -561,3 +561,23 @@ def test_the_compile_cache_is_warm_for_candidates_and_written_only_by_the_target
         assert not planted and not (shared / "inductor" / "planted").exists()
     seen, _ = run(eid="base2")
     assert "cand1" not in seen.split(",")
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "none"])
+def test_a_leftover_read_only_file_the_run_writes_is_named_with_the_fix(mode, request, tmp_path):
+    """A checkpoint left in the target folder (out/ckpt.pt) is one of its read-only files: a run that writes it
+    fails (bubblewrap: Read-only file system; unconfined: tampered), and the error says which file and what to do."""
+    if mode == "bwrap":
+        request.getfixturevalue("bwrap")
+    root = tmp_path / "target"
+    (root / "out").mkdir(parents=True)
+    (root / "out" / "ckpt.pt").write_bytes(b"old checkpoint")
+    train = "import os\nos.makedirs('out', exist_ok=True)\nopen('out/ckpt.pt', 'wb').write(b'new')\n" + HONEST_END
+    target = make_target(root, train)
+    assert "out/ckpt.pt" in target.readonly
+    trainer = Trainer(target, str(tmp_path / "work"), name="t", grace_seconds=0.5, box=Sandbox(mode=mode))
+    trainer.sandbox_note()
+    res = trainer.run(candidate(target))
+    assert res.status in (("crash",) if mode == "bwrap" else ("crash", "tampered"))  # (root may write a 0444 file)
+    assert "out/ckpt.pt" in res.error_tail and "remove it from the target folder" in res.error_tail, res.error_tail
+    assert "readonly = [" in res.error_tail

@@ -32,6 +32,7 @@ from trainers.sandbox import Sandbox
 from trainers.watch import CurveWatch
 
 REAPER = str(Path(__file__).with_name("reaper.py"))
+UNTRUSTED_METRIC = ("metric_mismatch", "tampered", "integrity")  # statuses whose printed metric is not believed
 KEEP_AFTER_RUN = ("log.txt", "result.json")
 # The environment a candidate's child gets is an ALLOWLIST (child_env): candidate code is written by an LLM, and
 # its log tail goes back into the ledger and the prompts. Exact names, then prefixes; the target adds its own
@@ -406,10 +407,15 @@ class Trainer:
         if stuck := self._clear(run_dir):
             error = (error + "\n" if error else "") + \
                 f"the trainer could not remove {len(stuck)} path(s) the run left: {', '.join(stuck[:3])}"
+        summary = outcome.parse_summary(text)
+        if status in UNTRUSTED_METRIC and self.target.metric in summary:
+            # the number a faked or tampered run printed is kept out of the metric columns (a plain min(val_bpb) over
+            # the ledger must not find it): it stays in `extra`, under printed_<metric>, and in the error
+            summary[f"printed_{self.target.metric}"] = summary.pop(self.target.metric)
         t1, m1 = time.time(), time.monotonic()
         return Result(
             experiment_id=cand.experiment_id, status=status, metric=metric if status == "ok" else None,
-            metrics=outcome.parse_summary(text), returncode=code, error_tail=error, log_path=str(log),
+            metrics=summary, returncode=code, error_tail=error, log_path=str(log),
             trainer=self.name, node=self.node, gpu_model=self.gpu_model, started_at=t0, ended_at=t1,
             child_seconds=child_seconds, overhead_seconds=(m1 - m0) - child_seconds, budget_seconds=budget,
             curve=curve,

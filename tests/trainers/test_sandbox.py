@@ -324,6 +324,12 @@ def test_a_fake_metric_line_is_caught(bwrap, tmp_path):
             "print('val_bpb: 0.0001')\n"
     run = Run(tmp_path, train, result_file=True)
     assert run.result.status == "metric_mismatch" and run.result.metric is None
+    # the faked number stays out of the ledger's metric columns (min(val_bpb) must not find it), kept in `extra`
+    from ar_ray.engine.rows import result_row
+    from ar_ray.types import Proposal
+    row = result_row("run", None, Proposal(proposer="p", base_version=0, description="d", files={}), candidate(run.target),
+                     run.result, "discard", 0, None, 0.0, None)
+    assert row["val_bpb"] is None and row["metric"] is None and row["extra"]["printed_val_bpb"] == "0.0001"
     run.assert_contained()
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does the noise-aware default beat greedy on true improvement per trainer-second? The judge of the policy.
 
-The target is `bench/standin/`: four real knobs, four placebos, val_bpb = truth + Gaussian noise (sd
+The target is `bench/standin/`: seven real knobs, four placebos, val_bpb = truth + Gaussian noise (sd
 AR_NOISE, default 0.01) drawn per run, and the truth printed beside it. The truth of any row's code is
 computed from its files here, so every keep can be called a real win or a false accept.
 
@@ -42,7 +42,7 @@ from ar_ray.ledger import load  # noqa: E402
 from train import truth  # noqa: E402  (bench/standin/train.py)
 
 STANDIN = BENCH / "standin"
-REAL = ("LEARNING_RATE", "WIDTH", "DEPTH", "WEIGHT_DECAY")
+REAL = ("LEARNING_RATE", "WIDTH", "DEPTH", "WEIGHT_DECAY", "BATCH_SIZE", "DROPOUT", "HEADS")
 KNOBS = REAL + ("CLIP", "BETA2", "WARMUP_STEPS", "LOG_EVERY")
 
 

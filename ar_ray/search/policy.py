@@ -439,7 +439,7 @@ class Policy:
             return Verdict("discard", numbers={**nums, "reason": "already part of the best"})
         group.files, group.base_version, group.parent_id = merged, self.best_version, self.best_id
         group.metrics, group.gpus, group.role, group.rebases = [], [], "rebase", group.rebases + 1
-        group.waiting, group.rung = 1 + self.config.confirm_runs, self.config.top
+        group.waiting, group.rung = max(1, self.config.confirm_runs), self.config.top
         return Verdict("screened", runs=tuple(RunSpec(merged, self.best_version, "rebase", gid, self.best_id, group.rung,
                                                        group.note) for _ in range(group.waiting)), numbers=nums)
 

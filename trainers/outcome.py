@@ -151,6 +151,17 @@ def read_result_file(path: Path, metric: str) -> float | None:
         return None
 
 
+def read_integrity(path: Path) -> str | None:
+    """What the harness wrote under "integrity" in the result file (its causality probe failed), or None."""
+    try:
+        with open_regular(path) as f:
+            data = f.read(RESULT_MAX_BYTES + 1)
+        why = json.loads(data).get("integrity") if len(data) <= RESULT_MAX_BYTES else None
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return str(why)[:2000] if why else None
+
+
 def classify(returncode: int, timed_out: bool, text: str, metric: float | None) -> str:
     """One status per run: timeout, oom, diverged, crash, no_metric or ok."""
     if timed_out:

@@ -378,6 +378,8 @@ class Trainer:
             status, error = "tampered", f"the run changed the target's data: {', '.join(data_changed[:5])}"
         elif log_problem:
             status, error = "tampered", log_problem
+        elif self.target.result_file and (leak := outcome.read_integrity(result_file)):  # the harness's probe
+            status, error = "integrity", f"the harness's integrity check failed: {leak}"
         elif watch and watch.reason and status != "ok":  # (a run that finished first keeps its metric)
             status, error = "pruned", watch.reason
         elif broken or code == 128 + signal.SIGXFSZ or (status == "crash" and "File too large" in text[-4000:]):

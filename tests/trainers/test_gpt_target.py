@@ -278,3 +278,37 @@ def test_the_gpu_check_script_runs_end_to_end_on_cpu(env, prep, tmp_path):
     assert list(summary) == SUMMARY_KEYS and summary["val_bpb"] > 0
     assert re.search(r"^startup \S+s \| untimed first \d+ steps", log, re.M)
     assert json.loads(log.split("result file: ")[1].splitlines()[0])["val_bpb"] == pytest.approx(summary["val_bpb"], abs=1e-6)
+
+
+def test_the_causality_probe_stops_a_model_that_reads_the_next_token(prep, tmp_path, monkeypatch):
+    """A model that reads the token it predicts scores near 0 bpb; the harness refuses to score it at all."""
+    result_file = tmp_path / "result.json"
+    monkeypatch.setenv("AR_RESULT_FILE", str(result_file))
+    vocab = prep.vocab_size()
+
+    class Cheater(torch.nn.Module):
+        def forward(self, x):
+            nxt = torch.roll(x, -1, dims=1)  # position t sees token t + 1
+            return 20.0 * torch.nn.functional.one_hot(nxt, vocab).float()
+
+    with pytest.raises(prep.LookAheadError, match="looks ahead"):
+        prep.evaluate_bpb(Cheater(), batch_size=32)
+    assert "looks ahead" in json.loads(result_file.read_text())["integrity"]
+
+
+def test_the_bundled_train_py_without_its_causal_mask_is_recorded_integrity_never_ok(tmp_path, env, prep, monkeypatch):
+    """The slip an LLM makes when it edits attention (is_causal=False) reached val_bpb 0.0066 against an honest 0.70
+    and was kept; run the way the engine runs it, it is now status `integrity`, with no metric."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from helpers_targets import candidate
+    from ar_ray.target import load_target
+    from trainers.sandbox import Sandbox
+    from trainers.trainer import Trainer
+    monkeypatch.setenv("AR_BUDGET_TOKENS", str(4 * 2048))
+    target = load_target(TARGET)
+    leaky = target.read_editable()["train.py"].replace("is_causal=True", "is_causal=False")
+    assert leaky != target.read_editable()["train.py"]
+    trainer = Trainer(target, str(tmp_path / "work"), name="t", box=Sandbox(mode="none"))
+    res = trainer.run(candidate(target, train=leaky))
+    assert res.status == "integrity" and res.metric is None, (res.status, res.error_tail)
+    assert "looks ahead" in res.error_tail and "val_bpb" not in res.metrics

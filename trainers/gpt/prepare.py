@@ -485,6 +485,29 @@ def train_batches(batch_size, device="cpu", seed=None, seq_len=SEQ_LEN):
 # ---------------------------------------------------------------------------
 # Evaluation (fixed; do not change).
 
+class LookAheadError(RuntimeError):
+    """The model's output at position t changes when tokens after t change: it sees the future it predicts."""
+
+
+@torch.no_grad()
+def causality_probe(model, x, n_tokens, device="cpu"):
+    """Raise LookAheadError when the logits at positions < t depend on the tokens at positions >= t (t = the middle
+    of the sequence): e.g. attention without its causal mask, which scores a near-perfect val_bpb by reading the
+    next token. Two forward passes of the rows in `x`; the second half of each row is changed to other tokens."""
+    t = x.size(1) // 2
+    x2 = x.clone()
+    x2[:, t:] = (x[:, t:] + 1) % n_tokens
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=(device == "cuda")):
+        a = model(x)[:, :t].float()
+        b = model(x2)[:, :t].float()
+    diff, scale = (a - b).abs().max().item(), a.abs().max().item()
+    tolerance = (3e-2 if device == "cuda" else 1e-3) * max(1.0, scale)  # (bf16 rounding on GPUs)
+    if not diff <= tolerance:
+        raise LookAheadError(f"the model looks ahead: its outputs at positions before {t} changed by up to {diff:.3g} "
+                             f"when only the tokens from position {t} on changed (a causal model's cannot change); "
+                             "check the attention mask (is_causal) and anything else that mixes positions")
+
+
 @torch.no_grad()
 def evaluate_bpb(model, batch_size=16, device="cpu"):
     """Bits per byte of `model` on the pinned validation tokens.
@@ -499,6 +522,14 @@ def evaluate_bpb(model, batch_size=16, device="cpu"):
     data = torch.from_numpy(np.asarray(val[: n_rows * SEQ_LEN + 1], dtype=np.int64))
     was_training = model.training
     model.eval()
+    probe_rows = torch.arange(min(2, n_rows))[:, None] * SEQ_LEN + torch.arange(SEQ_LEN)
+    try:
+        causality_probe(model, data[probe_rows].to(device), len(token_bytes), device)
+    except LookAheadError as e:  # never a metric: the trainer reads this and records status `integrity`
+        if os.environ.get("AR_RESULT_FILE"):
+            _atomic_write(os.environ["AR_RESULT_FILE"], lambda f: f.write(json.dumps({"integrity": str(e)}).encode()))
+        print(f"INTEGRITY: {e}", flush=True)
+        raise
     nats = torch.zeros((), dtype=torch.float64, device=device)
     nbytes = torch.zeros((), dtype=torch.int64, device=device)
     for r0 in range(0, n_rows, batch_size):

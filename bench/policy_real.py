@@ -38,8 +38,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH), str(BENCH / "standin")]
 
-from ar_ray.ledger import load  # noqa: E402
 from train import truth  # noqa: E402  (bench/standin/train.py)
+
+from ar_ray.ledger import load  # noqa: E402
 
 STANDIN = BENCH / "standin"
 REAL = ("LEARNING_RATE", "WIDTH", "DEPTH", "WEIGHT_DECAY", "BATCH_SIZE", "DROPOUT", "HEADS")

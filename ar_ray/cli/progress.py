@@ -36,7 +36,7 @@ def snapshot(driver, state: str = "running") -> dict:
             "rungs": rungs if len(rungs) > 1 else [],
             "metric": driver.target.metric, "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id,
             "best_version": driver.best.version, "noise": driver.policy.noise(),
-            "acceptance": driver.policy.config.acceptance, "experiments": c.ran, "max_experiments": driver.max_experiments,
+            "acceptance": driver.policy.config.acceptance, "deterministic": driver.policy.deterministic, "experiments": c.ran, "max_experiments": driver.max_experiments,
             "runs_done": c.runs - len(driver.running),
             "kept": c.kept, "failed": c.failed, "pruned": c.pruned, "skipped": c.skipped, "infra": c.infra,
             "by_status": dict(c.by_status), "queued": len(driver.queue), "followups": len(driver.followups), "proposing": len(driver.proposing),
@@ -68,7 +68,7 @@ def render(snap: dict) -> Group:
         f"candidates {snap['experiments']}" + (f"/{snap['max_experiments']}" if snap["max_experiments"] else ""),
         f"  runs done {snap['runs_done']}",
         f"  running {len(snap['running'])}/{snap['trainers']}  queued {snap['queued']}+{snap['followups']}",
-        f"  noise {fmt_metric(snap['noise'])}",
+        "  noise 0 (deterministic target)" if snap.get("deterministic") else f"  noise {fmt_metric(snap['noise'])}",
         f"  kept {snap['kept']}  failed {snap['failed']}" + (f"  pruned {snap['pruned']}" if snap.get("pruned") else "")
         + f"  skipped {snap['skipped']}  infra {snap['infra']}",
         f"   elapsed {fmt_seconds(snap['elapsed'])}  eta {fmt_seconds(snap['eta'])}",

@@ -33,6 +33,9 @@ from ar_ray.types import Attempt, Baseline, Candidate, Proposal, Result
 TICK = 0.5  # seconds between status refreshes when nothing lands
 HISTORY = 30  # attempts shown to proposers
 _FOLLOWUP = re.compile(r"^((baseline|confirm|rebase|promote) of \S+: )+")  # a follow-up's own prefix, said once
+DETERMINISTIC = ("deterministic target: the unmodified target's repeats with different seeds gave the very same "
+                 "metric (it ignores AR_SEED), so each candidate runs once and any strict gain is kept; no "
+                 "confirmation runs are spent")
 FIRST_FAILURES = 10  # proposer errors in a row before any candidate ran: the proposer cannot work, stop early
 
 
@@ -403,8 +406,11 @@ class Driver:
                    "Fix the target (command, metric_pattern, files) and run again.")
             raise RunAborted(f"the unmodified target failed ({r.status}): {r.error_tail.strip()[-1500:]}\n"
                              f"log: {r.log_path}. {fix}")
+        deterministic = self.policy.deterministic
         verdict = self.policy.on_result(r.experiment_id, job.role, job.group, job.proposal.base_version,
                                         job.proposal.files, job.parent_id, r.status, r.metric, job.rung, r.gpu_model)
+        if self.policy.deterministic and not deterministic:
+            self.on_event("note", self, {"text": DETERMINISTIC})
         if r.status == "ok" and (job.role == "baseline" or verdict.new_best):  # runs of the best teach the time limit
             self.timeouts.observe((job.rung, r.gpu_model), r.child_seconds)
         if r.status == "ok" and verdict.new_best:  # (the best's repeats were read as they landed)

@@ -154,6 +154,7 @@ class Policy:
         self.gpu = ""  # GPU model of the result being judged
         self.versions: dict[int, dict[str, str]] = {}  # best version -> its files (rebase needs the old ones)
         self.near: list[_NearMiss] = []  # rejected with a positive mean gain, waiting to be combined
+        self.deterministic = False  # the first best's repeats were identical: one run tells all (no confirmation)
 
     # ---- estimates ----
 
@@ -227,6 +228,9 @@ class Policy:
         for (code, rung, gpu), metrics in spread.items():
             for m in metrics:
                 self.add_run(code, m, rung, gpu)
+        first = [m for (code, rung, _), ms in spread.items() if code == code_hash(self.versions.get(0, {}))
+                 and rung == self.config.top for m in ms]
+        self.deterministic = self.config.acceptance != "greedy" and len(first) > 1 and max(first) == min(first)
 
     def missing_repeats(self) -> list[RunSpec]:
         """After a restore: the runs of the best that never happened (e.g. a baseline cut short by a crash)."""
@@ -239,6 +243,24 @@ class Policy:
                                           waiting=missing, rung=rung)
                 specs += [RunSpec(self.best_files, self.best_version, "baseline", gid, self.best_id, rung)] * missing
         return specs
+
+    def restore_group(self, gid: str, files: dict[str, str], base_version: int, parent_id: str | None, role: str,
+                      runs: list[tuple[float | None, str]], missing: int, *, cap: int = 0, rebases: int = 0,
+                      note: str = "") -> list[RunSpec]:
+        """After a restore: a confirmation group (role confirm or rebase, at the top rung) that was open when the
+        run stopped, with the runs it already has ((metric or None for a failed run, GPU model); its screening
+        run not among them, as live) and `missing` runs still to come. Returns those runs; the group concludes
+        as it would have when the last lands."""
+        group = _Group(files, base_version, parent_id, role, waiting=missing, rung=self.config.top, cap=cap,
+                       rebases=rebases, note=note)
+        for metric, gpu in runs:
+            if metric is None:
+                group.failed = True
+            else:
+                group.metrics.append(metric)
+                group.gpus.append(gpu)
+        self.groups[gid] = group
+        return [RunSpec(files, base_version, role, gid, parent_id, group.rung, note) for _ in range(missing)]
 
     # ---- the start ----
 
@@ -253,7 +275,12 @@ class Policy:
         return specs
 
     def _repeats(self) -> int:
-        return 1 if self.config.acceptance == "greedy" else max(1, self.config.baseline_repeats)
+        return 1 if self._one_run else max(1, self.config.baseline_repeats)
+
+    @property
+    def _one_run(self) -> bool:
+        """One run judges a candidate: greedy (by choice), or a deterministic target (a repeat tells nothing new)."""
+        return self.config.acceptance == "greedy" or self.deterministic
 
     def check_proposal(self, old: dict[str, str], new: dict[str, str]) -> str | None:
         """A reason to refuse an edit before it runs: one that only touches seeds or the evaluation."""
@@ -328,10 +355,14 @@ class Policy:
             # a stale candidate is screened against the code it edited; if its change helps there,
             # the change is re-applied to the current best below
             nums.update(gain=self._gain(metric, parent_mean), parent_mean=parent_mean)
-        if self.config.acceptance == "greedy":
-            if nums["gain"] > 0:
-                return self._accept(exp_id, files, [metric], nums)
-            return Verdict("discard", numbers=nums)
+        if self._one_run:
+            if nums["gain"] <= 0:
+                return Verdict("discard", numbers=nums)
+            if base_version != self.best_version:  # made from an older best: keeping it whole would undo what was
+                group = _Group(files, base_version, parent_id, "rebase", rung=rung)  # kept since, so re-apply it
+                self.groups[exp_id] = group
+                return self._rebase(exp_id, group, nums)
+            return self._accept(exp_id, files, [metric], nums)
         if rung < self.config.top:
             return self._promote(exp_id, _Group(files, base_version, parent_id, "promote", [metric], rung=rung,
                                                 gpus=[self.gpu]), nums)
@@ -439,7 +470,7 @@ class Policy:
             return Verdict("discard", numbers={**nums, "reason": "already part of the best"})
         group.files, group.base_version, group.parent_id = merged, self.best_version, self.best_id
         group.metrics, group.gpus, group.role, group.rebases = [], [], "rebase", group.rebases + 1
-        group.waiting, group.rung = max(1, self.config.confirm_runs), self.config.top
+        group.waiting, group.rung = 1 if self._one_run else max(1, self.config.confirm_runs), self.config.top
         return Verdict("screened", runs=tuple(RunSpec(merged, self.best_version, "rebase", gid, self.best_id, group.rung,
                                                        group.note) for _ in range(group.waiting)), numbers=nums)
 
@@ -468,8 +499,22 @@ class Policy:
             if group.base_version == self.best_version:  # repeats of the best (its noise is pooled either way)
                 self.best_runs.setdefault(group.rung, []).extend(zip(group.metrics, group.gpus))
                 self.best_id = self.best_id or gid
+                if self.best_version == 0 and len(group.metrics) > 1 and not group.failed:
+                    # different seeds, the very same metric: the target ignores its seed (e.g. a fixed number of
+                    # deterministic steps); from now on one run per candidate and any strict gain is kept
+                    self.deterministic = max(group.metrics) == min(group.metrics)
             return Verdict("baseline", numbers=self._numbers(rung=group.rung))
         mean = sum(group.metrics) / len(group.metrics) if group.metrics else None
+        if self._one_run:  # greedy or deterministic: the one run of a rebased winner decides, against the best
+            nums = {**self._numbers(list(zip(group.metrics, group.gpus)), group.rung), "group_mean": mean,
+                    "group_n": len(group.metrics)}
+            if group.failed or mean is None or nums["gain"] <= 0:
+                del self.groups[gid]
+                return Verdict("reject", numbers=nums)
+            if group.base_version != self.best_version:  # the best moved again meanwhile
+                return self._rebase(gid, group, nums)
+            del self.groups[gid]
+            return self._accept(gid, group.files, group.metrics, nums, group.gpus)
         # a lone promotion run below the top rung is that rung's screen (README: k x that rung's noise); a second
         # look there (rescreen), and every confirmation or top-rung group, however small, faces standard errors
         screen = group.role == "promote" and group.rung < self.config.top and not group.rescreened
@@ -502,7 +547,7 @@ class Policy:
         self.best_files, self.best_id = files, exp_id
         self.previous_runs.update({r: runs for r, runs in self.best_runs.items() if runs and r != top})
         deciding = list(zip(metrics, gpus or [self.gpu] * len(metrics)))
-        if self.config.fresh_reference and self.config.acceptance != "greedy":
+        if self.config.fresh_reference and not self._one_run:
             # the runs that made it win were selected for passing (winner's curse): they stand in as the
             # reference only until its fresh repeats land, which alone measure it from then on
             self.best_runs, self.previous_runs[top] = {}, deciding

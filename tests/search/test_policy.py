@@ -504,3 +504,40 @@ def test_near_misses_are_combined_and_the_combination_faces_the_confirmation_bar
     q.on_result("e3", "screen", None, 0, cand, "e0", "ok", 0.990)
     q.on_result("e4", "confirm", "e3", 0, cand, "e0", "ok", 0.9995)
     assert q.on_result("e5", "confirm", "e3", 0, cand, "e0", "ok", 0.9995).decision == "reject" and not q.near
+
+
+def test_greedy_rebases_a_stale_winner_instead_of_undoing_the_changes_kept_since():
+    """Greedy kept a candidate made from an older best whole: the change kept in between (here LR) was lost."""
+    p = started(PolicyConfig(acceptance="greedy"))
+    lr = edited(BASE, LR=0.3)
+    assert p.on_result("e1", "screen", None, 0, lr, "e0", "ok", 0.99).decision == "keep" and p.best_version == 1
+    depth = edited(BASE, DEPTH=3)  # made from v0, before the LR change was kept
+    v = p.on_result("e2", "screen", None, 0, depth, "e0", "ok", 0.98)
+    assert v.decision == "screened" and p.best_files == lr  # not kept wholesale
+    both = edited(BASE, LR=0.3, DEPTH=3)
+    assert [(s.role, s.files, s.base_version) for s in v.runs] == [("rebase", both, 1)]  # one run of the merge
+    v = p.on_result("e3", "rebase", "e2", 1, both, "e1", "ok", 0.985)
+    assert v.decision == "keep" and p.best_files == both  # LR stays
+    # a merge that does not beat the best is rejected, and the best keeps its files
+    wide = edited(BASE, WIDTH=12)
+    v = p.on_result("e4", "screen", None, 0, wide, "e0", "ok", 0.97)
+    v = p.on_result("e5", "rebase", "e4", 2, v.runs[0].files, "e3", "ok", 0.99)
+    assert v.decision == "reject" and p.best_files == both
+
+
+def test_a_deterministic_target_is_recognised_and_runs_each_candidate_once():
+    p = started(metrics=(1.0, 1.0, 1.0))  # three seeds, one metric: the target ignores its seed
+    assert p.deterministic and p.ready
+    assert p.on_result("e3", "screen", None, 0, edited(BASE, LR=0.4), "e0", "ok", 1.0).decision == "discard"
+    v = p.on_result("e4", "screen", None, 0, edited(BASE, LR=0.3), "e0", "ok", 0.9999)  # any strict gain
+    assert v.decision == "keep" and not v.runs and p.best_mean == pytest.approx(0.9999)  # no repeats: none tell more
+    # a noisy target is not taken for a deterministic one, and a restore finds it again from the ledger's runs
+    assert not started().deterministic
+    q = Policy(PolicyConfig())
+    q.restore(0, {0: BASE}, "e0", {0: [(1.0, "")] * 3}, {(_hash(BASE), 0, ""): [1.0, 1.0, 1.0]})
+    assert q.deterministic
+
+
+def _hash(files):
+    from ar_ray.code.codehash import code_hash
+    return code_hash(files)

@@ -42,7 +42,8 @@ def result_row(run_id: str, parent_id: str | None, p: Proposal, c: Candidate, r:
         "started_at": r.started_at or None, "ended_at": r.ended_at or None,
         "queue_seconds": max(0.0, dispatched_at - p.created_at), "run_seconds": r.child_seconds,
         "overhead_seconds": r.overhead_seconds, "returncode": r.returncode, "log_path": r.log_path,
-        "files": c.files if decision in ("keep", "baseline") else None,
+        # screened and confirming rows carry theirs too: a resume finishes a confirmation that was open
+        "files": c.files if decision in ("keep", "baseline", "screened", "confirming") else None,
         "curve": list(r.curve) or None,
     })
     return row

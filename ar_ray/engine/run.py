@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import ray
 
+from ar_ray.code import merge
 from ar_ray.code.codehash import code_hash
 from ar_ray.engine import cluster
 from ar_ray.engine.config import RunConfig
@@ -59,15 +61,15 @@ def restore(driver: Driver, run_dir: str) -> None:
     """Put a fresh driver and its policy back where the ledger says the run was.
 
     Completed experiments are not re-run; the best, its runs and the noise pool come back; new candidates
-    that were in flight are re-queued from the journal. Confirmations in flight when the driver died are
-    abandoned (the rows they had stay).
+    that were in flight are re-queued from the journal. Confirmations that were open (runs in flight or queued)
+    go back into the policy with the runs they have, and their missing runs are queued (`restore_open_groups`).
     """
     table = read_table(run_dir)
     if table.num_rows == 0:
         return
     rows = table.select(["experiment_id", "decision", "status", "role", "edit_hash", "best_version", "metric",
                          "files", "cost_usd", "budget_seconds", "knobs", "gpu_model", "gain", "group_mean", "group_n",
-                         "run_seconds", "seed", "curve", "group_id", "base_version", "proposer", "description",
+                         "run_seconds", "seed", "curve", "group_id", "parent_id", "base_version", "proposer", "description",
                          "diff", "lines_added", "lines_removed"]).to_pylist()
     journal = [e["experiment_id"] for e in Journal(run_dir).entries()]
     ids = [int(x[1:]) for x in [r["experiment_id"] for r in rows] + journal if x[1:].isdigit()]
@@ -113,11 +115,22 @@ def restore(driver: Driver, run_dir: str) -> None:
     for (h, rung, gpu), metrics in spread.items():
         if h == code:
             best_runs.setdefault(rung, []).extend((m, gpu) for m in metrics)
-    if driver.policy.config.acceptance == "greedy" and best["decision"] == "keep":  # greedy: its one run made it best
-        best_runs = {top: [(best["metric"], best["gpu_model"] or "")]}
     best_id = versions[best["best_version"]][1]
     driver.policy.restore(best["best_version"], {v: f for v, (f, _) in versions.items()}, best_id,
                           best_runs, spread, rung_gains)
+    cfg = driver.policy.config
+    if _one_run(driver.policy) and best["decision"] == "keep":  # greedy or a deterministic target: its one run
+        driver.policy.best_runs = {top: [(best["metric"], best["gpu_model"] or "")]}
+    elif cfg.fresh_reference and best["decision"] == "keep":
+        # as live: the best is measured by its fresh repeats (role baseline), not by the runs that decided its
+        # accept (picked for passing); those only stand in at a rung where no fresh repeat has landed yet
+        fresh: dict[int, list] = {}
+        for r in ran:
+            if r["role"] == "baseline" and r["edit_hash"] == code and r["status"] == "ok" and r["metric"] is not None:
+                rung = rung_of(driver.scales, r["budget_seconds"], dict(r["knobs"] or []), default_budget)
+                fresh.setdefault(rung, []).append((r["metric"], r["gpu_model"] or ""))
+        driver.policy.previous_runs.update({rung: runs for rung, runs in best_runs.items() if rung not in fresh})
+        driver.policy.best_runs = fresh
     driver.versions.update({v: e for v, (_, e) in versions.items()})
     driver.best = Baseline(best["best_version"], files, best_id, driver.policy.best_mean)
     for r in ran:  # the best's curves: what --prune compares new candidates with
@@ -126,7 +139,80 @@ def restore(driver: Driver, run_dir: str) -> None:
             driver.references.observe(best["best_version"], (rung, r["gpu_model"] or ""),
                                       tuple((c["progress"], c["loss"]) for c in r["curve"]))
     driver.followups.extend(driver._job(spec) for spec in driver.policy.missing_repeats())
+    restore_open_groups(driver, ran, versions)
     requeue_unused(driver, rows)
+
+
+CONCLUDED = ("keep", "reject", "conflict", "discard")  # a confirmation group's last word
+
+
+def _one_run(policy: Policy) -> bool:
+    """One run judges a candidate (greedy, or a target that ignores its seed): no confirmation, no fresh repeats."""
+    return policy.config.acceptance == "greedy" or getattr(policy, "deterministic", False)
+
+
+def restore_open_groups(driver: Driver, ran: list[dict], versions: dict[int, tuple[dict, str]]) -> None:
+    """Confirmation groups still open when the run stopped (their runs running or queued) go back into the policy
+    with the runs they have, and their missing runs are queued: no screened candidate is left undecided.
+
+    A group is the rows of one group_id (role screen, confirm, rebase, promote; a combination of near-misses is
+    named "e00012+e00040"); it is open while none of its follow-up rows concluded it. Its current phase starts at
+    its last row with decision `screened` (the screen: confirm the candidate; or a stale winner: confirm its
+    rebase, whose merge is redone from the stored files), or at its first row for a combination. The runs asked
+    for in that phase are its first batch, plus each batch a close call added (a `confirming` row with a group
+    mean); the runs landed in it are its rows after the start."""
+    cfg = driver.policy.config
+    n = 1 if _one_run(driver.policy) else max(1, cfg.confirm_runs)
+    groups: dict[str, list[dict]] = {}
+    for r in ran:
+        if r["group_id"] and r["role"] in ("screen", "confirm", "rebase", "promote"):
+            groups.setdefault(r["group_id"], []).append(r)
+    for gid, rs in groups.items():
+        if any(r["role"] != "screen" and r["decision"] in CONCLUDED for r in rs):
+            continue
+        starts = [i for i, r in enumerate(rs) if r["decision"] == "screened"]
+        first = rs[0]
+        insane = cfg.sanity_gain is not None and first["gain"] is not None and first["gain"] > cfg.sanity_gain
+        confirmed = first["role"] == "screen" and first["base_version"] == first["best_version"]
+        # the cap a close call may grow to was set when the candidate was first confirmed (a rebase keeps it)
+        cap = max(cfg.max_confirm_runs, n * (2 if insane else 1)) * (2 if insane else 1) if confirmed else 0
+        note = ""
+        if starts:
+            start, phase = rs[starts[-1]], rs[starts[-1] + 1:]
+            if not start["files"]:
+                continue  # a ledger written before screened rows carried their files: nothing to re-run
+            rebases = len(starts) - (1 if confirmed else 0)
+            if start is first and confirmed:
+                role, files, base, parent = "confirm", dict(start["files"]), start["base_version"], start["parent_id"]
+                asked = n * (2 if insane else 1)
+            else:  # the winner was re-applied onto the best of that moment; the merge is deterministic
+                old, onto = versions.get(start["base_version"]), versions.get(start["best_version"])
+                if old is None or onto is None:
+                    continue
+                files, conflicts = merge.rebase(old[0], dict(start["files"]), onto[0])
+                if conflicts:
+                    continue
+                role, base, parent, asked = "rebase", start["best_version"], onto[1], n
+        elif "+" in gid and any(r["files"] for r in rs):  # near-misses combined, tested on the best of then
+            phase, rebases, role, asked = rs, 0, "confirm", n
+            files = dict(next(r["files"] for r in rs if r["files"]))
+            base, parent = first["base_version"], first["parent_id"]
+            note = f"near-misses {', '.join(gid.split('+'))} combined"
+        else:
+            continue
+        limit = cap or max(cfg.max_confirm_runs, cfg.confirm_runs)
+        for r in phase:  # a close call asked for more runs (sequential confirmation)
+            if r["decision"] == "confirming" and r["group_mean"] is not None and r["group_n"] is not None:
+                asked = r["group_n"] + min(n, limit - r["group_n"])
+        missing = asked - len(phase)
+        if missing <= 0:
+            continue
+        runs = [(r["metric"] if r["status"] == "ok" and r["metric"] is not None and math.isfinite(r["metric"])
+                 else None, r["gpu_model"] or "") for r in phase]
+        specs = driver.policy.restore_group(gid, files, base, parent, role, runs, missing, cap=cap, rebases=rebases,
+                                            note=note)
+        source = Proposal(proposer="policy", base_version=base, description=first["description"] or "", files=files)
+        driver.followups.extend(driver._job(spec, source=source) for spec in specs)
 
 
 def requeue_unused(driver: Driver, rows: list[dict]) -> None:

@@ -1,0 +1,83 @@
+"""Confirm mode on a real local Ray with a noisy toy: a resume finishes the confirmations that were open, and
+the best metric is one number in `ar-ray best`, status.json, the summary and the ledger."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from toys import make_toy
+
+from ar_ray.engine.config import RunConfig
+from ar_ray.engine.driver import Driver
+from ar_ray.engine.run import execute, restore
+from ar_ray.ledger import store as ledger
+from ar_ray.ledger.store import Ledger
+from ar_ray.search.policy import Policy
+from ar_ray.target import load_target
+
+SCRIPT = "toys:ScriptedProposer"
+CONCLUDED = {"keep", "reject", "conflict"}
+
+# val_bpb = truth + noise of 0.002, fresh per seed; LR 0.5 -> 0.3 is a real gain of 0.2
+NOISY_TRAIN = '''\
+import os, random
+LR = 0.5
+WIDTH = 8
+rng = random.Random(int(os.environ["AR_SEED"]) * 7919 + 1)
+true = 1.0 + abs(LR - 0.3) + abs(WIDTH - 8) * 0.001
+print("---")
+print(f"val_bpb: {true + rng.gauss(0, 0.002):.6f}")
+'''
+
+
+def config(tmp_path, **kw) -> RunConfig:
+    return RunConfig(target=str(tmp_path / "target"), run_dir=str(tmp_path / "run"), proposer=SCRIPT,
+                     proposer_options={"script": [[{"LR": 0.3}, "real gain"]]}, proposers=1, queue_depth=1,
+                     max_experiments=1, **kw)
+
+
+def undecided(df) -> list[str]:
+    """Screened candidates whose group has no concluding row."""
+    screened = df[(df.role == "screen") & (df.decision == "screened")].experiment_id
+    return [g for g in screened if not df[(df.group_id == g) & (df.role != "screen")].decision.isin(CONCLUDED).any()]
+
+
+@pytest.mark.parametrize("stop_at", ["screened", "confirming"])
+def test_a_resume_finishes_the_confirmations_that_were_open(ray_local, tmp_path, stop_at):
+    """Stopped at the screened candidate's row (its confirmation runs only queued) or at its first confirmation
+    run (the second one running, killed by the stop): the resume restores the open group with the run it has
+    and runs the missing ones, so the candidate is decided; the new best is then measured by fresh repeats,
+    and a restore builds its reference from those, not from the runs that decided the accept."""
+    make_toy(tmp_path / "target", "", train=NOISY_TRAIN)
+
+    def stop(kind, driver, row):
+        if kind == "row" and row["decision"] == stop_at and row["role"] in ("screen", "confirm"):
+            raise KeyboardInterrupt  # what Ctrl-C does
+
+    first = execute(config(tmp_path, trainers=1), stop)
+    before = ledger.load(tmp_path / "run")
+    assert first["interrupted"] and undecided(before), before[["experiment_id", "role", "decision", "group_id"]]
+    gid = undecided(before)[0]
+    had = before[(before.group_id == gid) & (before.role == "confirm")]
+    assert len(had) == (stop_at == "confirming")
+
+    summary = execute(config(tmp_path, trainers=2, resume=True))
+    df = ledger.load(tmp_path / "run")
+    assert undecided(df) == []
+    runs = df[(df.group_id == gid) & (df.role == "confirm")]
+    # the run it had counts: two confirmation runs in all, not two more
+    assert len(runs) == 2 and runs.decision.iloc[-1] == "keep" and runs.group_n.iloc[-1] == 2
+    assert runs.group_mean.iloc[-1] == pytest.approx(runs.metric.mean())
+    assert df[df.edit_hash == runs.edit_hash.iloc[0]].seed.is_unique  # no seed replayed across the resume
+    assert summary["kept"] == 1 and summary["best_version"] == 1 and not summary["interrupted"]
+    repeats = df[(df.role == "baseline") & (df.base_version == 1)]
+    assert len(repeats) == 3 and summary["best_metric"] == pytest.approx(repeats.metric.mean())
+
+    t = load_target(str(tmp_path / "target"))
+    fresh = Driver(t, Ledger(tmp_path / "run"), summary["run_id"], [], [], Policy(config(tmp_path).policy(), t.direction),
+                   queue_depth=1)
+    restore(fresh, str(tmp_path / "run"))
+    assert sorted(fresh.policy.best_metrics) == sorted(repeats.metric)
+    assert fresh.best.metric == pytest.approx(summary["best_metric"]) and not fresh.followups
+

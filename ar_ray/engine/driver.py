@@ -415,6 +415,7 @@ class Driver:
             self.timeouts.observe((job.rung, r.gpu_model), r.child_seconds)
         if r.status == "ok" and verdict.new_best:  # (the best's repeats were read as they landed)
             self.references.observe(verdict.new_best[0], (job.rung, r.gpu_model), r.curve)
+        previous = self.best.files
         if verdict.new_best:
             version, files, exp_id, metric = verdict.new_best
             self.best = Baseline(version, files, exp_id, metric)
@@ -427,7 +428,12 @@ class Driver:
         self.count.failed += r.status not in ("ok", "pruned")
         self.count.pruned += r.status == "pruned"
         self.count.by_status[r.status] += 1
-        self._record(self._row(flight, r, verdict))
+        row = self._row(flight, r, verdict)
+        if verdict.new_best:  # the keep row says what was kept: the change to the previous best (in confirm mode
+            added, removed = edits.diff_stats(previous, self.best.files)  # it is a confirmation run, with no diff)
+            row.update(diff=edits.unified_diff(previous, self.best.files) or None, lines_added=added,
+                       lines_removed=removed)
+        self._record(row)
 
     def _row(self, flight: Flight, r: Result, verdict: Verdict) -> dict:
         row = rows.result_row(self.run_id, flight.job.parent_id, flight.job.proposal, flight.candidate, r,

@@ -151,7 +151,7 @@ def lineage(df: pd.DataFrame, direction: str = "min") -> pd.DataFrame:
     """Every accepted version: the unmodified target (version 0) and each kept change, in order.
 
     Columns: node (the id later rows name as parent_id), parent, experiment_id (the row that decided it),
-    version, time, metric (the accepted value: the best's mean in confirm mode), parent_metric, improvement
+    version, time, metric (the best metric while it was the best, as last recorded: `best_metric`), parent_metric, improvement
     (positive = better), proposer, description, files, on_best_path (part of the current best's history;
     False for a version a greedy stale accept left behind)."""
     cols = ["node", "parent", "experiment_id", "version", "time", "metric", "parent_metric", "improvement",
@@ -190,6 +190,13 @@ def lineage(df: pd.DataFrame, direction: str = "min") -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
     out["version"] = out["version"].astype("Int64")
+    # one best metric everywhere: a version's is the policy's as last recorded while it was the best (the mean of
+    # the runs it uses as the reference: its fresh repeats once they landed), what status and summary say too
+    settled = df.dropna(subset=["best_metric", "best_version"])
+    settled = settled.sort_values("seq") if "seq" in settled else settled
+    latest = settled.groupby(settled["best_version"].astype(int))["best_metric"].last()
+    out["metric"] = out["version"].map(lambda v: latest.get(int(v)) if pd.notna(v) else None) \
+        .astype(float).fillna(out["metric"].astype(float))
     out["parent"] = pd.Series([alias.get(p, p) if isinstance(p, str) else None for p in out["parent"]],
                               index=out.index, dtype=object)
     metric_of = dict(zip(out["node"], out["metric"]))

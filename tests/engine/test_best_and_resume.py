@@ -3,11 +3,17 @@ the best metric is one number in `ar-ray best`, status.json, the summary and the
 
 from __future__ import annotations
 
+import io
 import json
+import re
 
 import pytest
+from click.testing import CliRunner
+from rich.console import Console
 from toys import make_toy
 
+from ar_ray.cli.main import main
+from ar_ray.cli.progress import Progress
 from ar_ray.engine.config import RunConfig
 from ar_ray.engine.driver import Driver
 from ar_ray.engine.run import execute, restore
@@ -81,3 +87,24 @@ def test_a_resume_finishes_the_confirmations_that_were_open(ray_local, tmp_path,
     assert sorted(fresh.policy.best_metrics) == sorted(repeats.metric)
     assert fresh.best.metric == pytest.approx(summary["best_metric"]) and not fresh.followups
 
+
+def test_one_best_metric_and_the_keep_rows_diff(ray_local, tmp_path):
+    """After a confirm-mode keep and the new best's fresh repeats: `ar-ray best`, status.json, the summary and
+    the ledger's last best_metric all give the mean of those repeats; the keep row carries the change it kept."""
+    make_toy(tmp_path / "target", "", train=NOISY_TRAIN)
+    (tmp_path / "run").mkdir()
+    summary = execute(config(tmp_path, trainers=2),  # what `ar-ray run` shows and writes (status.json)
+                      Progress(tmp_path / "run", Console(file=io.StringIO()), live=False))
+    df = ledger.load(tmp_path / "run")
+    repeats = df[(df.role == "baseline") & (df.base_version == 1)]
+    assert summary["kept"] == 1 and len(repeats) == 3
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    out = CliRunner().invoke(main, ["best", str(tmp_path / "run")], catch_exceptions=False).output
+    shown = float(re.search(r"^best val_bpb (\S+)", out, re.MULTILINE).group(1))
+    assert summary["best_metric"] == pytest.approx(repeats.metric.mean())
+    assert status["best_metric"] == summary["best_metric"] == df.best_metric.iloc[-1]
+    assert shown == pytest.approx(summary["best_metric"], abs=5e-7), out
+    keep = df[df.decision == "keep"].iloc[0]
+    assert keep.role == "confirm" and isinstance(keep["diff"], str), keep  # the last confirmation run decided it
+    assert "-LR = 0.5" in keep["diff"] and "+LR = 0.3" in keep["diff"]
+    assert keep.lines_added == 1 and keep.lines_removed == 1

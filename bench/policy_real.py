@@ -67,30 +67,42 @@ def measure(files: dict[str, str], seed: int, noise: float) -> float:
     return true_of(files) + rng.gauss(0.0, noise)
 
 
-def score(run_dir: Path, best_metric: float | None, noise: float) -> dict:
+def score(run_dir: Path, best_metric: float | None, noise: float, upto: int | None = None) -> dict:
+    """Figures of one run; `upto`: as if it had stopped after that many new candidates (ledger order)."""
     df = load(run_dir)
+    if upto is not None:
+        df = df[(df.role == "screen").cumsum() <= upto]
     ran = df[df.decision != "skip"]
     start = true_of({"train.py": (STANDIN / "train.py").read_text()})
-    prev, false, real = start, 0, 0
-    for _, r in df[df.decision == "keep"].iterrows():
+    prev, false, real, curve, spent = start, 0, 0, [(0.0, 0.0)], 0.0
+    for _, r in df.iterrows():  # in ledger order: trainer-seconds spent so far, true gain of the best so far
+        spent += 0.0 if r.decision == "skip" else float(r.run_seconds or 0.0)
+        if r.decision != "keep":
+            continue
         t = true_of(dict(r["files"]))
         if t < prev - 1e-12:
             real += 1
         else:
             false += 1
         prev = t
+        curve.append((spent, start - t))
     seconds = float(ran.run_seconds.fillna(0).sum())
     gain = start - prev
     return {"false": false, "real": real, "gain": gain, "seconds": seconds, "runs": len(ran),
             "per_s": gain / seconds if seconds else 0.0,
             "best_error": (abs(best_metric - prev) / noise) if best_metric is not None else float("nan"),
-            "roles": ran.role.value_counts().to_dict()}
+            "roles": ran.role.value_counts().to_dict(), "curve": curve}
+
+
+def gain_at(curve: list, seconds: float) -> float:
+    """True gain of the best once `seconds` trainer-seconds were spent."""
+    return max((g for s, g in curve if s <= seconds), default=0.0)
 
 
 # ---- fast: the real driver on a simulated clock ----
 
 def run_fast(acceptance: str, seed: int, experiments: int, trainers: int, noise: float, tmp: Path,
-             extra: dict) -> dict:
+             extra: dict) -> tuple[Path, float | None]:
     import driver_scale as ds
 
     import ar_ray.engine.driver as driver_mod
@@ -131,13 +143,13 @@ def run_fast(acceptance: str, seed: int, experiments: int, trainers: int, noise:
     drv = Driver(target, ledger, "bench", [Trainer(i) for i in range(trainers)], [Proposer(i) for i in range(2)],
                  policy, queue_depth=trainers + 2, max_experiments=experiments, seed=seed)
     drv.run()
-    return score(run_dir, drv.best.metric, noise)
+    return run_dir, drv.best.metric
 
 
 # ---- real: ar-ray run processes ----
 
 def run_real(acceptance: str, seed: int, experiments: int, trainers: int, noise: float, tmp: Path,
-             extra: dict) -> dict:
+             extra: dict) -> tuple[Path, float | None]:
     run_dir = tmp / f"{acceptance}-{seed}"
     env = {**os.environ, "AR_NOISE": str(noise)}
     cmd = [sys.executable, "-m", "ar_ray.cli.main", "run", "--target", str(STANDIN), "--run-dir", str(run_dir),
@@ -150,8 +162,7 @@ def run_real(acceptance: str, seed: int, experiments: int, trainers: int, noise:
     if out.returncode != 0:
         raise SystemExit(f"ar-ray run failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     status = json.loads((run_dir / "status.json").read_text())
-    return score(run_dir, status.get("best", {}).get("metric") if isinstance(status.get("best"), dict)
-                 else status.get("best_metric"), noise)
+    return run_dir, status.get("best_metric")
 
 
 def _number(v: str):
@@ -175,6 +186,9 @@ def main(argv=None) -> None:
     ap.add_argument("--modes", nargs="+", default=["greedy", "confirm"])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a PolicyConfig field for the confirm mode (fast) or a flag (real), e.g. --set k_confirm=2.5")
+    ap.add_argument("--greedy-experiments", type=int, default=None,
+                    help="greedy's experiments (default 2 x --experiments), so its progress can also be read at the "
+                         "trainer-seconds the other modes spent")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     extra = {k: _number(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -183,21 +197,34 @@ def main(argv=None) -> None:
     results = {}
     for mode in args.modes:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            r = run(mode, seed, args.experiments, args.trainers, args.noise, tmp, extra if mode != "greedy" else {})
+            n = (args.greedy_experiments or 2 * args.experiments) if mode == "greedy" else args.experiments
+            run_dir, best = run(mode, seed, n, args.trainers, args.noise, tmp, extra if mode != "greedy" else {})
+            r = score(run_dir, best, args.noise)
+            if mode == "greedy":  # its first --experiments, for the comparison at equal experiments
+                r["first"] = score(run_dir, None, args.noise, upto=args.experiments)
             results.setdefault(mode, []).append(r)
-            print(f"{mode:8s} seed {seed}: {r}", file=sys.stderr)
+            print(f"{mode:8s} seed {seed}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                       for k, v in r.items() if k not in ("curve", "first")),
+                  file=sys.stderr)
     print(f"\n{'real' if args.real else 'fast (simulated clock)'}: {args.seeds} seeds x {args.experiments} experiments x "
-          f"{args.trainers} trainers, noise {args.noise}; sums over seeds, best error as a mean\n")
+          f"{args.trainers} trainers, noise {args.noise}; sums over seeds, best error as a mean. Greedy ran "
+          f"{args.greedy_experiments or 2 * args.experiments} experiments: its row at {args.experiments} is read off the "
+          f"same runs; 'greedy at same trainer-s' is its true gain once it had spent what the mode spent, per seed\n")
     print("| mode | false accepts | real wins | true gain | trainer-s | gain per 1000 trainer-s | vs greedy "
-          "| best metric - truth (noise units) |\n|---|---|---|---|---|---|---|---|")
-    base = None
+          "| greedy at same trainer-s | vs greedy at same trainer-s | best metric - truth (noise units) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
+    greedy = results.get("greedy")
     for mode, rs in results.items():
+        if mode == "greedy":  # the first --experiments of its longer run: the issue's comparison at equal experiments
+            rs = [{**r["first"], "best_error": r["best_error"]} for r in rs]
+            base = sum(r["gain"] for r in rs) / sum(r["seconds"] for r in rs)
         gain, secs = sum(r["gain"] for r in rs), sum(r["seconds"] for r in rs)
         per = 1000 * gain / secs if secs else 0.0
-        base = per if mode == "greedy" else base
-        ratio = f"{per / base:.2f}x" if base else "-"
+        ratio = f"{per / base / 1000:.2f}x" if greedy else "-"
+        same = sum(gain_at(g["curve"], r["seconds"]) for g, r in zip(greedy, rs)) if greedy else float("nan")
         print(f"| {mode} | {sum(r['false'] for r in rs)} | {sum(r['real'] for r in rs)} | {gain:.4f} | {secs:.0f} "
-              f"| {per:.4f} | {ratio} | {statistics.fmean(r['best_error'] for r in rs):.2f} |")
+              f"| {per:.4f} | {ratio} | {same:.4f} | {gain / same if same else float('nan'):.2f}x "
+              f"| {statistics.fmean(r['best_error'] for r in rs):.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

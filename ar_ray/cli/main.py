@@ -279,12 +279,16 @@ def status(run_dir, watch):
 
 from ar_ray.cli.readers import best, export_git_cmd, report, show  # noqa: E402  (after main: cli_report does not import cli)
 from ar_ray.cli.sweep_cmd import sweep  # noqa: E402
+from ar_ray.cli.check_cmd import check  # noqa: E402
+from ar_ray.cli.init_cmd import init  # noqa: E402
 
 main.add_command(best)
 main.add_command(report)
 main.add_command(show)
 main.add_command(export_git_cmd)
 main.add_command(sweep)
+main.add_command(check)
+main.add_command(init)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,119 @@
+"""`ar-ray check`: toy targets (each run well under a second) and the nanoGPT fixture's knobs; no Ray."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ar_ray.cli.check_cmd import check_target, render
+from ar_ray.cli.main import main
+
+pytestmark = pytest.mark.timeout(60)
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+NOISY = """
+import os, random
+import time
+budget, t0 = float(os.environ["AR_BUDGET_SECONDS"]), time.monotonic()
+while time.monotonic() - t0 < budget:  # "training" until the budget is spent
+    pass
+random.seed(int(os.environ["AR_SEED"]))
+LEARNING_RATE = 0.01
+print(f"val_bpb: {1.0 + random.gauss(0, 0.01):.6f}")
+"""
+DETERMINISTIC = """
+import os, time
+budget, t0 = float(os.environ["AR_BUDGET_SECONDS"]), time.monotonic()
+while time.monotonic() - t0 < budget:
+    pass
+LEARNING_RATE = 0.01
+print("val_bpb: 1.5")
+"""
+NO_BUDGET = """
+import os, random
+random.seed(int(os.environ["AR_SEED"]))
+LEARNING_RATE = 0.01
+print(f"val_bpb: {1.0 + random.random():.6f}")
+"""
+
+
+def toy(tmp_path: Path, train: str, files: dict[str, bytes] | None = None) -> Path:
+    root = tmp_path / "target"
+    root.mkdir()
+    (root / "train.py").write_text(textwrap.dedent(train))
+    (root / "prepare.py").write_text("VOCAB = 42\n")
+    for rel, data in (files or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "ar-ray.toml").write_text('[target]\neditable = ["train.py"]\nbudget_seconds = 0.3\n')
+    return root
+
+
+def levels(report, level: str) -> str:
+    return "\n".join(f.text for f in report.findings if f.level == level)
+
+
+def test_noisy_toy_reports_its_noise_floor_and_estimates(tmp_path):
+    report = check_target(str(toy(tmp_path, NOISY)), repeats=3, sandbox="none", gpus=[])
+    text = render(report)
+    assert report.facts["deterministic"] is False and report.facts["noise"] > 0
+    assert "noise floor" in text and "deterministic" not in text
+    assert "LEARNING_RATE" in report.facts["knobs"] and report.facts["budget_honoured"]
+    assert report.facts["min_gain"] == pytest.approx(2 * report.facts["noise"] * (1 / 2 + 1 / 3) ** 0.5)
+    assert "experiments per" in text and report.verdict == "ready" and report.exit_code == 0, text
+
+
+def test_deterministic_toy_is_called_deterministic(tmp_path):
+    report = check_target(str(toy(tmp_path, DETERMINISTIC)), repeats=2, sandbox="none", gpus=[])
+    text = render(report)
+    assert report.facts["deterministic"] is True
+    assert "deterministic: ignores AR_SEED" in text
+    assert report.verdict == "ready, with warnings" and report.exit_code == 0
+
+
+def test_leftover_checkpoint_and_large_file_are_warned_about(tmp_path):
+    root = toy(tmp_path, NOISY, {"out/ckpt.pt": b"\0" * 100, "data/big.txt": b"x" * (2 * 2**20)})
+    report = check_target(str(root), repeats=2, sandbox="none", gpus=[])
+    warns = levels(report, "warn")
+    assert "out/ckpt.pt is a checkpoint" in warns and "Remove it" in warns
+    assert "data/big.txt is 2.0 MB" in warns and "data = [...]" in warns
+
+
+def test_target_ignoring_its_budget_is_not_a_clock(tmp_path):
+    report = check_target(str(toy(tmp_path, NO_BUDGET)), repeats=2, sandbox="none", gpus=[], budget_check=True)
+    assert report.facts["budget_honoured"] is False
+    assert "the budget is not a clock: results depend on the compute you allow" in levels(report, "warn")
+    assert "AR_BUDGET_SECONDS is named in no editable or read-only file" in render(report)
+
+
+def test_metric_pattern_matching_nothing_must_be_fixed_and_exits_1(tmp_path):
+    root = toy(tmp_path, 'import os\nos.environ["AR_BUDGET_SECONDS"]\nLR = 0.1\nprint("loss 1.0")\n')
+    r = CliRunner().invoke(main, ["check", str(root), "--repeats", "1", "--sandbox", "none"])
+    assert r.exit_code == 1, r.output
+    assert "FIX" in r.output and "matches no line" in r.output and "verdict: not ready" in r.output
+
+
+def test_metric_pattern_matching_several_values_is_warned_about(tmp_path):
+    train = NOISY + 'print("val_bpb: 7.0")\nprint("val_bpb: 1.0")\n'
+    report = check_target(str(toy(tmp_path, train)), repeats=1, sandbox="none", gpus=[])
+    assert "matches 3 lines with 3 different values" in levels(report, "warn")
+
+
+def test_cli_on_nanogpt_fixture_names_its_lowercase_knobs_and_determinism(tmp_path):
+    root = tmp_path / "nanogpt"
+    shutil.copytree(FIXTURES / "nanogpt", root)
+    # a shorter run than the fixture's (30 iterations): the check is about what it finds, not the model
+    config = root / "config" / "train_tiny_char.py"
+    config.write_text(config.read_text().replace("max_iters = 30", "max_iters = 3"))
+    r = CliRunner().invoke(main, ["check", str(root), "--repeats", "2", "--sandbox", "none"])
+    assert r.exit_code == 0, r.output
+    for knob in ("learning_rate = 0.001", "n_layer = 2", "n_embd = 32", "batch_size = 8", "beta2 = 0.99"):
+        assert knob in r.output
+    assert "n_head" not in r.output.split("What the proposers see")[1].split("==")[1]  # declared off
+    assert "deterministic: ignores AR_SEED" in r.output
+    assert "the budget is not a clock" in r.output  # nanoGPT trains max_iters, whatever the budget
+    assert "verdict: ready, with warnings" in r.output

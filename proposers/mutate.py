@@ -4,7 +4,8 @@ What it tunes (`find_knobs`):
 
 * Python files: every top-level `name = literal` assignment, whatever the case (`LR = 3e-4`,
   `learning_rate = 1e-3`, `n_layer = 2`); a lowercase name assigned again anywhere in the module
-  (`iter_num += 1`) is state, not a setting, and is left alone;
+  (`iter_num += 1`) is state, not a setting, and is left alone; and the literal `default=` of every
+  `parser.add_argument("--learning-rate", ..., default=5e-4)`, named by its dest (`learning_rate`);
 * YAML (.yaml/.yml), JSON (.json) and TOML (.toml) config files: every scalar value, named by its
   dotted key path (`optim.lr`);
 
@@ -51,7 +52,8 @@ FIXED = re.compile(r"#\s*fixed\b")
 CONFIG_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".toml")
 
 LOOKS_FOR = ("mutate tunes top-level `name = literal` assignments (numbers, booleans, strings with a "
-             "`# choices: a, b` comment) in the editable .py files, and numbers and booleans in editable "
+             "`# choices: a, b` comment) and argparse `add_argument(\"--name\", default=literal)` defaults in the "
+             "editable .py files, and numbers and booleans in editable "
              ".yaml/.yml/.json/.toml config files; names holding seeds, evaluation, budgets, paths or logging "
              "are left alone")
 HOW_TO_DECLARE = ("declare the search space under [knobs] in the target's ar-ray.toml, e.g. "
@@ -127,6 +129,45 @@ def _python_knobs(path: str, source: str) -> list[Knob]:
             quote = source.splitlines()[value.lineno - 1][value.col_offset:value.col_offset + 1]
         col = node.value.col_offset  # includes the unary minus when there is one
         knobs.append(Knob(path, name, v, node.lineno, col, value.end_col_offset, _choices(line), "py", quote))
+    return knobs + _argparse_knobs(path, tree, lines)
+
+
+def _literal(node) -> tuple[bool, object]:
+    """(True, value) for a one-line literal number, bool or string (a negative number too); else (False, None)."""
+    sign = 1
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
+        sign, node = -1, node.operand
+    if not isinstance(node, ast.Constant) or node.lineno != node.end_lineno:
+        return False, None
+    v = node.value
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return True, sign * v
+    return isinstance(v, (bool, str)) and sign == 1, v
+
+
+def _argparse_knobs(path: str, tree: ast.Module, lines: list[str]) -> list[Knob]:
+    """`parser.add_argument("--lr", type=float, default=1e-3)` anywhere in the module: the default, named by the
+    argument's dest (`--learning-rate` -> learning_rate); `choices=[...]` literals become its choices."""
+    knobs = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument"):
+            continue
+        flags = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        long = [f for f in flags if f.startswith("--")]
+        kw = {k.arg: k.value for k in node.keywords if k.arg}
+        if not long or "default" not in kw:
+            continue
+        ok, v = _literal(kw["default"])
+        if not ok:
+            continue
+        name = kw["dest"].value if isinstance(kw.get("dest"), ast.Constant) else long[0][2:].replace("-", "_")
+        choices: tuple = ()
+        if isinstance(kw.get("choices"), (ast.List, ast.Tuple)):
+            choices = tuple(val for ok_, val in map(_literal, kw["choices"].elts) if ok_)
+        d = kw["default"]
+        quote = lines[d.lineno - 1][d.col_offset:d.col_offset + 1] if isinstance(v, str) else ""
+        knobs.append(Knob(path, name, v, d.lineno, d.col_offset, d.end_col_offset,
+                          choices or _choices(lines[d.lineno - 1]), "py", quote))
     return knobs
 
 

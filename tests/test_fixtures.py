@@ -4,6 +4,7 @@ config files, and a short real `ar-ray run` on each ends with runs `ok` and a fi
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,54 @@ def test_a_short_real_run_on_nanogpt(ray_local, tmp_path):
     assert all(math.isfinite(m) and 0 < m < 10 for m in ran.metric)
     screens = ran[ran.role == "screen"]
     assert all(f"a/{CONFIG}" in d for d in screens["diff"]), screens["diff"].tolist()
+
+
+# -- karpathy/makemore: argparse defaults --------------------------------------------------------
+
+MAKEMORE = FIXTURES / "makemore"
+
+
+def test_makemore_argparse_defaults_are_what_mutate_edits():
+    target = load_target(MAKEMORE)
+    p = MutateProposer("mutate-0", target.editable, seed=0, hardware="cpu", space=target.knobs, off=target.knobs_off)
+    knobs = {k.name: k.value for k in p.knobs(target.read_editable())}
+    assert knobs == {"n_layer": 4, "n_embd": 64, "batch_size": 32, "learning_rate": 5e-4, "weight_decay": 0.01}
+    p.update(Baseline(0, target.read_editable()))
+    for proposal in (p.propose() for _ in range(10)):
+        assert proposal.status == "ok", proposal.error
+        old, new = target.read_editable()["makemore.py"].splitlines(), proposal.files["makemore.py"].splitlines()
+        changed = [(a, b) for a, b in zip(old, new) if a != b]
+        assert len(old) == len(new) and 1 <= len(changed) <= 2, proposal.diff
+        for a, b in changed:  # only the default's characters: flags, type and help text stay
+            assert "parser.add_argument(" in a and a.split("default=")[0] == b.split("default=")[0], (a, b)
+            assert a.split("help=")[1] == b.split("help=")[1]
+
+
+@pytest.mark.timeout(300)
+def test_a_short_real_run_on_makemore(ray_local, tmp_path):
+    run_dir = tmp_path / "run"
+    r = CliRunner().invoke(main, ["run", "--target", str(MAKEMORE), "--run-dir", str(run_dir), "--trainers", "2",
+                                  "--proposers", "1", "--max-experiments", "2", "--acceptance", "greedy"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    df = ledger.load(run_dir)
+    ran = df[df.decision != "skip"]
+    assert len(ran) == 3 and set(ran.status) == {"ok"}, df[["experiment_id", "status", "error"]]
+    assert all(math.isfinite(m) and 0 < m < 10 for m in ran.metric)
+    screens = ran[ran.role == "screen"]
+    assert all("a/makemore.py" in d and "default=" in d for d in screens["diff"]), screens["diff"].tolist()
+
+
+@pytest.mark.timeout(240)
+def test_check_on_makemore_names_its_knobs_noise_and_budget(tmp_path):
+    root = tmp_path / "makemore"
+    shutil.copytree(MAKEMORE, root)
+    toml = root / "ar-ray.toml"
+    toml.write_text(toml.read_text().replace("--max-steps 40", "--max-steps 8"))  # what check finds, not the model
+    r = CliRunner().invoke(main, ["check", str(root), "--repeats", "2", "--sandbox", "none"])
+    assert r.exit_code == 0, r.output
+    for knob in ("learning_rate = 0.0005", "n_layer = 4", "n_embd = 64", "batch_size = 32", "weight_decay = 0.01"):
+        assert knob in r.output
+    assert "noise floor" in r.output and "deterministic" not in r.output  # --seed {seed} reaches torch.manual_seed
+    assert "the budget is not a clock" in r.output  # makemore trains --max-steps, whatever the budget
+    assert "verdict: ready, with warnings" in r.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
                       + (" (--time-limit counts from now)" if config.time_limit else ""), soft_wrap=True)
     from ar_ray.cli.preflight import preflight
     preflight(config.target, config.target_overrides, config.proposer)  # before Ray: the contract, the proposer
-    console.print(f"run dir: {run_dir}")
+    console.print(f"run dir: {socket.gethostname()}:{Path(run_dir).resolve()}", soft_wrap=True)  # where it is, seen from a job's logs too
     try:
         with Progress(Path(run_dir), console) as progress:
             result = execute(config, on_event=progress)

@@ -31,7 +31,9 @@ def connect(address: str | None, ship_code: bool = True) -> bool:
     """Start an embedded local Ray (address None) or join a cluster. Returns True if we started it.
 
     Joining a cluster ships this driver's packages to every node (ar_ray.engine.shipping) unless ship_code is False
-    (the package is then installed on each node, e.g. by cluster.yaml's setup commands)."""
+    (the package is then installed on each node, e.g. by cluster.yaml's setup commands). Inside a Ray job (`ray job
+    submit ... -- ar-ray run --address auto`) the job's runtime env is reused: nothing is added when it ships ar-ray
+    already (say, `--working-dir` of a checkout), our py_modules are merged into it otherwise."""
     if ray.is_initialized():
         return False
     if address is None:
@@ -48,16 +50,28 @@ def connect(address: str | None, ship_code: bool = True) -> bool:
                 "with `ray start --head` and pass --address auto; Ray's own logs are in its temp folder (by default /tmp/ray/session_latest/logs)."
             ) from None
         return True
-    from ar_ray.engine.shipping import package_runtime_env
+    from ar_ray.engine.shipping import driver_runtime_env
+    runtime_env, override = (driver_runtime_env()[:2]) if ship_code else (None, False)
+    saved = os.environ.get(OVERRIDE_ENV)
     try:
-        ray.init(address=address, log_to_driver=False, namespace=NAMESPACE,
-                 runtime_env=package_runtime_env() if ship_code else None)
+        if override:  # our env holds the job's fields, each extended (py_modules, excludes): Ray then takes ours
+            os.environ[OVERRIDE_ENV] = "1"
+        ray.init(address=address, log_to_driver=False, namespace=NAMESPACE, runtime_env=runtime_env)
     except ConnectionError as e:
         raise ConfigError(f"cannot join the Ray cluster at {address!r}: {e}. Is it running? Start it with "
                           "`ray start --head` (or `ray up cluster.yaml`), or leave out --address to run on this "
                           "machine. If its log above says InvalidAuthToken, this machine lacks the cluster's token: "
                           "copy it to ~/.ray/auth_token, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.") from None
+    finally:
+        if override:
+            if saved is None:
+                os.environ.pop(OVERRIDE_ENV, None)
+            else:
+                os.environ[OVERRIDE_ENV] = saved
     return False
+
+
+OVERRIDE_ENV = "RAY_OVERRIDE_JOB_RUNTIME_ENV"  # ray.init's runtime_env wins over a Ray job's, field by field
 
 
 EPS = 1e-9  # resource arithmetic in floats: 0.3 * 3 is not quite 0.9

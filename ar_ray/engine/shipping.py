@@ -17,12 +17,18 @@ the package (or with an old one) run exactly the driver's code. Notes on Ray 2.6
   working_dir turns that off; workers then start in its unpacked copy instead of the raylet's directory.
   That placeholder is itself first on the workers' sys.path, so it must be private to this user: see
   placeholder_working_dir.
+
+Inside a Ray job (`ray job submit ... -- ar-ray run --address auto`) the job's runtime env is the driver's too, and
+Ray refuses a ray.init runtime_env that sets any of the same fields ("Failed to merge the Job's runtime env"):
+`driver_runtime_env` reuses the job's env, adding nothing when the job already ships our packages (its
+working_dir, py_modules or pip hold them) and merging our py_modules into it otherwise.
 """
 
 from __future__ import annotations
 
 import atexit
 import fnmatch
+import json
 import os
 import shutil
 import stat
@@ -167,3 +173,51 @@ def _private_tempdir() -> str:
         atexit.register(shutil.rmtree, d, ignore_errors=True)
         _fallback_dir = d
     return _fallback_dir
+
+
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job manager for a job's entrypoint (ray._private.runtime_env.constants)
+
+
+def job_runtime_env(environ=None) -> dict | None:
+    """The runtime env of the Ray job this process is the entrypoint of ({} for a job without one), None outside a job."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(JOB_CONFIG_ENV)
+    if raw is None:
+        return None
+    try:
+        return dict(json.loads(raw).get("runtime_env") or {})
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def _from_ray_package(path: str) -> bool:
+    """A directory Ray unpacked from a runtime env (a job's working_dir, py_modules or pip env): Ray keeps them all
+    under its session's runtime_resources folder."""
+    return "runtime_resources" in Path(path).parts
+
+
+def shipped_by_job(job_env: dict, dirs: list[str] | None = None) -> bool:
+    """Does the job's runtime env already bring our packages to every node? It does when this driver imported them
+    from what the job shipped: its working_dir (the job's entrypoint runs in it) or what Ray unpacked for it."""
+    dirs = package_dirs() if dirs is None else dirs
+    cwd = Path.cwd().resolve()
+    in_working_dir = bool(job_env.get("working_dir")) and all(Path(d).resolve().is_relative_to(cwd) for d in dirs)
+    return in_working_dir or all(_from_ray_package(d) for d in dirs)
+
+
+def driver_runtime_env(environ=None, max_bytes: int = MAX_BYTES) -> tuple[dict | None, bool, str]:
+    """(runtime_env for ray.init, whether Ray must let it override the job's, what was decided, in words).
+
+    Outside a job: package_runtime_env() (py_modules and a placeholder working_dir). Inside one whose runtime env
+    already carries our packages: None, the job's env as it is. Inside one that does not (say, a working_dir with
+    only the target, ar-ray installed on the head): the job's env with our py_modules added to its own and the
+    excludes joined, and its working_dir kept (the placeholder only when it has none). That env repeats the job's
+    fields, so it is passed with RAY_OVERRIDE_JOB_RUNTIME_ENV: it overrides each field with a superset of it."""
+    job_env = job_runtime_env(environ)
+    if job_env is None:
+        return package_runtime_env(max_bytes=max_bytes), False, "shipping ar-ray's packages to the nodes (py_modules)"
+    if shipped_by_job(job_env):
+        return None, False, "the Ray job's runtime env ships ar-ray's code: using it as it is"
+    env = package_runtime_env({k: v for k, v in job_env.items() if k != "env_vars"}, max_bytes=max_bytes)
+    override = bool(set(env) & set(job_env))  # (the job's env_vars Ray merges in itself, name by name)
+    return env, override, "adding ar-ray's packages (py_modules) to the Ray job's runtime env"

@@ -1,0 +1,214 @@
+"""`ray job submit ... -- ar-ray run --address auto` exactly as the README's cluster section shows it.
+
+A head of its own (token auth, the dashboard and its job API on free loopback ports, its own temp dir; never
+another Ray on this machine), then the README's command with `--working-dir` pointing at a copy of the
+repository: the job's runtime env already ships the code, so ar-ray must reuse it rather than set a
+conflicting one of its own (Ray refuses to merge two working_dirs: "Failed to merge the Job's runtime env").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from helpers_targets import pids_with_env, wait_for
+from toys import make_toy
+
+from ar_ray.ledger import store as ledger
+
+pytestmark = pytest.mark.timeout(300)
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stop_head(proc: subprocess.Popen, mark: str) -> None:
+    """The head this test started, and only it: its process group, then whatever still carries its mark."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    for pid in pids_with_env(mark):  # Ray's daemons, agents and the job's driver, if still there
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: not pids_with_env(mark), 60, "the head's processes to exit")
+
+
+@pytest.fixture(scope="module")
+def job_head():
+    """A Ray head with the dashboard (the job API) on, token auth, every port it opens chosen free."""
+    work = Path(tempfile.mkdtemp(prefix="arj-"))  # short: Ray's socket paths must stay under 108 bytes
+    token = work / "token"
+    token.write_text(uuid.uuid4().hex)
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "AR_TEST_HEAD": mark,
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # the job's entrypoint finds `ar-ray`
+    for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "PYTHONPATH"):  # no test helpers: the job ships the code
+        env.pop(k, None)
+    gcs, dash, agent, agent_grpc, client, metrics, rt_env, node_mgr, obj_mgr = _free_ports(9)
+    proc = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=4", "--disable-usage-stats",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--ray-client-server-port={client}", f"--metrics-export-port={metrics}",
+         f"--runtime-env-agent-port={rt_env}", f"--node-manager-port={node_mgr}",
+         f"--object-manager-port={obj_mgr}", f"--temp-dir={work / 'ray'}"],
+        env=env, cwd=work, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _listening(dash), 90, "the Ray dashboard to listen")
+        address = f"http://127.0.0.1:{dash}"
+        # the job API answers only once the head's agent is up ("No available agent to submit job")
+        wait_for(lambda: _job_api_ready(address, env), 90, "the job API to answer")
+        yield {"address": address, "env": env, "work": work, "token": token}
+    finally:
+        _stop_head(proc, mark)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _job_api_ready(address: str, env: dict) -> bool:
+    out = subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True, text=True,
+                         timeout=60)
+    if out.returncode != 0:
+        time.sleep(1)
+    return out.returncode == 0
+
+
+def _repo_copy(dest: Path) -> Path:
+    """The repository as a user's checkout has it (git's tracked files and the working tree's edits)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    for f in filter(None, files):
+        src = REPO / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    return dest
+
+
+def _job_status(address: str, env: dict, job: str) -> str:
+    """`ray job status` as a word: SUCCEEDED, FAILED, STOPPED, or what it says while running."""
+    out = subprocess.run([RAY, "job", "status", "--address", address, job], env=env, capture_output=True,
+                         text=True, timeout=60)
+    text = out.stdout + out.stderr
+    for said, status in ((f"Job '{job}' succeeded", "SUCCEEDED"), (f"Job '{job}' failed", "FAILED"),
+                         (f"Job '{job}' was stopped", "STOPPED")):
+        if said in text:
+            return status
+    return text.split(f"Status for job '{job}': ", 1)[-1].split("\n", 1)[0].strip() if "Status for job" in text else "?"
+
+
+def _submit(head, cwd: Path, *args: str) -> str:
+    job = f"arj-{uuid.uuid4().hex[:8]}"
+    out = subprocess.run([RAY, "job", "submit", "--address", head["address"], "--submission-id", job,
+                          "--no-wait", "--working-dir", ".", "--", *args],
+                         cwd=cwd, env=head["env"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return job
+
+
+def _wait_job(head, job: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = _job_status(head["address"], head["env"], job)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(1)
+    return "TIMEOUT"
+
+
+def _logs(head, job: str) -> str:
+    return subprocess.run([RAY, "job", "logs", "--address", head["address"], job], env=head["env"],
+                          capture_output=True, text=True, timeout=60).stdout
+
+
+def test_job_submit_with_working_dir_as_the_readme_shows(job_head, tmp_path):
+    checkout = _repo_copy(tmp_path / "checkout")
+    target = make_toy(tmp_path / "target", "[target]\nenv = { TOY_SLEEP = '0.1' }\n")
+    run_dir = tmp_path / "run"
+    job = _submit(job_head, checkout, "ar-ray", "run", "--address", "auto", "--target", str(target),
+                  "--max-experiments", "2", "--run-dir", str(run_dir), "--trainers", "2", "--acceptance", "greedy")
+    status = _wait_job(job_head, job, 150)
+    logs = _logs(job_head, job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    df = ledger.load(run_dir)
+    ran = df[df.decision != "skip"]
+    assert (ran.role == "baseline").sum() >= 1 and set(ran[ran.role == "baseline"].status) == {"ok"}
+    assert (ran.role == "screen").sum() == 2 and set(ran[ran.role == "screen"].status) == {"ok"}
+    # the run dir is said as an absolute path, with the node it is on
+    assert f"run dir: {socket.gethostname()}:{run_dir}" in logs, logs[-3000:]
+    assert "Failed to merge" not in logs
+
+
+def test_job_whose_working_dir_lacks_ar_ray_gets_the_code_merged_in(job_head, tmp_path):
+    """`--working-dir` of the target folder only (ar-ray installed where the job's driver runs): ar-ray adds its
+    py_modules to the job's runtime env instead of replacing or conflicting with it; the job's working_dir stays."""
+    target = make_toy(tmp_path / "target", "[target]\nenv = { TOY_SLEEP = '0.1' }\n")
+    run_dir = tmp_path / "run"
+    job = _submit(job_head, target, "ar-ray", "run", "--address", "auto", "--target", ".", "--max-experiments", "2",
+                  "--run-dir", str(run_dir), "--trainers", "2", "--acceptance", "greedy")
+    status = _wait_job(job_head, job, 150)
+    logs = _logs(job_head, job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    ran = ledger.load(run_dir)
+    ran = ran[ran.decision != "skip"]
+    assert (ran.role == "screen").sum() == 2 and set(ran.status) == {"ok"}
+
+
+def test_what_a_driver_ships_inside_and_outside_a_job(tmp_path, monkeypatch):
+    """No Ray: the runtime env chosen from the job's (RAY_JOB_CONFIG_JSON_ENV_VAR, set by Ray's job manager)."""
+    from ar_ray.engine import shipping
+
+    outside, override, _ = shipping.driver_runtime_env(environ={})
+    assert outside["py_modules"] == shipping.package_dirs() and outside["working_dir"] and not override
+    # the job's working_dir is this checkout (the entrypoint runs in it): nothing to add
+    monkeypatch.chdir(REPO)
+    job = {shipping.JOB_CONFIG_ENV: json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip"}})}
+    assert shipping.driver_runtime_env(environ=job)[:2] == (None, False)
+    # a job without the code: ours merged into the job's own fields, which are kept
+    monkeypatch.chdir(tmp_path)
+    job = {shipping.JOB_CONFIG_ENV: json.dumps({"runtime_env": {
+        "working_dir": "gcs://_ray_pkg_x.zip", "py_modules": ["gcs://_ray_pkg_y.zip"], "excludes": ["*.csv"],
+        "env_vars": {"A": "1"}}})}
+    env, override, _ = shipping.driver_runtime_env(environ=job)
+    assert override and env["working_dir"] == "gcs://_ray_pkg_x.zip" and "env_vars" not in env  # Ray merges those
+    assert env["py_modules"] == ["gcs://_ray_pkg_y.zip", *shipping.package_dirs()]
+    assert "*.csv" in env["excludes"] and ".git" in env["excludes"]
+    # a job with only env vars: ours adds fields it lacks, and Ray merges the two without an override
+    job = {shipping.JOB_CONFIG_ENV: json.dumps({"runtime_env": {"env_vars": {"A": "1"}}})}
+    env, override, _ = shipping.driver_runtime_env(environ=job)
+    assert not override and env["py_modules"] == shipping.package_dirs() and env["working_dir"]
+    from ray.runtime_env.runtime_env import _merge_runtime_env
+    assert _merge_runtime_env({"env_vars": {"A": "1"}}, env)["env_vars"] == {"A": "1"}

@@ -212,3 +212,54 @@ def test_what_a_driver_ships_inside_and_outside_a_job(tmp_path, monkeypatch):
     assert not override and env["py_modules"] == shipping.package_dirs() and env["working_dir"]
     from ray.runtime_env.runtime_env import _merge_runtime_env
     assert _merge_runtime_env({"env_vars": {"A": "1"}}, env)["env_vars"] == {"A": "1"}
+
+
+def _processes_naming(text: str) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        out.append(int(entry))
+            except OSError:
+                pass
+    return out
+
+
+def test_ray_job_stop_leaves_a_consistent_ledger_and_no_process(job_head, tmp_path):
+    """`ray job stop` as the README shows it: Ray SIGTERMs the entrypoint (ar-ray stops cleanly: runs killed, the
+    unused proposals recorded, the status said) and SIGKILLs it RAY_JOB_STOP_WAIT_TIME_S later, which the README's
+    submit command raises from Ray's 3 s so the clean stop has time."""
+    from toys import marker_processes
+
+    mark = f"toy-{uuid.uuid4().hex}"
+    checkout = _repo_copy(tmp_path / "checkout")
+    target = make_toy(tmp_path / "target", f"[target]\nenv = {{ TOY_SLEEP = '1', TOY_MARK = '{mark}' }}\n")
+    run_dir = tmp_path / "run"
+    job = f"arj-{uuid.uuid4().hex[:8]}"
+    out = subprocess.run([RAY, "job", "submit", "--address", job_head["address"], "--submission-id", job, "--no-wait",
+                          "--working-dir", ".", "--runtime-env-json", '{"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}}',
+                          "--", "ar-ray", "run", "--address", "auto", "--target", str(target), "--run-dir",
+                          str(run_dir), "--trainers", "2", "--max-experiments", "200"],
+                         cwd=checkout, env=job_head["env"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    try:
+        wait_for(lambda: (run_dir / "ledger").is_dir() and len(ledger.load(run_dir)) >= 2 and marker_processes(mark),
+                 120, "two rows in the ledger and a run in flight")
+        stop = subprocess.run([RAY, "job", "stop", "--address", job_head["address"], job], env=job_head["env"],
+                              capture_output=True, text=True, timeout=120)
+        assert stop.returncode == 0, stop.stdout[-3000:] + stop.stderr[-3000:]
+        assert _wait_job(job_head, job, 90) == "STOPPED"
+        wait_for(lambda: not marker_processes(mark) and not _processes_naming(str(run_dir)), 30,
+                 "no run or driver of the job left")
+    finally:
+        for pid in marker_processes(mark) + _processes_naming(str(run_dir)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    logs = _logs(job_head, job)
+    df = ledger.load(run_dir)
+    assert df.experiment_id.is_unique and len(df) >= 2, logs[-3000:]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted", logs[-3000:]

@@ -130,10 +130,14 @@ def _job_status(address: str, env: dict, job: str) -> str:
     return text.split(f"Status for job '{job}': ", 1)[-1].split("\n", 1)[0].strip() if "Status for job" in text else "?"
 
 
+STOP_WAIT = '{"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}}'  # as the README's command
+
+
 def _submit(head, cwd: Path, *args: str) -> str:
+    """The README's `ray job submit` (RAY_AUTH_MODE=token and the token in head["env"]), run in `cwd`."""
     job = f"arj-{uuid.uuid4().hex[:8]}"
-    out = subprocess.run([RAY, "job", "submit", "--address", head["address"], "--submission-id", job,
-                          "--no-wait", "--working-dir", ".", "--", *args],
+    out = subprocess.run([RAY, "job", "submit", "--address", head["address"], "--submission-id", job, "--no-wait",
+                          "--working-dir", ".", "--runtime-env-json", STOP_WAIT, "--", *args],
                          cwd=cwd, env=head["env"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return job
@@ -237,13 +241,8 @@ def test_ray_job_stop_leaves_a_consistent_ledger_and_no_process(job_head, tmp_pa
     checkout = _repo_copy(tmp_path / "checkout")
     target = make_toy(tmp_path / "target", f"[target]\nenv = {{ TOY_SLEEP = '1', TOY_MARK = '{mark}' }}\n")
     run_dir = tmp_path / "run"
-    job = f"arj-{uuid.uuid4().hex[:8]}"
-    out = subprocess.run([RAY, "job", "submit", "--address", job_head["address"], "--submission-id", job, "--no-wait",
-                          "--working-dir", ".", "--runtime-env-json", '{"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}}',
-                          "--", "ar-ray", "run", "--address", "auto", "--target", str(target), "--run-dir",
-                          str(run_dir), "--trainers", "2", "--max-experiments", "200"],
-                         cwd=checkout, env=job_head["env"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    job = _submit(job_head, checkout, "ar-ray", "run", "--address", "auto", "--target", str(target), "--run-dir",
+                  str(run_dir), "--trainers", "2", "--max-experiments", "200")
     try:
         wait_for(lambda: (run_dir / "ledger").is_dir() and len(ledger.load(run_dir)) >= 2 and marker_processes(mark),
                  120, "two rows in the ledger and a run in flight")

@@ -284,21 +284,24 @@ class Trainer:
         marker_dir = Path(tempfile.gettempdir()) / "ar-ray-setup"
         marker_dir.mkdir(exist_ok=True)
         marker = marker_dir / f"{self.target.name}-{key}.done"
+        env = child_env(self.target, {})
         with open(marker_dir / f"{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not marker.exists():
+            # the marker holds what setup built (the target's data files): deleted or changed since, it runs again
+            built = json.dumps(sorted(sandbox.fingerprint(self.target.data, env).items()))
+            if not marker.exists() or marker.read_text() != built:
                 setup_dir = self.work_root / f"setup-{self.node}-{key}"
                 materialize(self.target, self.target.read_editable(), setup_dir)
                 log = setup_dir / "log.txt"
                 argv = format_command(self.target.setup, run_dir=str(setup_dir), seed=0,
                                       budget_seconds=self.target.budget_seconds or "", budget_tokens=self.target.budget_tokens or "",
                                       result_file=str(setup_dir / "result.json"))
-                code, timed_out, _, _ = self._spawn(argv, setup_dir, child_env(self.target, {}), log, self.target.hard_timeout)
+                code, timed_out, _, _ = self._spawn(argv, setup_dir, env, log, self.target.hard_timeout)
                 if code != 0 or timed_out:
                     tail = outcome.error_tail(outcome.read_tail(log))
                     raise SetupError(f"setup command {self.target.setup!r} failed (exit {code}{', timed out' if timed_out else ''}); "
                                      f"log: {log}\n{tail}")
-                marker.touch()
+                marker.write_text(json.dumps(sorted(sandbox.fingerprint(self.target.data, env).items())))
         self._setup_done = True
 
     def run(self, cand: Candidate) -> Result:

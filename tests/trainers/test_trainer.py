@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import uuid
@@ -503,6 +504,23 @@ def test_setup_runs_once_per_node(tmp_path):
     assert counter.read_text() == "ran\n"
     res = trainers[1].run(candidate(target))  # run() calls setup() again: still once
     assert res.status == "ok" and counter.read_text() == "ran\n"
+
+
+def test_setup_runs_again_when_what_it_built_is_gone(tmp_path):
+    """The marker outlived a deleted data cache: setup was skipped and the first run crashed on missing data."""
+    data = tmp_path / "cache"
+    prepare = (f"import os\nos.makedirs({str(data)!r}, exist_ok=True)\n"
+               f"open(os.path.join({str(data)!r}, 'tokens.bin'), 'w').write('x')\n")
+    counter = tmp_path / "counter.txt"
+    prepare = f"# {uuid.uuid4().hex}\nopen({str(counter)!r}, 'a').write('ran\\n')\n{prepare}"
+    toml = f'[target]\nsetup = "{{python}} prepare.py"\ndata = [{str(data)!r}]\n'
+    target = make_target(tmp_path / "target", OK_TRAIN, prepare=prepare, toml=toml)
+    Trainer(target, str(tmp_path / "w1"), box=UNCONFINED).setup()
+    Trainer(target, str(tmp_path / "w2"), box=UNCONFINED).setup()  # built and unchanged: not again
+    assert counter.read_text() == "ran\n"
+    shutil.rmtree(data)
+    Trainer(target, str(tmp_path / "w3"), box=UNCONFINED).setup()
+    assert counter.read_text() == "ran\nran\n" and (data / "tokens.bin").exists()
 
 
 def test_failing_setup_raises_with_the_log_tail(tmp_path):

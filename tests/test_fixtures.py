@@ -39,10 +39,9 @@ def test_nanogpt_lowercase_config_is_what_mutate_edits():
                    for a, b in changed)
 
 
-@pytest.mark.timeout(240)
-def test_a_short_real_run_on_nanogpt(ray_local, tmp_path):
-    run_dir = tmp_path / "run"
-    r = CliRunner().invoke(main, ["run", "--target", str(NANOGPT), "--run-dir", str(run_dir), "--trainers", "2",
+def short_run(target: Path, run_dir: Path):
+    """A real `ar-ray run` of 2 experiments on 2 trainers: every run ok with a finite metric; the screens' rows."""
+    r = CliRunner().invoke(main, ["run", "--target", str(target), "--run-dir", str(run_dir), "--trainers", "2",
                                   "--proposers", "1", "--max-experiments", "2", "--acceptance", "greedy"],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
@@ -50,7 +49,12 @@ def test_a_short_real_run_on_nanogpt(ray_local, tmp_path):
     ran = df[df.decision != "skip"]
     assert len(ran) == 3 and set(ran.status) == {"ok"}, df[["experiment_id", "status", "error"]]
     assert all(math.isfinite(m) and 0 < m < 10 for m in ran.metric)
-    screens = ran[ran.role == "screen"]
+    return ran[ran.role == "screen"]
+
+
+@pytest.mark.timeout(240)
+def test_a_short_real_run_on_nanogpt(ray_local, tmp_path):
+    screens = short_run(NANOGPT, tmp_path / "run")
     assert all(f"a/{CONFIG}" in d for d in screens["diff"]), screens["diff"].tolist()
 
 
@@ -77,16 +81,7 @@ def test_makemore_argparse_defaults_are_what_mutate_edits():
 
 @pytest.mark.timeout(300)
 def test_a_short_real_run_on_makemore(ray_local, tmp_path):
-    run_dir = tmp_path / "run"
-    r = CliRunner().invoke(main, ["run", "--target", str(MAKEMORE), "--run-dir", str(run_dir), "--trainers", "2",
-                                  "--proposers", "1", "--max-experiments", "2", "--acceptance", "greedy"],
-                           catch_exceptions=False)
-    assert r.exit_code == 0, r.output
-    df = ledger.load(run_dir)
-    ran = df[df.decision != "skip"]
-    assert len(ran) == 3 and set(ran.status) == {"ok"}, df[["experiment_id", "status", "error"]]
-    assert all(math.isfinite(m) and 0 < m < 10 for m in ran.metric)
-    screens = ran[ran.role == "screen"]
+    screens = short_run(MAKEMORE, tmp_path / "run")
     assert all("a/makemore.py" in d and "default=" in d for d in screens["diff"]), screens["diff"].tolist()
 
 

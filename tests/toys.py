@@ -104,3 +104,15 @@ def read_trace(run_dir: Path) -> list[dict]:
 def marker_processes(marker: str) -> list[int]:
     """Live processes whose environment carries `marker` (for orphan checks)."""
     return pids_with_env(marker)
+
+
+# val_bpb = truth + noise of 0.002, fresh per seed; LR 0.5 -> 0.3 is a real gain of 0.2
+NOISY_TRAIN = '''\
+import os, random
+LR = 0.5
+WIDTH = 8
+rng = random.Random(int(os.environ["AR_SEED"]) * 7919 + 1)
+true = 1.0 + abs(LR - 0.3) + abs(WIDTH - 8) * 0.001
+print("---")
+print(f"val_bpb: {true + rng.gauss(0, 0.002):.6f}")
+'''

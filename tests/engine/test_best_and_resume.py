@@ -10,7 +10,7 @@ import re
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
-from toys import make_toy
+from toys import NOISY_TRAIN, make_toy
 
 from ar_ray.cli.main import main
 from ar_ray.cli.progress import Progress
@@ -25,16 +25,6 @@ from ar_ray.target import load_target
 SCRIPT = "toys:ScriptedProposer"
 CONCLUDED = {"keep", "reject", "conflict"}
 
-# val_bpb = truth + noise of 0.002, fresh per seed; LR 0.5 -> 0.3 is a real gain of 0.2
-NOISY_TRAIN = '''\
-import os, random
-LR = 0.5
-WIDTH = 8
-rng = random.Random(int(os.environ["AR_SEED"]) * 7919 + 1)
-true = 1.0 + abs(LR - 0.3) + abs(WIDTH - 8) * 0.001
-print("---")
-print(f"val_bpb: {true + rng.gauss(0, 0.002):.6f}")
-'''
 
 
 def config(tmp_path, **kw) -> RunConfig:

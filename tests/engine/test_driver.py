@@ -9,7 +9,7 @@ import pytest
 import ray
 from helpers_targets import wait_for
 from rich.console import Console
-from toys import make_toy, read_trace
+from toys import NOISY_TRAIN, make_toy, read_trace
 
 from ar_ray.cli.progress import render, snapshot
 from ar_ray.engine.config import RunConfig
@@ -154,15 +154,6 @@ def test_contradicting_resources_are_refused_before_anything_runs(ray_local, tmp
     assert not ledger.read_table(tmp_path / "run").num_rows
 
 
-NOISY_TRAIN = '''\
-import os, random
-LR = 0.5
-WIDTH = 8
-rng = random.Random(int(os.environ["AR_SEED"]) * 7919 + 1)
-true = 1.0 + abs(LR - 0.3) + abs(WIDTH - 8) * 0.001
-print("---")
-print(f"val_bpb: {true + rng.gauss(0, 0.002):.6f}")
-'''
 
 
 def test_confirm_mode_end_to_end_on_a_noisy_target(ray_local, tmp_path):

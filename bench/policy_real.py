@@ -211,20 +211,23 @@ def main(argv=None) -> None:
           f"{args.greedy_experiments or 2 * args.experiments} experiments: its row at {args.experiments} is read off the "
           f"same runs; 'greedy at same trainer-s' is its true gain once it had spent what the mode spent, per seed\n")
     print("| mode | false accepts | real wins | true gain | trainer-s | gain per 1000 trainer-s | vs greedy "
-          "| greedy at same trainer-s | vs greedy at same trainer-s | best metric - truth (noise units) |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+          "| runs | gain per 1000 runs | vs greedy | greedy at same trainer-s | vs greedy at same trainer-s "
+          "| best metric - truth (noise units) |\n|" + "---|" * 13)
     greedy = results.get("greedy")
     for mode, rs in results.items():
         if mode == "greedy":  # the first --experiments of its longer run: the comparison at equal experiments
             rs = [{**r["first"], "best_error": r["best_error"]} for r in rs]
             base = sum(r["gain"] for r in rs) / sum(r["seconds"] for r in rs)
-        gain, secs = sum(r["gain"] for r in rs), sum(r["seconds"] for r in rs)
-        per = 1000 * gain / secs if secs else 0.0
+            base_runs = sum(r["gain"] for r in rs) / sum(r["runs"] for r in rs)
+        gain, secs, runs = sum(r["gain"] for r in rs), sum(r["seconds"] for r in rs), sum(r["runs"] for r in rs)
+        per, per_run = 1000 * gain / secs if secs else 0.0, 1000 * gain / runs if runs else 0.0
         ratio = f"{per / base / 1000:.2f}x" if greedy else "-"
-        same = sum(gain_at(g["curve"], r["seconds"]) for g, r in zip(greedy, rs)) if greedy else float("nan")
+        ratio_runs = f"{per_run / base_runs / 1000:.2f}x" if greedy else "-"
+        same = (gain if mode == "greedy" else sum(gain_at(g["curve"], r["seconds"]) for g, r in zip(greedy, rs))) \
+            if greedy else float("nan")
         print(f"| {mode} | {sum(r['false'] for r in rs)} | {sum(r['real'] for r in rs)} | {gain:.4f} | {secs:.0f} "
-              f"| {per:.4f} | {ratio} | {same:.4f} | {gain / same if same else float('nan'):.2f}x "
-              f"| {statistics.fmean(r['best_error'] for r in rs):.2f} |")
+              f"| {per:.4f} | {ratio} | {runs} | {per_run:.4f} | {ratio_runs} | {same:.4f} "
+              f"| {gain / same if same else float('nan'):.2f}x | {statistics.fmean(r['best_error'] for r in rs):.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -302,6 +302,15 @@ def _parse_whole(
         if target is None:
             continue
         old_lines, _ = split_lines(files.get(target, ""))
+        if path is None and not _keeps_most_of(old_lines, body):
+            # a bare block with no path (prose, a note, a snippet) is not a new file: a real model's
+            # "I am ready.\n```\n# Refining this\n```" replaced a whole train.py with two comment lines
+            why = (
+                f"a code block of {len(body)} lines has no file path before it and is not a complete "
+                f"copy of {target}; a whole file must be preceded by its path on its own line "
+                f"(one of: {', '.join(known)}), and a change to part of a file is a SEARCH/REPLACE block"
+            )
+            continue
         if len(old_lines) >= 20 and len(body) < len(old_lines) // 2:
             why = (
                 f"a code block for {target} has {len(body)} lines but the file has "
@@ -314,3 +323,13 @@ def _parse_whole(
         for p, b in chosen.items()
     ]
     return edits, why
+
+
+def _keeps_most_of(old_lines: list[str], body: list[str]) -> bool:
+    """Whether a path-less block reads as the whole file rewritten: it keeps at least half of the file's
+    non-blank lines (compared stripped)."""
+    old = [l.strip() for l in old_lines if l.strip()]
+    if not old:
+        return False
+    have = {l.strip() for l in body if l.strip()}
+    return sum(l in have for l in old) * 2 >= len(old)

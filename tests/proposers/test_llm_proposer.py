@@ -233,6 +233,27 @@ def test_empty_and_refusing_answers_fail_with_a_clear_reason(server):
     assert "declined" in user_turns(server.bodies()[3])[-1]
 
 
+READY = "I am ready.\n\n```\n# Refining this\n```"  # a real small model's answer (SmolLM2-135M on llama.cpp)
+
+
+def test_a_bare_code_block_without_a_path_is_refused_and_repaired_never_taken_as_the_file(server):
+    server.script(reply(READY), reply(GOOD))
+    p = make(server).propose()
+    assert p.status == "ok", p.error
+    assert p.files["train.py"] == TRAIN.replace("LR = 0.5", "LR = 0.3")  # the repaired answer, not two comment lines
+    first, second = server.bodies()
+    assert second["messages"][2] == {"role": "assistant", "content": READY}
+    repair = user_turns(second)[-1]
+    assert "no file path before it" in repair and "preceded by its path" in repair and "train.py" in repair
+    server.script(*[reply(READY)] * 3)
+    q = make(server).propose()
+    assert q.status == "invalid_edit" and q.files == {} and "no file path before it" in q.error
+    # the whole file rewritten without a path still counts (it keeps most of the file's lines)
+    server.script(reply("```python\n" + TRAIN.replace("WIDTH = 8", "WIDTH = 16") + "```\n"))
+    r = make(server).propose()
+    assert r.status == "ok" and "WIDTH = 16" in r.files["train.py"]
+
+
 def test_a_very_large_answer_is_refused_quickly_and_the_conversation_goes_on(server):
     huge = GOOD + "\n# " + "x" * 2_000_000 + "\n"
     server.script(reply(huge), reply(GOOD))

@@ -262,3 +262,39 @@ def test_ray_job_stop_leaves_a_consistent_ledger_and_no_process(job_head, tmp_pa
     df = ledger.load(run_dir)
     assert df.experiment_id.is_unique and len(df) >= 2, logs[-3000:]
     assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted", logs[-3000:]
+
+
+def test_stopping_one_of_several_rays_as_the_readme_shows(job_head, tmp_path):
+    """The README's "Several Rays on one machine" block, run as written (its ports and temp dir swapped for free
+    ones): `kill` of the `ray start --block` PID stops that head's processes, and the other Ray (this module's
+    head) still answers."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("**Several Rays on one machine.**"):]
+    block = block[block.index("```bash\n") + 8:]
+    block = block[:block.index("```")]
+    work = Path(tempfile.mkdtemp(prefix="arm-"))
+    try:
+        ports = dict(zip(("6390", "8266", "10101", "52366"), map(str, _free_ports(4))))
+        for fixed, free in ports.items():
+            assert f"={fixed}" in block, block
+            block = block.replace(f"={fixed}", f"={free}")
+        assert block.count("/tmp/ray-mine") == 4, block
+        block = block.replace("/tmp/ray-mine", str(work / "rm"))
+        start, stop = block.split("\nkill ", 1)
+        stop = "kill " + stop
+        mark = uuid.uuid4().hex
+        env = {**job_head["env"], "AR_TEST_MINE": mark}
+        subprocess.run(["bash", "-c", start], env=env, cwd=work, check=True, timeout=30)
+        gcs = int(ports["6390"])
+        wait_for(lambda: _listening(gcs), 90, "the second head to listen")
+        assert pids_with_env(mark)
+        subprocess.run(["bash", "-c", stop], env=env, cwd=work, check=True, timeout=30)
+        wait_for(lambda: not pids_with_env(mark), 60, "the second head's processes to exit")
+        assert _job_api_ready(job_head["address"], job_head["env"])  # the other Ray lives on
+    finally:
+        for pid in pids_with_env(f"AR_TEST_MINE={mark}") if "mark" in locals() else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(work, ignore_errors=True)

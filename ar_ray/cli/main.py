@@ -77,6 +77,9 @@ def _fractions(flag: str, text: str) -> tuple[float, ...]:
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Run config TOML: LLM endpoints with weights, sampling, prices, rate limits.")
 @click.option("--max-cost", type=float, default=None, help="Stop asking for proposals once proposer spend reaches this (USD; default: no limit).")
+@click.option("--max-unusable-in-a-row", type=int, default=20, show_default=True,
+              help="Stop the run after this many proposals in a row that could not be used (invalid edits, proposer "
+                   "errors; duplicates not counted), saying why the last one failed.")
 @click.option("--trainers", type=int, default=None, help="Trainer actors (default: one per GPU; on CPU, one per 2 CPUs).")
 @click.option("--gpus-per-trainer", type=float, default=1.0, show_default=True, help="GPUs per trainer; fractions share a GPU.")
 @click.option("--cpus-per-trainer", type=float, default=None, help="CPUs per trainer (default: 1 with GPUs, 2 on CPU).")
@@ -129,6 +132,7 @@ def _fractions(flag: str, text: str) -> tuple[float, ...]:
 @click.option("--max-memory-gb", type=float, default=None,
               help="Memory a CPU run may allocate (default: the trainer's share of the node's RAM).")
 def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_url, api_key_env, config_file, max_cost,
+        max_unusable_in_a_row,
         trainers, gpus_per_trainer, cpus_per_trainer,
         queue_depth, max_experiments, time_limit, budget, budget_tokens, timeout, run_command, metric, metric_pattern, direction,
         acceptance, baseline_repeats, confirm_runs, max_confirm_runs, k, k_confirm, sanity_gain, seed, keep_files, sandbox,
@@ -160,7 +164,7 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
                  "budget_tokens": budget_tokens}
     config = RunConfig(target=target or str(default_target()), run_dir=run_dir, resume=bool(resume_dir),
                        address=address, proposer=proposer, proposer_options=options, proposers=proposers,
-                       max_cost=max_cost, trainers=trainers,
+                       max_cost=max_cost, max_skipped_in_a_row=max_unusable_in_a_row, trainers=trainers,
                        gpus_per_trainer=gpus_per_trainer, cpus_per_trainer=cpus_per_trainer, queue_depth=queue_depth,
                        max_experiments=max_experiments, time_limit=parse_duration(time_limit), budget_seconds=budget,
                        seed=seed, keep_files=keep_files, target_overrides=overrides, acceptance=acceptance,

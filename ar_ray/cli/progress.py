@@ -13,6 +13,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ar_ray.code.answers import short_reason
+from ar_ray.types import PROPOSAL_STATUSES
+
 STATUS_FILE = "status.json"
 STATUS_EVERY = 1.0  # seconds between status.json writes
 
@@ -89,6 +92,8 @@ def row_line(row: dict) -> Text:
     style = {"keep": "bold green", "baseline": "bold", "discard": "", "skip": "dim"}.get(row["decision"], "")
     detail = (row.get("description") or "")[:70]
     errors = [line.strip() for line in (row.get("error") or "").splitlines() if line.strip()]
+    if row["status"] in PROPOSAL_STATUSES and errors:  # a proposal's reason leads its error; format help follows
+        errors = [short_reason(row["error"])]
     if row["status"] != "ok" and errors:  # why it failed, on the console (the whole text: `ar-ray show`)
         detail = f"{detail} | {errors[-1][:120]}" if detail else errors[-1][:160]
     return Text(f"{row['experiment_id']}  {row['status']:<15} {fmt_metric(row.get('metric')):>10}  "

@@ -30,6 +30,25 @@ _FORMAT_HELP = (
     "in a fenced code block preceded by its path."
 )
 
+_NOT_FOUND = "no SEARCH/REPLACE block, unified diff or whole file found in the answer"
+
+
+def short_reason(error: str) -> str:
+    """The reason in a failed proposal's error, for one line of a table: the first line, without the answer
+    format's help text and the generic lead-ins ("no usable edit after 3 tries; last problem: ...")."""
+    text = (error or "").split(_FORMAT_HELP.split("\n")[0])[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line, tries = lines[0], ""
+    m = re.match(r"no usable edit after (\d+ tr(?:y|ies))\b.*?; last problem: (.*)$", line)
+    if m:
+        line, tries = m.group(2), f" ({m.group(1)})"
+    if line.startswith(_NOT_FOUND + " ("):  # the parenthesis says why nothing was found
+        inner, _, rest = line[len(_NOT_FOUND) + 2 :].rpartition(")")
+        line = inner + rest.rstrip(". ")
+    return line.strip().rstrip(".") + tries
+
 
 def _norm_path_token(s: str) -> str:
     s = s.strip()
@@ -132,7 +151,7 @@ def parse_answer(
     edits, why = _parse_whole(lines, files, known, default)
     if edits:
         return edits
-    msg = "no SEARCH/REPLACE block, unified diff or whole file found in the answer"
+    msg = _NOT_FOUND
     if why:
         msg += f" ({why})"
     raise EditError(msg + ". " + _FORMAT_HELP)
@@ -306,7 +325,7 @@ def _parse_whole(
             # a bare block with no path (prose, a note, a snippet) is not a new file: a real model's
             # "I am ready.\n```\n# Refining this\n```" replaced a whole train.py with two comment lines
             why = (
-                f"a code block of {len(body)} lines has no file path before it and is not a complete "
+                f"a code block of {len(body)} line(s) has no file path before it and is not a complete "
                 f"copy of {target}; a whole file must be preceded by its path on its own line "
                 f"(one of: {', '.join(known)}), and a change to part of a file is a SEARCH/REPLACE block"
             )

@@ -15,6 +15,7 @@ FLAGS = {
     "budget_seconds": ("budget",),
     "proposer": ("proposer", "model", "base_url", "api_key_env", "config_file"),
     "proposer_options": ("proposer", "model", "base_url", "api_key_env", "config_file"),
+    "max_skipped_in_a_row": ("max_unusable_in_a_row",),
 }
 NOT_RESUMED = ("target", "run_dir", "resume", "address")  # where the run is, and the cluster it runs on now
 
@@ -50,7 +51,7 @@ class RunConfig:
     k_confirm: float = 2.0
     sanity_gain: float | None = None
     max_cost: float | None = None  # USD of proposer spend; stop asking for proposals once reached
-    max_skipped_in_a_row: int = 200
+    max_skipped_in_a_row: int = 20  # --max-unusable-in-a-row: unusable proposals in a row (not duplicates) stop the run
     target_overrides: dict = field(default_factory=dict)
     ladder: str | None = None  # promotion ladder rungs, cheapest first (ar_ray/search/ladder.py), e.g. "60,300"
     promote_fraction: float = 0.25
@@ -81,6 +82,8 @@ class RunConfig:
             raise ConfigError(f"--time-limit must be positive, got {self.time_limit}")
         if self.budget_seconds is not None and self.budget_seconds <= 0:
             raise ConfigError(f"--budget must be positive, got {self.budget_seconds}")
+        if self.max_skipped_in_a_row < 1:
+            raise ConfigError(f"--max-unusable-in-a-row must be at least 1, got {self.max_skipped_in_a_row}")
         if self.max_cost is not None and self.max_cost <= 0:
             raise ConfigError(f"--max-cost must be positive, got {self.max_cost}")
         if self.acceptance not in ("confirm", "greedy"):

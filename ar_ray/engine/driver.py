@@ -37,6 +37,7 @@ DETERMINISTIC = ("deterministic target: the unmodified target's repeats with dif
                  "metric (it ignores AR_SEED), so each candidate runs once and any strict gain is kept; no "
                  "confirmation runs are spent")
 FIRST_FAILURES = 10  # proposer errors in a row before any candidate ran: the proposer cannot work, stop early
+SKIPPED_IN_A_ROW = 200  # proposals in a row that did not run, duplicates included: stop (unusable ones: the flag)
 
 
 class RunAborted(RuntimeError):
@@ -90,7 +91,7 @@ class Flight:
 class Driver:
     def __init__(self, target: Target, ledger: Ledger, run_id: str, trainers: list, proposers: list, policy: Policy,
                  *, queue_depth: int, max_experiments: int | None = None, time_limit: float | None = None,
-                 seed: int = 0, budget_seconds: float | None = None, max_skipped_in_a_row: int = 200,
+                 seed: int = 0, budget_seconds: float | None = None, max_skipped_in_a_row: int = 20,
                  max_cost: float | None = None, scales: tuple[Scale, ...] = (), prune: pruning.PruneRule | None = None,
                  on_event=None, proposer_kind: str = ""):
         self.target, self.ledger, self.run_id, self.policy = target, ledger, run_id, policy
@@ -123,6 +124,7 @@ class Driver:
         self.pending: list[tuple[Flight, Result]] = []  # landed before the best's metric was known
         self.unwritten: list[dict] = []  # rows of the current round, appended together
         self.skipped_in_a_row = self.just_freed = self.broken_in_a_row = 0
+        self.unusable_in_a_row = 0  # proposals in a row that could not be used (duplicates neither count nor reset)
         self.stopping = False
         self.proposer_kind = proposer_kind  # mutate, llm, ...: what the stop message advises
         self.aborting: RunAborted | None = None  # the proposers cannot work: what runs finishes, then this is raised
@@ -298,15 +300,19 @@ class Driver:
             self._record(rows.proposal_row(self.run_id, self._new_id(), self.versions.get(p.base_version), p,
                                            self.best.version, self.best.metric))
             self.count.skipped += 1
-            self._skipped_again(f"{p.status}: {p.error}", broken=p.status == "proposer_error")
+            self.count.by_status[p.status] += 1
+            self._skipped_again(f"{p.status}: {p.error}", broken=p.status == "proposer_error",
+                                unusable=p.status != "duplicate")
             return
-        self.skipped_in_a_row = self.broken_in_a_row = 0
+        self.skipped_in_a_row = self.broken_in_a_row = self.unusable_in_a_row = 0
         self.seen.add(p.edit_hash)
         self.queue.append(p)
 
-    def _skipped_again(self, last: str, broken: bool = False) -> None:
-        """One more proposal that cannot run. `broken`: the proposer itself failed (not a bad or repeated edit)."""
+    def _skipped_again(self, last: str, broken: bool = False, unusable: bool = True) -> None:
+        """One more proposal that cannot run. `broken`: the proposer itself failed (not a bad or repeated edit).
+        `unusable`: not a duplicate (an invalid edit, a proposer error, an integrity failure)."""
         self.skipped_in_a_row += 1
+        self.unusable_in_a_row += unusable
         self.broken_in_a_row = self.broken_in_a_row + 1 if broken else 0
         if self.aborting is not None:
             return
@@ -320,7 +326,13 @@ class Driver:
                 fix = "check the proposer's configuration and the target's editable files"
             self._abort(f"the first {self.broken_in_a_row} proposals all failed (last: {last[:400]}); nothing "
                         f"can run until the proposer works: {fix}")
-        elif self.skipped_in_a_row >= self.max_skipped_in_a_row:
+        elif self.unusable_in_a_row >= self.max_skipped_in_a_row:
+            check = ("the model, the endpoint (--base-url) and the prompt" if self.proposer_kind == "llm" else
+                     "the proposer's configuration")
+            self._abort(f"{self.unusable_in_a_row} proposals in a row could not be used (last: {last[:400]}); "
+                        f"check {check}, and the ledger's error column (`ar-ray ledger RUN_DIR --status "
+                        f"invalid_edit`). --max-unusable-in-a-row sets how many are allowed")
+        elif self.skipped_in_a_row >= SKIPPED_IN_A_ROW:
             self._abort(f"{self.skipped_in_a_row} proposals in a row could not run (last: {last[:400]}); "
                         "check the proposer's configuration and the ledger's error column")
 

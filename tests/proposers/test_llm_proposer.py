@@ -710,3 +710,66 @@ def test_ar_ray_run_with_the_llm_proposer_end_to_end(ray_llm, server, tmp_path):
     files = [p for p in session.rglob("*") if p.is_file() and not p.is_symlink()]
     assert any(p.name.startswith("runtime_env_agent") for p in files), "no Ray logs here: the check proves nothing"
     assert [str(p) for p in files if KEY.encode() in p.read_bytes()] == []
+
+
+def test_a_run_whose_proposals_are_never_usable_stops_with_the_reason(ray_llm, server, tmp_path):
+    """--max-experiments counts candidates that ran; a model whose answers never apply must still end the run."""
+    from ar_ray.cli.main import main
+    from ar_ray.ledger import store as ledger
+    target = tmp_path / "target"
+    target.mkdir()
+    train = 'LR = 0.5\nprint("---")\nprint(f"val_bpb: {abs(LR - 0.3) + 1:.6f}")\n'
+    (target / "train.py").write_text(train)
+    server.responder = lambda body: reply(READY)  # never usable: a bare block without a path
+    args = ["run", "--proposer", "llm", "--base-url", server.url, "--model", "tiny-model", "--target", str(target),
+            "--max-experiments", "5", "--trainers", "1", "--proposers", "1"]
+    bad = CliRunner().invoke(main, args + ["--run-dir", str(tmp_path / "bad"), "--max-unusable-in-a-row", "0"])
+    assert bad.exit_code != 0 and "--max-unusable-in-a-row must be at least 1" in bad.output
+    assert not (tmp_path / "bad").exists()  # refused before Ray or the run dir
+    run_dir = tmp_path / "run"
+    r = CliRunner().invoke(main, args + ["--run-dir", str(run_dir), "--max-unusable-in-a-row", "4"])
+    assert r.exit_code != 0
+    out = " ".join(r.output.split())
+    assert "4 proposals in a row could not be used" in out and "no file path before it" in out
+    assert "check the model, the endpoint (--base-url) and the prompt" in out
+    df = ledger.load(run_dir)
+    proposals = df[df.proposer.str.startswith("llm")]
+    assert (proposals.status == "invalid_edit").sum() >= 4
+    assert set(proposals.status) <= {"invalid_edit", "unused"}  # unused: asked for, landed after the stop
+    trained = df[~df.status.isin(["invalid_edit", "unused"])]
+    assert (trained.decision == "baseline").all()  # nothing but the baseline reached a trainer
+
+
+def test_the_console_shows_why_a_proposal_failed_and_the_outcomes_count_every_status(ray_llm, server, tmp_path):
+    from ar_ray.cli.main import main
+    from ar_ray.cli.progress import row_line
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "train.py").write_text('LR = 0.5\nprint("---")\nprint(f"val_bpb: {abs(LR - 0.3) + 1:.6f}")\n')
+    fresh = lr_responder("0.3")
+    firsts = iter(range(1, 10_000))
+    lock = threading.Lock()
+    same = "DESCRIPTION: LR 0.31\n\ntrain.py\n<<<<<<< SEARCH\nLR = 0.5\n=======\nLR = 0.31\n>>>>>>> REPLACE\n"
+
+    def respond(body):
+        if any(m["content"] == READY for m in body["messages"]):
+            return reply(READY)  # the unusable conversation stays unusable
+        with lock:
+            k = next(firsts)
+        return reply(READY) if k == 1 else reply(same) if k in (2, 3) else fresh(body)  # 3: a duplicate of 2
+    server.responder = respond
+    r = CliRunner().invoke(main, ["run", "--proposer", "llm", "--base-url", server.url, "--model", "tiny-model",
+                                  "--target", str(target), "--run-dir", str(tmp_path / "run"), "--max-experiments", "2",
+                                  "--trainers", "1", "--proposers", "1"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    outcomes = next(line for line in r.output.splitlines() if line.startswith("outcomes:"))
+    assert "invalid_edit 1" in outcomes and "duplicate 1" in outcomes and "ok " in outcomes
+    out = " ".join(r.output.split())  # the console wraps at 80 columns here
+    invalid = out[out.index(" invalid_edit "):][:250]
+    assert "skip a code block of 1 line(s) has no file path before it" in invalid  # the reason, not the format help
+    assert "fenced code block preceded by its path" not in out
+    row = {"experiment_id": "e00009", "status": "invalid_edit", "decision": "skip", "description": None,
+           "error": "no usable edit after 2 tries; last problem: prepare.py is read-only; you may only edit: "
+                    "train.py\nAnswer with SEARCH/REPLACE blocks: the file path on its own line, then\n"
+                    "or with the complete new file in a fenced code block preceded by its path."}
+    assert "prepare.py is read-only; you may only edit: train.py (2 tries)" in row_line(row).plain

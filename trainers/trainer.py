@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 
 from ar_ray.target import Target, format_command, materialize, tampered_files
-from ar_ray.timeouts import Timeouts
+from ar_ray.timeouts import Limits, Stall, Timeouts, token_budgeted
 from ar_ray.types import Candidate, Result
 from trainers import compile_cache, outcome, sandbox
 from trainers.sandbox import Sandbox
+from trainers import watch as watch_mod
 from trainers.watch import CurveWatch
 
 REAPER = str(Path(__file__).with_name("reaper.py"))
@@ -138,28 +139,28 @@ def distributed(argv: list[str], gpus: int) -> list[str]:
     return argv
 
 
-def _wait(proc: subprocess.Popen, timeout: float) -> int:
-    """Popen.wait(timeout) polls with sleeps; a pidfd wakes us the moment the child exits."""
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        return proc.wait(timeout=timeout)
-    try:
-        if not select.select([fd], [], [], timeout)[0]:
-            raise subprocess.TimeoutExpired(proc.args, timeout)
-        return proc.wait()
-    finally:
-        os.close(fd)
-
-
-def _read_ready(fd: int, into: bytearray) -> bytearray:
-    """Append what the pipe `fd` holds now (without blocking) to `into`; returns `into`."""
-    while select.select([fd], [], [], 0)[0]:
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        into += chunk
-    return into
+def phases(start: float, end: float, watch: CurveWatch | None) -> dict[str, float | None]:
+    """Where a run's time went (seconds), from its own log lines (timed by the watch) and the reaper's clock:
+    `startup` child start -> first progress line; `train` -> the line that first reported its highest progress
+    (or the child's exit, when it never got to 100 % nor printed its metric); `eval` -> the metric line;
+    `teardown` metric line -> the child exited. A target without progress lines (no progress_pattern, or a run
+    that printed none): startup and eval are null and `train` is the whole run up to its metric line."""
+    out: dict[str, float | None] = dict.fromkeys(("startup", "train", "eval", "teardown"))
+    w = watch
+    metric_at = min(w.metric_at, end) if w and w.metric_at is not None else None
+    if metric_at is not None:
+        out["teardown"] = max(0.0, end - metric_at)
+    if w is None or w.first_progress_at is None:
+        out["train"] = max(0.0, (metric_at if metric_at is not None else end) - start)
+        return out
+    first = min(w.first_progress_at, end)
+    out["startup"] = max(0.0, first - start)
+    done = (w.progress or 0.0) >= 1.0 or metric_at is not None
+    train_end = min(w.last_progress_at, end) if done else end
+    out["train"] = max(0.0, train_end - first)
+    if metric_at is not None:
+        out["eval"] = max(0.0, metric_at - train_end)
+    return out
 
 
 def _records(verdict: bytes) -> list[dict]:
@@ -296,7 +297,7 @@ class Trainer:
                 argv = format_command(self.target.setup, run_dir=str(setup_dir), seed=0,
                                       budget_seconds=self.target.budget_seconds or "", budget_tokens=self.target.budget_tokens or "",
                                       result_file=str(setup_dir / "result.json"))
-                code, timed_out, _, _ = self._spawn(argv, setup_dir, env, log, self.target.hard_timeout)
+                code, timed_out, _, _, _ = self._spawn(argv, setup_dir, env, log, self.target.hard_timeout)
                 if code != 0 or timed_out:
                     tail = outcome.error_tail(outcome.read_tail(log))
                     raise SetupError(f"setup command {self.target.setup!r} failed (exit {code}{', timed out' if timed_out else ''}); "
@@ -343,6 +344,10 @@ class Trainer:
         env.update({f"AR_{k.upper()}": str(v) for k, v in cand.knobs.items()})
         timeout = cand.timeout_seconds or Timeouts(self.target.timeout_seconds, self.target.budget_tokens).for_run(
             budget, cand.knobs)
+        # cand.timeout_seconds is the driver's learned limit; the target's timeout_seconds (--timeout) is a ceiling
+        limits = Limits.for_run(timeout, explicit=not cand.timeout_seconds and self.target.timeout_seconds is not None,
+                                token_budgeted=token_budgeted(self.target.budget_tokens, cand.knobs),
+                                progress_lines=bool(self.target.progress_pattern))
         env["AR_TIMEOUT_SECONDS"] = f"{timeout:g}"
         env = child_env(self.target, env)
         # {budget_tokens} says what AR_BUDGET_TOKENS says: a ladder rung's knob wins over the target's budget
@@ -353,13 +358,14 @@ class Trainer:
         cache_env, writable_cache = compile_cache.for_run(self.target, cand.files, run_dir)
         env.update(cache_env)
         data_before = sandbox.fingerprint(self.target.data, env)
-        watch = CurveWatch(log, self.target.progress_pattern, cand.prune, on_prune=self._terminate) \
-            if self.target.progress_pattern else None
+        watch = CurveWatch(log, self.target.progress_pattern, cand.prune, on_prune=self._terminate,
+                           metric_pattern=self.target.metric_pattern)
 
-        code, timed_out, child_seconds, broken = self._spawn(argv, run_dir, env, log, timeout, confine=True,
-                                                             writable=(writable_cache,) if writable_cache else (),
-                                                             watch=watch)
-        curve = watch.finish() if watch else ()
+        code, timed_out, child_seconds, broken, (c0, c1) = self._spawn(
+            argv, run_dir, env, log, limits, confine=True, writable=(writable_cache,) if writable_cache else (),
+            watch=watch)
+        curve = watch.finish(now=c1) if self.target.progress_pattern else ()
+        spent = phases(c0, c1, watch)
         text, log_problem = "", None
         try:
             text = outcome.read_tail(log, same_as=(log_st.st_dev, log_st.st_ino))
@@ -370,7 +376,7 @@ class Trainer:
         except OSError as e:
             log_problem = f"log.txt could not be read after the run: {e.strerror or e}"
         metric = outcome.parse_metric(text, self.target.metric_pattern)
-        status = outcome.classify(code, timed_out, text, metric)
+        status = outcome.classify(code, bool(timed_out), text, metric)
         error = ""
         data_changed = sandbox.changed(data_before, sandbox.fingerprint(self.target.data, env))
         if self._stop.is_set():
@@ -404,7 +410,7 @@ class Trainer:
                 status = "metric_mismatch"
                 error = f"printed {self.target.metric}={metric} but the harness's result file says {reported}"
         elif status == "timeout":
-            error = f"killed after the hard timeout of {timeout:.0f} s (--timeout sets it)"
+            error = timed_out if isinstance(timed_out, str) else f"killed after the hard timeout of {timeout:.0f} s (--timeout sets it)"
         if status != "ok" and not error:
             error = outcome.error_tail(text, status=status, returncode=code, metric_pattern=self.target.metric_pattern)
         if status in ("crash", "tampered") and (hint := readonly_hint(self.target, text, error)):
@@ -423,7 +429,7 @@ class Trainer:
             metrics=summary, returncode=code, error_tail=error, log_path=str(log),
             trainer=self.name, node=self.node, gpu_model=self.gpu_model, started_at=t0, ended_at=t1,
             child_seconds=child_seconds, overhead_seconds=(m1 - m0) - child_seconds, budget_seconds=budget,
-            curve=curve,
+            curve=curve, phases=spent,
         )
 
     def _clear(self, run_dir: Path) -> list[str]:
@@ -469,12 +475,16 @@ class Trainer:
             flags += ["--share-verdict", "1"]
         return [*flags, "--", *argv]
 
-    def _spawn(self, argv: list[str], cwd: Path, env: dict, log: Path, timeout: float,
+    def _spawn(self, argv: list[str], cwd: Path, env: dict, log: Path, limits: Limits | float,
                confine: bool = False, writable: tuple[Path, ...] = (),
-               watch: CurveWatch | None = None) -> tuple[int, bool, float, str | None]:
-        """Run argv under the reaper with output to `log`; returns (exit code, timed out?, seconds, broken limit).
+               watch: CurveWatch | None = None) -> tuple[int, str | None, float, str | None, tuple[float, float]]:
+        """Run argv under the reaper with output to `log`; returns (exit code, why it was timed out (None: it was
+        not), seconds, broken limit, (start, exit) on the monotonic clock).
+        `limits`: a plain number is a hard limit in seconds; `Limits` adds the stall rule (ar_ray/timeouts.py).
         `confine`: a candidate's run (sandboxed, limited); the target's own setup command is trusted.
-        `watch`: reads the log while the run goes (its curve; it may prune the run)."""
+        `watch`: reads the log while the run goes (its curve and progress; it may prune the run)."""
+        if not isinstance(limits, Limits):
+            limits = Limits(soft=limits, ceiling=limits)
         read_fd, write_fd = os.pipe() if confine else (None, None)
         rest = self._confinement(argv, cwd, env, write_fd, writable) if confine else ["--", *argv]
         with open(log, "wb") as out:
@@ -489,29 +499,59 @@ class Trainer:
             self._proc = proc
             if self._stop.is_set():  # stop() arrived while the run dir was being written
                 proc.send_signal(signal.SIGTERM)
+            stall = Stall(limits, start)
             if watch:
-                watch.start()
-            timed_out = False
+                watch.on_progress = stall.progressed
             verdict = bytearray()
             try:
-                code = _wait(proc, timeout)
-            except subprocess.TimeoutExpired:
-                # A child that exited before the limit is not timed out, even if the reaper is still sweeping
-                # leftovers that ignore SIGTERM (its grace period may be longer than what was left of the limit).
-                timed_out = not (confine and any("exited" in r for r in _records(_read_ready(read_fd, verdict))))
-                if timed_out:
-                    proc.send_signal(signal.SIGTERM)  # the reaper TERMs the tree, then KILLs it after the grace period
-                try:
-                    code = proc.wait(timeout=self.grace + 10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    code = proc.wait()
+                code, why, exited_at = self._wait_loop(proc, read_fd, verdict, stall, watch)
             finally:
                 self._proc = None
-            seconds = time.monotonic() - start
+            end = time.monotonic()
+            seconds = end - start
         broken = None
         if confine:
             with os.fdopen(read_fd, "rb") as rest:
                 verdict += rest.read(8192)
             broken = next((r["limit"] for r in _records(verdict) if "limit" in r), None)
-        return code, timed_out, seconds, broken
+        return code, why, seconds, broken, (start, exited_at or end)
+
+    def _wait_loop(self, proc: subprocess.Popen, read_fd: int | None, verdict: bytearray, stall: Stall,
+                   watch: CurveWatch | None) -> tuple[int, str | None, float | None]:
+        """Wait for the reaper, reading its verdict pipe and the log every POLL seconds, and TERM it when the
+        stall rule or the ceiling says so. A child that exited before a limit struck is not timed out, even while
+        the reaper still sweeps leftovers that ignore SIGTERM (its grace period may outlast the limit).
+        Returns (exit code, why it was timed out or None, when the child exited (the reaper's record) or None)."""
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        why, exited_at, give_up = None, None, None
+        try:
+            while True:
+                fds = [fd for fd in (pidfd, read_fd) if fd is not None]
+                ready = select.select(fds, [], [], watch_mod.POLL)[0] if fds else time.sleep(watch_mod.POLL) or []
+                now = time.monotonic()
+                if read_fd is not None and read_fd in ready:
+                    chunk = os.read(read_fd, 4096)
+                    if not chunk:
+                        read_fd = None  # the reaper closed its end (it is exiting): its pidfd tells the rest
+                    verdict += chunk
+                    if exited_at is None and any("exited" in r for r in _records(verdict)):
+                        exited_at = now
+                if (pidfd is not None and pidfd in ready) or proc.poll() is not None:
+                    break
+                if watch:
+                    watch.poll(now=now)
+                if why is None and exited_at is None and (why := stall.verdict(now)):
+                    proc.send_signal(signal.SIGTERM)  # the reaper TERMs the tree, then KILLs it after the grace period
+                    give_up = now + self.grace + 10
+                elif exited_at is not None and give_up is None:
+                    give_up = exited_at + self.grace + 10
+                if give_up is not None and now > give_up:  # the reaper itself does not end: end its group
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    give_up = float("inf")
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        return proc.wait(), why, exited_at

@@ -610,3 +610,116 @@ def test_a_cpu_trainer_runs_with_the_targets_cpu_budget(tmp_path):
     assert "budget 7.0 74" in Path(res.log_path).read_text()  # and the wall rule's timeout: 2 x 7 + 60
     res = trainer.run(candidate(target, budget_seconds=3.0))  # a ladder rung's own budget wins
     assert res.budget_seconds == 3.0 and "budget 3.0 66" in Path(res.log_path).read_text()
+
+
+# -- stalls, not slowness: the hard timeout of a run that reports progress (ar_ray/timeouts.py) -----------------
+
+PROGRESS = r"loss (?P<loss>\S+) \| (?P<percent>[\d.]+)% done"
+
+
+def test_a_slow_run_that_keeps_progressing_is_not_killed_past_its_learned_limit(tmp_path, monkeypatch):
+    """A token-budgeted run under a tight learned limit (2 s) takes ~4.5 s, a progress line every 0.8 s: it is
+    slow (a loaded machine), not stuck, so it runs to its metric."""
+    monkeypatch.setattr("ar_ray.timeouts.STALL_MIN", 1.5)
+    train = """
+        import time
+        for i in range(1, 6):
+            time.sleep(0.8)
+            print(f"step {i} | loss {3 - 0.1 * i:.2f} | {20 * i}% done", flush=True)
+        time.sleep(0.3)
+        print("val_bpb: 1.5")
+        """
+    target, trainer, mark = toy(tmp_path, train, budget_tokens=1000, progress_pattern=PROGRESS)
+    res = trainer.run(candidate(target, timeout_seconds=2.0))
+    assert marked_pids(mark) == []
+    assert res.status == "ok", res.error_tail
+    assert res.child_seconds > 4.0 and res.metric == 1.5
+    assert len(res.curve) == 5
+
+
+def test_a_run_that_stops_progressing_is_killed_with_the_reason_well_before_the_ceiling(tmp_path, monkeypatch):
+    """Three progress lines, then nothing: killed after the stall limit (max(1.5 s, 5 x 0.3 s)), not at the learned
+    30 s limit, and the error says why and where."""
+    monkeypatch.setattr("ar_ray.timeouts.STALL_MIN", 1.5)
+    train = """
+        import time
+        for i in range(1, 4):
+            time.sleep(0.3)
+            print(f"step {i} | loss 2.5 | {14 * i}% done", flush=True)
+        time.sleep(3600)
+        """
+    target, trainer, mark = toy(tmp_path, train, budget_tokens=1000, progress_pattern=PROGRESS)
+    res = trainer.run(candidate(target, timeout_seconds=30.0))
+    assert marked_pids(mark) == []
+    assert res.status == "timeout" and res.metric is None
+    assert res.error_tail.startswith("no progress for 2 s at 42 % done"), res.error_tail
+    assert res.child_seconds < 10, res.child_seconds
+
+
+def test_a_silent_target_still_dies_at_its_hard_timeout_and_output_extends_a_learned_one(tmp_path, monkeypatch):
+    """Without a progress pattern: any new output is progress past a learned limit; a run that prints nothing has
+    only the limit."""
+    monkeypatch.setattr("ar_ray.timeouts.STALL_MIN", 1.5)
+    chatty = """
+        import time
+        for i in range(8):
+            time.sleep(0.4)
+            print("working", flush=True)
+        print("val_bpb: 2.0")
+        """
+    target, trainer, mark = toy(tmp_path / "a", chatty, budget_tokens=1000)
+    res = trainer.run(candidate(target, timeout_seconds=1.5))
+    assert res.status == "ok" and res.child_seconds > 3.0, res.error_tail
+    target, trainer, mark = toy(tmp_path / "b", "import time\ntime.sleep(3600)\n", budget_tokens=1000)
+    res = trainer.run(candidate(target, timeout_seconds=1.5))
+    assert res.status == "timeout" and "hard timeout of 2 s" in res.error_tail and res.child_seconds < 8
+    assert marked_pids(mark) == []
+
+
+# -- where a run's time went: startup, train, eval, teardown --------------------------------------------------
+
+def test_time_breakdown_from_progress_lines_and_the_reapers_clock(tmp_path):
+    train = """
+        import time
+        time.sleep(1.0)                      # start-up: imports, data, model
+        for i in range(1, 5):
+            print(f"step {i} | loss 2.0 | {25 * i}% done", flush=True)
+            if i < 4:
+                time.sleep(0.5)              # training: 1.5 s from the first line to 100 %
+        time.sleep(0.8)                      # evaluation
+        print("val_bpb: 1.25", flush=True)
+        time.sleep(0.6)                      # teardown
+        """
+    target, trainer, mark = toy(tmp_path, train, progress_pattern=PROGRESS)
+    res = trainer.run(candidate(target))
+    assert res.status == "ok", res.error_tail
+    p = res.phases
+    assert p["startup"] == pytest.approx(1.0, abs=0.35)
+    assert p["train"] == pytest.approx(1.5, abs=0.3)
+    assert p["eval"] == pytest.approx(0.8, abs=0.3)
+    assert p["teardown"] == pytest.approx(0.6, abs=0.3)
+    assert sum(p.values()) == pytest.approx(res.child_seconds, abs=0.3)
+    # and the ledger row carries them as columns
+    from ar_ray.engine.rows import result_row
+    from ar_ray.ledger.store import Ledger, load
+    from ar_ray.types import Proposal
+    row = result_row("run", None, Proposal(proposer="p", base_version=0, description="d", files={}), candidate(target),
+                     res, "baseline", 0, 1.25, 0.0, None)
+    Ledger(tmp_path / "run").append(row)
+    got = load(tmp_path / "run").iloc[0]
+    assert [got[f"{k}_seconds"] for k in ("startup", "train", "eval", "teardown")] == \
+        [p["startup"], p["train"], p["eval"], p["teardown"]]
+
+
+def test_time_breakdown_of_a_target_without_progress_lines_is_all_training(tmp_path):
+    train = """
+        import time
+        time.sleep(1.0)
+        print("val_bpb: 1.25", flush=True)
+        time.sleep(0.5)
+        """
+    res = run_toy(tmp_path, train)
+    assert res.status == "ok", res.error_tail
+    p = res.phases
+    assert p["startup"] is None and p["eval"] is None
+    assert p["train"] == pytest.approx(1.0, abs=0.35) and p["teardown"] == pytest.approx(0.5, abs=0.3)

@@ -95,3 +95,4 @@ class Result:
     budget_seconds: float | None = None  # the wall-clock budget the trainer applied (CPU and GPU budgets differ)
     overhead_seconds: float = 0.0  # trainer-side work outside the child (materialize, parse, verify)
     curve: tuple[tuple[float, float], ...] = ()  # (progress, training loss) from the log, when the target has a pattern
+    phases: dict[str, float | None] = field(default_factory=dict)  # startup/train/eval/teardown seconds (trainers/trainer.py phases)

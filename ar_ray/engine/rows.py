@@ -6,6 +6,9 @@ from ar_ray.ledger.store import METRIC_COLUMNS
 from ar_ray.types import Candidate, Proposal, Result
 
 
+PHASES = ("startup", "train", "eval", "teardown")  # Result.phases -> the ledger's <phase>_seconds columns
+
+
 def _float(text: str | None) -> float | None:
     try:
         return float(text) if text is not None else None
@@ -45,6 +48,7 @@ def result_row(run_id: str, parent_id: str | None, p: Proposal, c: Candidate, r:
         # screened and confirming rows carry theirs too: a resume finishes a confirmation that was open
         "files": c.files if decision in ("keep", "baseline", "screened", "confirming") else None,
         "curve": list(r.curve) or None,
+        **{f"{k}_seconds": v for k, v in getattr(r, "phases", {}).items() if k in PHASES},
     })
     return row
 

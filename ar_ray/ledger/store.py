@@ -31,7 +31,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 2  # 2: the column `curve`; parts of version 1 are upgraded when a writer opens the ledger
+SCHEMA_VERSION = 3  # 2: the column `curve`; 3: the time breakdown (startup/train/eval/teardown_seconds).
+# Parts of an older version are upgraded (the new columns null) when a writer opens the ledger; readers read them as they are
 RUN_FILE = "run.json"  # beside ledger/: the run's id, target, metric and configuration
 FANOUT = 64  # parts of one level merged into one of the next
 PART = re.compile(r"^part-(?P<first>\d{12})-(?P<last>\d{12})-L(?P<level>\d+)\.parquet$")
@@ -90,6 +91,11 @@ SCHEMA = pa.schema([
     ("proposer_seconds", pa.float64()),
     ("files", _str_map),  # full editable files, stored for baseline, kept and unused rows only
     ("curve", _curve),  # (progress 0..1, training loss) read from the log, when the target declares progress_pattern
+    # where run_seconds went (trainers/trainer.py `phases`), from the run's log lines and the reaper's clock:
+    ("startup_seconds", pa.float64()),  # child start -> its first progress line (null: the target prints none)
+    ("train_seconds", pa.float64()),  # first progress line -> highest progress (no progress lines: start -> metric line)
+    ("eval_seconds", pa.float64()),  # training done -> the metric line (null: no progress lines, or no metric)
+    ("teardown_seconds", pa.float64()),  # the metric line -> the child exited (null: no metric line)
 ], metadata={"ar_ray_schema_version": str(SCHEMA_VERSION)})
 
 _TIMESTAMPS = {f.name for f in SCHEMA if f.type == _ts}

@@ -15,10 +15,11 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ar_ray.ledger.store import PART, SCHEMA, Ledger, LedgerError, load, read_table
+from ar_ray.ledger.store import PART, SCHEMA, SCHEMA_VERSION, Ledger, LedgerError, load, read_table
 
 T0 = 1_760_000_000.25  # epoch seconds
 DIFF = "".join(f"@@ -{i},3 +{i},3 @@\n-LEARNING_RATE = 3e-4\n+LEARNING_RATE = {i}e-4\n" for i in range(40))
@@ -48,6 +49,8 @@ def make_row(i: int) -> dict:
         "log_path": f"logs/exp-{i:05d}.log", "prompt_tokens": 12000 + i, "completion_tokens": 800,
         "cost_usd": 0.0123, "proposer_seconds": 4.5,
         "files": {"train.py": TRAIN_PY} if i == 0 or DECISIONS[i % 5] == "keep" else None,
+        "startup_seconds": 2.7 if ok else None, "train_seconds": 300.1, "eval_seconds": 1.6 if ok else None,
+        "teardown_seconds": 1.3 if ok else None,
     }
 
 
@@ -403,15 +406,35 @@ def test_parts_of_the_older_schema_are_upgraded_on_open_and_a_newer_one_is_refus
     pq.write_table(pq.read_table(old).select(v1.names).cast(v1), old)  # as ar-ray wrote it before `curve`
     assert "curve" not in pq.read_schema(old).names
     led = Ledger(tmp_path)  # a resume opens the writer: the part is rewritten with the new column, rows unchanged
-    assert pq.read_schema(old).metadata[b"ar_ray_schema_version"] == b"2" and "curve" in pq.read_schema(old).names
+    assert pq.read_schema(old).metadata[b"ar_ray_schema_version"] == str(SCHEMA_VERSION).encode()
+    assert "curve" in pq.read_schema(old).names and pq.read_schema(old).names == SCHEMA.names
     led.append(make_row(3) | {"curve": [(0.5, 3.25), (1.0, 2.5)]})
     df = load(tmp_path)
     assert list(df.seq) == [0, 1, 2, 3] and df.curve[:3].isna().all()
     assert [tuple(p.values()) for p in df.curve[3]] == [(0.5, 3.25), (1.0, 2.5)]
     assert pl.read_parquet(tmp_path / "ledger" / "*.parquet").height == 4  # plain readers see one schema
     # a ledger written by a newer ar-ray is left alone
-    v3 = pq.read_table(old).schema.with_metadata({"ar_ray_schema_version": "3"})
+    newer = str(SCHEMA_VERSION + 1)
+    v3 = pq.read_table(old).schema.with_metadata({"ar_ray_schema_version": newer})
     pq.write_table(pq.read_table(old).cast(v3), old)
     with pytest.raises(LedgerError, match="newer ar-ray"):
         Ledger(tmp_path)
-    assert pq.read_schema(old).metadata[b"ar_ray_schema_version"] == b"3"
+    assert pq.read_schema(old).metadata[b"ar_ray_schema_version"] == newer.encode()
+
+
+def test_a_ledger_written_before_the_time_breakdown_reads_as_it_is_and_upgrades_on_open(tmp_path):
+    """Version-2 parts (no startup/train/eval/teardown_seconds) read with null phases by load() without a writer,
+    and a writer that opens the ledger upgrades them to the current schema."""
+    led = Ledger(tmp_path)
+    led.append([make_row(i) for i in range(3)])
+    (old,) = (tmp_path / "ledger").glob("part-*.parquet")
+    phases = ["startup_seconds", "train_seconds", "eval_seconds", "teardown_seconds"]
+    v2 = pa.schema([f for f in SCHEMA if f.name not in phases], metadata={"ar_ray_schema_version": "2"})
+    pq.write_table(pq.read_table(old).select(v2.names).cast(v2), old)
+    df = load(tmp_path)  # a reader (ar-ray ledger, report) of an old run: no upgrade, no error
+    assert list(df.seq) == [0, 1, 2] and df[phases].isna().all().all() and list(df.columns) == SCHEMA.names
+    Ledger(tmp_path).append(make_row(3))
+    assert pq.read_schema(old).names == SCHEMA.names
+    df = load(tmp_path)
+    assert df.train_seconds[:3].isna().all() and df.train_seconds[3] == 300.1
+    assert STATUSES[3] != "ok" and pd.isna(df.startup_seconds[3]) and make_row(4)["startup_seconds"] == 2.7

@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-# Ray workers inherit the environment of the process that starts Ray: let them import tests/toys.py.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+# Ray workers inherit the environment of the process that starts Ray: let them import tests/toys.py, and the test
+# modules of every wing's folder (a class defined in a test and made an actor is imported by its module's name).
+WINGS = [str(d) for d in sorted(TESTS.iterdir()) if d.is_dir() and d.name not in ("fixtures", "__pycache__")]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), *WINGS, os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(TESTS))
 
 

@@ -42,10 +42,11 @@ from ar_ray.errors import ConfigError
 from ar_ray.ledger.store import RUN_FILE
 
 PACKAGES = (ar_ray, trainers, proposers)
-# never needed on a node: caches, VCS and venvs, run dirs and ledgers, data and checkpoints
+# never needed on a node: caches, VCS and venvs, run dirs and ledgers (their parts: *.parquet; not a folder named
+# ledger, which is also ar_ray's own package), data and checkpoints
 EXCLUDES = [
     "__pycache__", "*.pyc", "*.pyo", ".git", ".venv", "venv", ".pytest_cache", "*.egg-info", ".ipynb_checkpoints",
-    "runs", "ledger", ".cache", "wandb", "checkpoints",
+    "runs", ".cache", "wandb", "checkpoints",
     "*.parquet", "*.arrow", "*.feather", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.safetensors", "*.npy", "*.npz",
     "*.h5", "*.log",
 ]

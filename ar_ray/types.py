@@ -41,6 +41,9 @@ class Attempt:
     metric: float | None
     diff: str = ""
     error_tail: str = ""
+    proposer: str = ""  # who made it ("llm-0/gpt-4o-mini": actor/endpoint); "policy" for a follow-up run
+    group: str = ""  # the candidate a follow-up run belongs to (its screen's experiment_id)
+    cost_usd: float = 0.0  # what the proposal cost (LLM tokens)
 
 
 @dataclass(frozen=True)

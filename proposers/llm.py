@@ -26,6 +26,7 @@ never stored in the options, and every text this proposer returns has it replace
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import os
 import random
@@ -55,6 +56,10 @@ MAX_RETRY_AFTER = 120.0  # a server asking for longer is waited on this long, th
 REPLAY_ANSWER_CHARS = 6000  # an unusable answer longer than this is replayed shortened in the next turn
 REPAIR_REASON_CHARS = 2500  # a longer reason (an edit error quoting many lines) is cut in the repair turn
 DEFAULT_COMPLETION_ESTIMATE = 2000  # tokens booked (and kept free in the context) when max_tokens is not set
+# Routing between several endpoints: Thompson sampling on the rate of good proposals (kept 1, screened 0.5)
+ROUTE_VALUE = {"keep": 1.0, "screened": 0.5, "promoted": 0.5, "confirming": 0.5}
+PRIOR_PROPOSALS = 2.0  # the weights' prior is worth this many proposals of an endpoint
+PRIOR_RATE = 0.5  # the prior rate of the heaviest endpoint; the others' in proportion to their weights
 
 
 @dataclass
@@ -80,6 +85,9 @@ class LLMProposer(ProposerBase):
         self._jitter = random.Random(seed + 7919)
         self._limiters = [limiter_for(e) for e in self.endpoints]
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> {endpoint: client}
+        labels = [e["model"] for e in self.endpoints]
+        self.labels = [m if labels.count(m) == 1 else f"{m}#{k + 1}" for k, m in enumerate(labels)]
+        self._outcomes: dict[str, list] = {}  # proposal's experiment_id -> [endpoint, value, cost]: what routes
 
     def __repr__(self) -> str:
         return f"LLMProposer({self.name!r}, models={[e['model'] for e in self.endpoints]})"
@@ -119,8 +127,9 @@ class LLMProposer(ProposerBase):
 
     async def amake_edit(self, base: Baseline, history: list[Attempt], in_flight: list[str],
                          usage: dict) -> tuple[str, dict[str, str]]:
+        self._learn(history)
         i = self._pick_endpoint()
-        usage.update(prompt_tokens=0, completion_tokens=0, cost_usd=0.0, requests=0, turns=0)
+        usage.update(prompt_tokens=0, completion_tokens=0, cost_usd=0.0, requests=0, turns=0, endpoint=i)
         answer = self._answer_tokens()
         # history is trimmed so that the first request and every repair turn leave room for the answer
         prompt = build_prompt(self.program, base.files, self.editable, history, in_flight, base.metric,
@@ -255,8 +264,66 @@ class LLMProposer(ProposerBase):
     # ---- endpoints, clients, secrets ----
 
     def _pick_endpoint(self) -> int:
+        """One endpoint by weight; with several, by Thompson sampling on what each one's proposals earned (kept or
+        screened, per dollar when every endpoint is priced, else per proposal), the weights as the prior."""
         weights = [e["weight"] for e in self.endpoints]
-        return self.rng.choices(range(len(self.endpoints)), weights=weights)[0]
+        live = [k for k, w in enumerate(weights) if w > 0]
+        if len(live) == 1:
+            return live[0]
+        stats = self.endpoint_stats()
+        heaviest = max(weights)
+        per_dollar = all(self.endpoints[k]["price_prompt_per_mtok"] + self.endpoints[k]["price_completion_per_mtok"] > 0
+                         for k in live)
+        spent = [stats[k]["cost_usd"] / stats[k]["proposals"] for k in live if stats[k]["proposals"]]
+        typical = sum(spent) / len(spent) if spent else 1.0
+        best, pick = -1.0, live[0]
+        for k in live:
+            st = stats[k]
+            prior = PRIOR_RATE * weights[k] / heaviest
+            theta = self.rng.betavariate(PRIOR_PROPOSALS * prior + st["value"] + 0.01,
+                                         PRIOR_PROPOSALS * (1 - prior) + st["proposals"] - st["value"] + 0.01)
+            if per_dollar:
+                cost = st["cost_usd"] / st["proposals"] if st["proposals"] else typical
+                theta /= max(cost, 1e-9)
+            if theta > best:
+                best, pick = theta, k
+        return pick
+
+    def _learn(self, history: list[Attempt]) -> None:
+        """Remember what each endpoint's proposals earned: their own rows (tagged actor/endpoint, from every proposer
+        actor of the run) and the follow-up runs of their group (a confirmation's keep)."""
+        index = {label: k for k, label in enumerate(self.labels)}
+        for a in history:
+            value = ROUTE_VALUE.get(a.decision, 0.0)
+            _, slash, label = (a.proposer or "").partition("/")
+            if slash and label in index:
+                key = a.group or a.experiment_id
+                seen = self._outcomes.setdefault(key, [index[label], 0.0, 0.0])
+                seen[1], seen[2] = max(seen[1], value), a.cost_usd or 0.0
+            elif a.group in self._outcomes:
+                self._outcomes[a.group][1] = max(self._outcomes[a.group][1], value)
+
+    def endpoint_stats(self) -> list[dict]:
+        """Per endpoint: proposals seen with an outcome, their value (kept 1, screened 0.5), their cost."""
+        stats = [{"model": label, "proposals": 0, "value": 0.0, "cost_usd": 0.0} for label in self.labels]
+        for k, value, cost in self._outcomes.values():
+            stats[k]["proposals"] += 1
+            stats[k]["value"] += value
+            stats[k]["cost_usd"] += cost
+        return stats
+
+    def _tagged(self, proposal: Proposal) -> Proposal:
+        """The proposal named actor/endpoint when there are several endpoints (the ledger's proposer column)."""
+        i = proposal.usage.pop("endpoint", None)
+        if i is None or len(self.endpoints) == 1:
+            return proposal
+        return dataclasses.replace(proposal, proposer=f"{self.name}/{self.labels[int(i)]}")
+
+    def _conclude(self, *args, **kwargs) -> Proposal:
+        return self._tagged(super()._conclude(*args, **kwargs))
+
+    def _failed(self, *args, **kwargs) -> Proposal:
+        return self._tagged(super()._failed(*args, **kwargs))
 
     async def _client(self, i: int) -> openai.AsyncOpenAI:
         """This event loop's client for endpoint i (made once, in a thread: building one takes a while)."""

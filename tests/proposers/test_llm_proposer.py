@@ -355,6 +355,53 @@ def test_proposers_in_one_process_share_one_limiter_without_ray(server):
     assert len(t) == 6 and t[-1] - t[0] >= 5 * 0.2 - 0.1  # one bucket for both: at least five intervals apart
 
 
+# --------------------------------------------------------------------------------------------- routing
+
+
+def two_endpoints(good, bad, weights=(1, 1)):
+    price = {"price_prompt_per_mtok": 1.0, "price_completion_per_mtok": 2.0}
+    return [{"model": "bad-model", "base_url": bad.url, "weight": weights[0], **price},
+            {"model": "good-model", "base_url": good.url, "weight": weights[1], **price}]
+
+
+def test_the_bandit_sends_most_proposals_to_the_endpoint_whose_proposals_pay(server):
+    with LLMServer() as bad:
+        server.responder = lr_responder("0.3")  # the good endpoint: valid edits, half of them pass the screen
+        bad.responder = lambda body: reply(READY)  # the bad one: never a usable edit
+        p = LLMProposer("llm-0", ("train.py",), PROGRAM, 7, endpoints=two_endpoints(server, bad), max_tries=1)
+        p.update(Baseline(0, {"train.py": TRAIN}, None, 1.2))
+        history, picks = [], []
+        for n in range(40):
+            prop = p.propose(history[-30:])  # the driver's window of recent rows
+            actor, _, model = prop.proposer.partition("/")
+            assert actor == "llm-0" and model in ("good-model", "bad-model")  # the ledger says which endpoint
+            picks.append(model)
+            decision = "skip" if prop.status != "ok" else ("screened" if n % 2 else "discard")
+            history.append(Attempt(f"e{n:05d}", prop.description, prop.status, decision, None,
+                                   proposer=prop.proposer, cost_usd=prop.usage["cost_usd"]))
+        assert picks.count("bad-model") >= 1  # it was tried
+        assert picks[-20:].count("good-model") >= 17, picks  # then the good one takes most of the traffic
+        stats = {s["model"]: s for s in p.endpoint_stats()}
+        assert stats["bad-model"]["value"] == 0 and stats["good-model"]["value"] > 0
+        # older rows than the window of 30 are remembered (the 40th is not back yet)
+        assert stats["good-model"]["proposals"] + stats["bad-model"]["proposals"] == 39
+        # a keep arrives on a follow-up run (proposer "policy") of the good endpoint's candidate: it counts for it
+        screened = next(a for a in history if a.decision == "screened")
+        before = stats["good-model"]["value"]
+        p.propose([Attempt("e00100", "confirm", "ok", "keep", 1.0, proposer="policy", group=screened.experiment_id)])
+        assert {s["model"]: s for s in p.endpoint_stats()}["good-model"]["value"] == before + 0.5
+        assert len(server.requests) + len(bad.requests) == 41
+
+
+def test_without_outcomes_the_weights_are_the_prior_and_weight_zero_is_never_asked(server):
+    with LLMServer() as other:
+        p = LLMProposer("llm-0", ("train.py",), PROGRAM, 3, endpoints=two_endpoints(server, other, weights=(1, 4)))
+        picks = [p.labels[p._pick_endpoint()] for _ in range(400)]
+        assert picks.count("good-model") > 0.65 * len(picks) and "bad-model" in picks
+        p = LLMProposer("llm-0", ("train.py",), PROGRAM, 3, endpoints=two_endpoints(server, other, weights=(0, 1)))
+        assert {p._pick_endpoint() for _ in range(50)} == {1}
+
+
 # --------------------------------------------------------------------------------------------- prompt
 
 

@@ -274,6 +274,12 @@ def status(run_dir, watch):
         console.print(render(snap))
         console.print(f"throughput: {snap['throughput_per_hour']:.1f} runs/hour; "
                       + ", ".join(f"{k} {v}" for k, v in sorted(snap["by_status"].items())))
+        try:  # what each LLM endpoint's proposals earned (runs with several endpoints)
+            from proposers.figures import endpoint_figures
+            for line in endpoint_figures(ledger_mod.load(run_dir)):
+                console.print(line, soft_wrap=True)
+        except ledger_mod.LedgerError:
+            pass
         transfer = Path(run_dir) / "transfer.json"
         if transfer.exists():
             console.print(json.loads(transfer.read_text())["text"])

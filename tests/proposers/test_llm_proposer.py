@@ -820,3 +820,30 @@ def test_the_console_shows_why_a_proposal_failed_and_the_outcomes_count_every_st
                     "train.py\nAnswer with SEARCH/REPLACE blocks: the file path on its own line, then\n"
                     "or with the complete new file in a fenced code block preceded by its path."}
     assert "prepare.py is read-only; you may only edit: train.py (2 tries)" in row_line(row).plain
+
+
+def test_a_run_with_two_endpoints_learns_from_the_driver_and_status_shows_each(ray_llm, server, tmp_path):
+    from ar_ray.cli.main import main
+    from ar_ray.ledger import store as ledger
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "train.py").write_text('LR = 0.5\nprint("---")\nprint(f"val_bpb: {abs(LR - 0.3) + 1:.6f}")\n')
+    with LLMServer() as bad:
+        server.responder = lr_responder("0.3")
+        bad.responder = lambda body: reply(READY)
+        cfg = tmp_path / "run.toml"
+        cfg.write_text("[llm]\nmax_tries = 1\n" + "".join(
+            f'[[llm.endpoints]]\nmodel = "{m}"\nbase_url = "{u}"\nprice_prompt_per_mtok = 1\nprice_completion_per_mtok = 2\n'
+            for m, u in (("bad-model", bad.url), ("good-model", server.url))))
+        run_dir = tmp_path / "run"
+        r = CliRunner().invoke(main, ["run", "--proposer", "llm", "--config", str(cfg), "--target", str(target),
+                                      "--run-dir", str(run_dir), "--max-experiments", "12", "--trainers", "1",
+                                      "--proposers", "1", "--acceptance", "greedy"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    df = ledger.load(run_dir)
+    tags = df[df.proposer.str.startswith("llm")].proposer
+    assert set(tags) <= {"llm-0/good-model", "llm-0/bad-model"} and "llm-0/good-model" in set(tags)
+    assert (tags == "llm-0/good-model").sum() > 2 * (tags == "llm-0/bad-model").sum(), list(tags)
+    s = CliRunner().invoke(main, ["status", str(run_dir)], catch_exceptions=False)
+    out = " ".join(s.output.split())
+    assert "endpoint bad-model:" in out and "(0 usable)" in out and "endpoint good-model:" in out, out

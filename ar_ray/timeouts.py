@@ -23,8 +23,8 @@ silent for as long as it took to get there (at least the stall limit). An absolu
 an explicit timeout, else the wall rule for wall-clock budgets, else max(FIRST, CEILING_FACTOR x the learned
 limit) for token budgets.
 
-A candidate that makes training several times slower per token is killed (status `timeout`): with a
-token budget that slowness would otherwise cost nothing in the metric.
+A candidate that makes training many times slower per token is killed at the ceiling below (status
+`timeout`): with a token budget that slowness would otherwise cost nothing in the metric.
 """
 
 from __future__ import annotations

@@ -163,6 +163,31 @@ def _write_part(ledger_dir: Path, table: pa.Table, name: str) -> None:
     _fsync_dir(ledger_dir)
 
 
+MERGE_ROW_GROUP = 16384  # rows per row group of a merged part; a merge holds about this many rows, plus one input
+
+
+def _write_merged(ledger_dir: Path, tables, name: str) -> None:
+    """Write a merged part from an iterable of tables (read one at a time), re-chunked into row groups of
+    MERGE_ROW_GROUP rows: a merge's memory is bounded by that and one input part, not the part it writes
+    (a level-2 merge of 131,072 rows of 2 KB diffs held ~500 MB when it concatenated its inputs)."""
+    tmp = ledger_dir / f"_tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        with pq.ParquetWriter(f, SCHEMA, compression="zstd") as w:
+            pending, rows = [], 0
+            for t in tables:
+                pending.append(t)
+                rows += t.num_rows
+                if rows >= MERGE_ROW_GROUP:
+                    w.write_table(pa.concat_tables(pending), row_group_size=rows)
+                    pending, rows = [], 0
+            if pending:
+                w.write_table(pa.concat_tables(pending), row_group_size=max(rows, 1))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ledger_dir / name)
+    _fsync_dir(ledger_dir)
+
+
 def _to_column(name: str, values: list):
     if name in _TIMESTAMPS:
         values = [datetime.fromtimestamp(v, timezone.utc) if isinstance(v, (int, float)) else v for v in values]
@@ -258,10 +283,9 @@ class Ledger:
                 return False
             # rows this writer appended are still in memory: only older levels are read back
             tables = [self._recent.get(q.path) for q in window]
-        table = pa.concat_tables(t if t is not None else pq.read_table(q.path, schema=SCHEMA)
-                                 for t, q in zip(tables, window))
         name = _name(window[0].first, window[-1].last, window[0].level + 1)
-        _write_part(self.dir, table, name)
+        _write_merged(self.dir, (t if t is not None else _read_part(q.path) for t, q in zip(tables, window)), name)
+        del tables
         with self._lock:
             i = self._parts.index(window[0])
             self._parts[i:i + self.fanout] = [_Part(window[0].level + 1, window[0].first, window[-1].last, self.dir / name)]
@@ -300,7 +324,19 @@ class Ledger:
         return read_table(self.dir.parent)
 
 
-def read_table(run_dir: str | os.PathLike) -> pa.Table:
+def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One part as a table of SCHEMA (or of `columns`). A part of the current schema is read with ParquetFile
+    (half the fixed cost of pq.read_table's dataset machinery, which counts at hundreds of parts); an older one
+    with pq.read_table(schema=SCHEMA), which adds the columns it lacks as nulls."""
+    f = pq.ParquetFile(path)
+    if not f.schema_arrow.equals(SCHEMA, check_metadata=False):
+        return pq.read_table(path, schema=SCHEMA, columns=columns)
+    t = f.read(columns=columns)
+    return t.replace_schema_metadata(SCHEMA.metadata)
+
+
+def read_table(run_dir: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """The whole ledger as one table, in seq order; `columns`: only these (in this order)."""
     ledger_dir = Path(run_dir) / "ledger"
     if not ledger_dir.is_dir():
         raise LedgerError(f"{run_dir} holds no ledger (no ledger/ folder); pass the folder given to `ar-ray run --run-dir`")
@@ -319,19 +355,25 @@ def read_table(run_dir: str | os.PathLike) -> pa.Table:
         try:
             for q in reversed(parts):
                 if q.path.name not in read:
-                    read[q.path.name] = pq.read_table(q.path, schema=SCHEMA)
+                    read[q.path.name] = _read_part(q.path, columns)
         except FileNotFoundError:
             seen = None
             continue
-        return pa.concat_tables([read[n] for n in names]) if parts else SCHEMA.empty_table()
+        empty = SCHEMA.empty_table()
+        return pa.concat_tables([read[n] for n in names]) if parts else empty.select(columns) if columns else empty
     raise LedgerError(f"the ledger in {ledger_dir} kept changing while it was read; try again")
 
 
-def load(run_dir: str | os.PathLike) -> "pd.DataFrame":
-    """The ledger as a pandas DataFrame: one row per attempt, in order, with categorical status/decision."""
+def load(run_dir: str | os.PathLike, columns: list[str] | None = None) -> "pd.DataFrame":
+    """The ledger as a pandas DataFrame: one row per attempt, in order, with categorical status/decision.
+    `columns`: read only these (seq is always included): on a big ledger, leaving out the text columns (diff,
+    files, curve, extra) is what keeps a load fast (docs/BENCHMARKS.md, bench/ledger_million.py)."""
+    if columns is not None and "seq" not in columns:
+        columns = ["seq", *columns]
     # integer columns keep their type when they hold nulls (pandas' nullable Int32/Int64)
     nullable = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
-    df = read_table(run_dir).to_pandas(maps_as_pydicts="strict", types_mapper=nullable.get)
+    df = read_table(run_dir, columns).to_pandas(maps_as_pydicts="strict", types_mapper=nullable.get)
     for col in ("status", "decision", "proposer", "trainer", "node", "gpu_model"):
-        df[col] = df[col].astype("category")
+        if col in df:
+            df[col] = df[col].astype("category")
     return df.set_index("seq", drop=False).rename_axis(None)

@@ -359,15 +359,23 @@ def test_concurrent_reader_never_sees_a_partial_part(tmp_path):
 def _gated_merges(monkeypatch, fail: bool = False) -> threading.Event:
     """Merged parts (level >= 1) are written only once the returned event is set (or fail, if asked)."""
     import ar_ray.ledger.store as ledger_mod
-    gate, real = threading.Event(), ledger_mod._write_part
+    gate, real, real_merged = threading.Event(), ledger_mod._write_part, ledger_mod._write_merged
 
-    def write(ledger_dir, table, name):
+    def gated(name):
         if not name.endswith("-L0.parquet"):
             if fail:
                 raise OSError(28, "No space left on device")
             assert gate.wait(30), "the test never opened the gate"
+
+    def write(ledger_dir, table, name):
+        gated(name)
         real(ledger_dir, table, name)
+
+    def write_merged(ledger_dir, tables, name):
+        gated(name)
+        real_merged(ledger_dir, tables, name)
     monkeypatch.setattr(ledger_mod, "_write_part", write)
+    monkeypatch.setattr(ledger_mod, "_write_merged", write_merged)
     return gate
 
 
@@ -438,3 +446,29 @@ def test_a_ledger_written_before_the_time_breakdown_reads_as_it_is_and_upgrades_
     df = load(tmp_path)
     assert df.train_seconds[:3].isna().all() and df.train_seconds[3] == 300.1
     assert STATUSES[3] != "ok" and pd.isna(df.startup_seconds[3]) and make_row(4)["startup_seconds"] == 2.7
+
+
+def test_load_of_selected_columns_reads_only_those(tmp_path):
+    led = Ledger(tmp_path, fanout=4)
+    for i in range(9):  # parts of two levels
+        led.append(make_row(i))
+    df = load(tmp_path, columns=["status", "metric"])
+    assert list(df.columns) == ["seq", "status", "metric"] and list(df.seq) == list(range(9))
+    full = load(tmp_path)
+    assert df.metric.equals(full.metric) and list(df.status) == list(full.status)
+    assert read_table(tmp_path, ["seq"]).num_rows == 9 and load(tmp_path, ["seq"]).shape == (9, 1)
+
+
+def test_a_merge_streams_its_inputs_into_row_groups_of_bounded_size(tmp_path, monkeypatch):
+    """A merged part is written input by input (never one concatenated table of all its rows), in row groups of
+    about MERGE_ROW_GROUP rows (gathered whole inputs: at least that many, at most one input more), and reads back the same."""
+    import ar_ray.ledger.store as ledger_mod
+    monkeypatch.setattr(ledger_mod, "MERGE_ROW_GROUP", 5)
+    led = Ledger(tmp_path, fanout=4)
+    for i in range(16):  # 16 = 4 x 4: one level-2 part of 16 rows
+        led.append([make_row(i)])
+    (part,) = part_files(tmp_path)
+    f = pq.ParquetFile(part)
+    assert part.name.endswith("-L2.parquet") and [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)] \
+        == [8, 8]  # inputs of 4 rows, gathered until a group holds >= 5
+    assert list(load(tmp_path).experiment_id) == [make_row(i)["experiment_id"] for i in range(16)]

@@ -182,6 +182,10 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
                       + (f"; changed now: {', '.join(flags)}" if flags else "")
                       + (" (--time-limit counts from now)" if config.time_limit else ""), soft_wrap=True)
     from ar_ray.cli.preflight import preflight
+    try:
+        config.check()  # the flags first (a bad --budget is a flag's mistake, not the target's), then the target
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
     preflight(config.target, config.target_overrides, config.proposer)  # before Ray: the contract, the proposer
     console.print(f"run dir: {socket.gethostname()}:{Path(run_dir).resolve()}", soft_wrap=True)  # where it is, seen from a job's logs too
     try:

@@ -374,7 +374,7 @@ class Driver:
 
     def _reference_curve(self, flight: Flight, r: Result) -> None:
         """A run of the best (a baseline repeat) gives the curve new candidates are pruned against."""
-        if r.status == "ok" and flight.job.role == "baseline":
+        if not isinstance(r, Exception) and r.status == "ok" and flight.job.role == "baseline":
             self.references.observe(flight.job.proposal.base_version, (flight.job.rung, r.gpu_model), r.curve)
 
     def _prune_limits(self, job: Job, trainer: int) -> tuple[tuple[float, float], ...]:

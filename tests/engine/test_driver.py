@@ -39,7 +39,7 @@ def test_keeps_every_trainer_busy_on_its_own_gpu(ray_local, tmp_path, monkeypatc
     summary, df, trace, _ = run(tmp_path, monkeypatch, sleep=0.6, max_experiments=20, proposers=2,
                                 probe=lambda d: counters.update(starved=d.count.starved) or {})
     ran = df[df.decision != "skip"]
-    assert len(ran) == 21 and set(ran.status) == {"ok"}  # the baseline + 20
+    assert (ran.role != "rebase").sum() == 21 and set(ran.status) == {"ok"}  # the baseline + 20 (+ stale winners' merges)
     assert ran.trainer.nunique() == 4  # one trainer per fake GPU
     # every trainer ran several experiments, each child saw exactly one GPU, the trainer's own
     by_trainer = ran.groupby("trainer", observed=True).size()

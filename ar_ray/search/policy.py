@@ -230,7 +230,8 @@ class Policy:
                 self.add_run(code, m, rung, gpu)
         first = [m for (code, rung, _), ms in spread.items() if code == code_hash(self.versions.get(0, {}))
                  and rung == self.config.top for m in ms]
-        self.deterministic = self.config.acceptance != "greedy" and len(first) > 1 and max(first) == min(first)
+        self.deterministic = (self.config.acceptance != "greedy" and len(first) >= max(2, self.config.baseline_repeats)
+                              and max(first) == min(first))  # as live: once the first best's repeats are all in
 
     def missing_repeats(self) -> list[RunSpec]:
         """After a restore: the runs of the best that never happened (e.g. a baseline cut short by a crash)."""
@@ -499,10 +500,11 @@ class Policy:
             if group.base_version == self.best_version:  # repeats of the best (its noise is pooled either way)
                 self.best_runs.setdefault(group.rung, []).extend(zip(group.metrics, group.gpus))
                 self.best_id = self.best_id or gid
-                if self.best_version == 0 and len(group.metrics) > 1 and not group.failed:
+                first = [m for m, _ in self.best_runs[group.rung]]  # (a resume's last repeat joins the earlier)
+                if self.best_version == 0 and len(first) > 1 and not group.failed:
                     # different seeds, the very same metric: the target ignores its seed (e.g. a fixed number of
                     # deterministic steps); from now on one run per candidate and any strict gain is kept
-                    self.deterministic = max(group.metrics) == min(group.metrics)
+                    self.deterministic = max(first) == min(first)
             return Verdict("baseline", numbers=self._numbers(rung=group.rung))
         mean = sum(group.metrics) / len(group.metrics) if group.metrics else None
         if self._one_run:  # greedy or deterministic: the one run of a rebased winner decides, against the best

@@ -70,7 +70,7 @@ def test_greedy_never_undoes_a_kept_change(ray_local, tmp_path):
     best = knobs((STANDIN / "train.py").read_text())
     for _, row in df[df.decision == "keep"].iterrows():
         kept = knobs(dict(row.files)["train.py"])
-        changed = set(re.findall(r"([A-Z_]+) \S+ -> ", row.description))  # what this candidate itself changed
+        changed = set(re.findall(r"(\w+) \S+ -> ", row.description))  # what this candidate itself changed
         assert changed and {k: v for k, v in kept.items() if k not in changed} == \
             {k: v for k, v in best.items() if k not in changed}, row.description
         best = kept

@@ -370,7 +370,8 @@ def estimates_section(report: Report, hardware: str) -> None:
         else:
             lines.append(f"smallest gain confirm mode can accept: about {gain:.3g} = k_confirm {K_CONFIRM:g} x noise "
                          f"{noise:.3g} x sqrt(1/confirm_runs {CONFIRM_RUNS} + 1/baseline_repeats {BASELINE_REPEATS}) "
-                         f"(the run's defaults; the noise comes from {len(report.facts['metrics'])} runs, so take it "
+                         f"(the run's defaults, once the noise is well measured: while it rests on few runs the bar "
+                         f"widens to Student's t; this noise comes from {len(report.facts['metrics'])} runs, so take it "
                          f"as rough)")
     if lines:
         report.section("Estimates", lines)

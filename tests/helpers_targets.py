@@ -8,6 +8,7 @@ toy target starts are found again through a unique marker in their environment
 from __future__ import annotations
 
 import os
+import socket
 import textwrap
 import time
 import uuid
@@ -127,3 +128,15 @@ def wait_file(path):
     while not os.path.exists(path):
         time.sleep(0.01)
 '''
+
+
+def free_ports(n: int) -> list[int]:
+    """n TCP ports free on loopback right now (for a Ray head of a test's own)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()

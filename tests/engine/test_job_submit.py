@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers_targets import pids_with_env, wait_for
+from helpers_targets import free_ports, pids_with_env, wait_for
 from toys import make_toy
 
 from ar_ray.ledger import store as ledger
@@ -30,17 +30,6 @@ pytestmark = pytest.mark.timeout(300)
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _listening(port: int) -> bool:
@@ -78,7 +67,7 @@ def job_head():
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # the job's entrypoint finds `ar-ray`
     for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "PYTHONPATH"):  # no test helpers: the job ships the code
         env.pop(k, None)
-    gcs, dash, agent, agent_grpc, client, metrics, rt_env, node_mgr, obj_mgr = _free_ports(9)
+    gcs, dash, agent, agent_grpc, client, metrics, rt_env, node_mgr, obj_mgr = free_ports(9)
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=4", "--disable-usage-stats",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
@@ -274,7 +263,7 @@ def test_stopping_one_of_several_rays_as_the_readme_shows(job_head, tmp_path):
     block = block[:block.index("```")]
     work = Path(tempfile.mkdtemp(prefix="arm-"))
     try:
-        ports = dict(zip(("6390", "8266", "10101", "52366"), map(str, _free_ports(4))))
+        ports = dict(zip(("6390", "8266", "10101", "52366"), map(str, free_ports(4))))
         for fixed, free in ports.items():
             assert f"={fixed}" in block, block
             block = block.replace(f"={fixed}", f"={free}")

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers_targets import free_ports
 from toys import make_toy
 
 from ar_ray.ledger import store as ledger
@@ -39,17 +40,6 @@ FAKE_SCONTROL = """#!/bin/bash
 echo "scontrol $*" >> "$FAKE_LOG"
 [ "$1 $2" = "show hostnames" ] && hostname
 """
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _pid_namespace() -> str | None:
@@ -79,7 +69,7 @@ def test_the_sbatch_script_runs_ar_ray_on_a_one_node_allocation():
         home = work / "home"
         home.mkdir()
         target = make_toy(work / "target", "[target]\nenv = { TOY_SLEEP = '0.1' }\n")
-        gcs, dash, agent, agent_grpc, client, metrics, rt_env = _free_ports(7)
+        gcs, dash, agent, agent_grpc, client, metrics, rt_env = free_ports(7)
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("RAY_", "SLURM_")) and k not in ("PYTHONPATH", "AR_RAY_RUN_DIR")}
         env.update({

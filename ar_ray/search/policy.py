@@ -228,8 +228,8 @@ class Policy:
         for (code, rung, gpu), metrics in spread.items():
             for m in metrics:
                 self.add_run(code, m, rung, gpu)
-        first = [m for (code, rung, _), ms in spread.items() if code == code_hash(self.versions.get(0, {}))
-                 and rung == self.config.top for m in ms]
+        shipped = code_hash(self.versions.get(0, {}))
+        first = [m for (code, rung, _), ms in spread.items() if code == shipped and rung == self.config.top for m in ms]
         self.deterministic = (self.config.acceptance != "greedy" and len(first) >= max(2, self.config.baseline_repeats)
                               and max(first) == min(first))  # as live: once the first best's repeats are all in
 

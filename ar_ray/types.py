@@ -44,6 +44,8 @@ class Attempt:
     proposer: str = ""  # who made it ("llm-0/gpt-4o-mini": actor/endpoint); "policy" for a follow-up run
     group: str = ""  # the candidate a follow-up run belongs to (its screen's experiment_id)
     cost_usd: float = 0.0  # what the proposal cost (LLM tokens)
+    gain: float | None = None  # the policy's gain over the best behind the decision (ledger column gain)
+    threshold: float | None = None  # the gain it needed (ledger column threshold)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ import openai
 
 from ar_ray.code import answers, edits
 from ar_ray.types import Attempt, Baseline, Proposal
+from proposers import history as memory_mod
 from proposers import llm_config
 from proposers.base import ProposalFailed, ProposerBase
 from proposers.prompt import (
@@ -88,6 +89,11 @@ class LLMProposer(ProposerBase):
         labels = [e["model"] for e in self.endpoints]
         self.labels = [m if labels.count(m) == 1 else f"{m}#{k + 1}" for k, m in enumerate(labels)]
         self._outcomes: dict[str, list] = {}  # proposal's experiment_id -> [endpoint, value, cost]: what routes
+        self.idea_memory: bool = opts["idea_memory"]
+        self.combine_rate: float = opts["combine_rate"]
+        self.memory = memory_mod.Memory()  # every candidate this proposer was shown, for the prompt's summary
+        self._combine_asked: set[frozenset] = set()
+        self._eligible = 0  # proposals made while 2+ near-misses could be combined (combine_rate counts these)
 
     def __repr__(self) -> str:
         return f"LLMProposer({self.name!r}, models={[e['model'] for e in self.endpoints]})"
@@ -128,13 +134,21 @@ class LLMProposer(ProposerBase):
     async def amake_edit(self, base: Baseline, history: list[Attempt], in_flight: list[str],
                          usage: dict) -> tuple[str, dict[str, str]]:
         self._learn(history)
+        self.memory.ingest(history)
         i = self._pick_endpoint()
         usage.update(prompt_tokens=0, completion_tokens=0, cost_usd=0.0, requests=0, turns=0, endpoint=i)
         answer = self._answer_tokens()
+        parts, combined = self._memory_parts(base)
         # history is trimmed so that the first request and every repair turn leave room for the answer
         prompt = build_prompt(self.program, base.files, self.editable, history, in_flight, base.metric,
                               base.experiment_id, budget_tokens=self.context_tokens,
-                              reserve_tokens=answer + (self.max_tries - 1) * REPAIR_TURN_TOKENS)
+                              reserve_tokens=answer + (self.max_tries - 1) * REPAIR_TURN_TOKENS, **parts)
+        if combined and prompt.tokens + answer > self.context_tokens:  # the combine request does not fit: ask as usual
+            self._combine_asked.discard(frozenset(t.experiment_id for t in combined))
+            combined, parts["task"] = [], None
+            prompt = build_prompt(self.program, base.files, self.editable, history, in_flight, base.metric,
+                                  base.experiment_id, budget_tokens=self.context_tokens,
+                                  reserve_tokens=answer + (self.max_tries - 1) * REPAIR_TURN_TOKENS, **parts)
         if prompt.tokens + answer > self.context_tokens:  # no history left in it: the files alone are too big
             size = sum(len(t) for t in base.files.values())
             raise ProposalFailed("proposer_error", (
@@ -149,7 +163,10 @@ class LLMProposer(ProposerBase):
             usage["turns"] = turn
             reply = await self._chat(i, messages, usage)
             try:  # parsing and compiling are CPU work: off the event loop
-                return await asyncio.to_thread(self._use, base, reply)
+                description, changed = await asyncio.to_thread(self._use, base, reply)
+                if combined and not description.lower().startswith("combine"):
+                    description = f"combine {' + '.join(t.experiment_id for t in combined)}: {description}"
+                return description, changed
             except edits.EditError as e:
                 reason = self.scrub(str(e))
             messages = messages + [{"role": "assistant", "content": _replayed(reply)},
@@ -160,6 +177,25 @@ class LLMProposer(ProposerBase):
                                                      f"context_tokens = {self.context_tokens}); last problem: {reason}")
         tries = f"{self.max_tries} tries" if self.max_tries > 1 else "1 try"
         raise ProposalFailed("invalid_edit", f"no usable edit after {tries}; last problem: {reason}")
+
+    def _memory_parts(self, base: Baseline) -> tuple[dict, list]:
+        """The prompt's summary of what was tried and its near-misses, and now and then (combine_rate of the
+        proposals made while two or more near-misses touching different names are known) a request to combine
+        some of them; ({}, []) with idea_memory off."""
+        if not self.idea_memory:
+            return {}, []
+        near = self.memory.near_misses(base.files)
+        parts = {"summary": self.memory.summary_lines(), "summary_total": self.memory.total(),
+                 "near": [(memory_mod.format_near(t, False), memory_mod.format_near(t, True)) for t in near]}
+        chosen = memory_mod.pick_combination(near, self._combine_asked) if self.combine_rate > 0 else []
+        if chosen:
+            self._eligible += 1
+            n = self._eligible
+            if int(n * self.combine_rate + 1e-9) > int((n - 1) * self.combine_rate + 1e-9):
+                self._combine_asked.add(frozenset(t.experiment_id for t in chosen))
+                parts["task"] = memory_mod.combine_request(chosen)
+                return parts, chosen
+        return parts, []
 
     def _answer_tokens(self) -> int:
         """Tokens the answer may take: max_tokens (or max_completion_tokens), else an estimate."""

@@ -11,6 +11,8 @@ A run config (`--config run.toml`) can describe several, chosen per proposal by 
     context_tokens = 32000   # prompt budget; history is trimmed to fit, the current files never are
     request_timeout = 300    # seconds for one HTTP request, all of it
     max_retries = 5          # retries of one request on 429 / 5xx / timeouts, with backoff
+    idea_memory = true       # the prompt's summary of what was tried, by knob, and its near-misses
+    combine_rate = 0.2       # share of proposals asking to merge 2-3 near-misses (when there are 2+); 0: never
 
     [llm.sampling]
     temperature = 0.8
@@ -76,11 +78,13 @@ DEFAULTS = {
     "max_retries": 5,
     "retry_backoff": 1.0,  # first backoff in seconds; doubles per retry, with jitter, capped at 60
     "max_answer_chars": 200_000,  # longer answers are refused unread (and asked again)
+    "combine_rate": 0.2,  # share of proposals that ask to merge near-misses, when 2 or more are known; 0: never
 }
+BOOL_DEFAULTS = {"idea_memory": True}  # the prompt's what-was-tried summary, near-misses and combine requests
 ENDPOINT_KEYS = ("model", "base_url", "api_key_env", "weight", "price_prompt_per_mtok", "price_completion_per_mtok",
                  "rpm", "tpm", "burst")
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "max_completion_tokens")
-LLM_KEYS = set(DEFAULTS) | {"sampling", "endpoints", "model", "base_url", "api_key_env"}
+LLM_KEYS = set(DEFAULTS) | set(BOOL_DEFAULTS) | {"sampling", "endpoints", "model", "base_url", "api_key_env"}
 
 
 class LLMConfigError(ValueError):
@@ -162,10 +166,27 @@ def build_options(model: str | None = None, base_url: str | None = None, api_key
     options: dict = {"endpoints": endpoints, "sampling": _sampling(table.get("sampling", {}), where)}
     for key, default in DEFAULTS.items():
         options[key] = _number(table.get(key, default), key, where, integer=isinstance(default, int),
-                               minimum=0 if key in ("max_retries", "retry_backoff") else None)
+                               minimum=0 if key in _FROM_ZERO else None)
+    options.update(_switches(table, where, options["combine_rate"]))
     if options["max_tries"] < 1:
         raise LLMConfigError(f"{where}: max_tries must be at least 1, got {options['max_tries']}")
     return options
+
+
+_FROM_ZERO = ("max_retries", "retry_backoff", "combine_rate")
+
+
+def _switches(table: dict, where: str, rate: float) -> dict:
+    """The on/off options (idea_memory), checked; and combine_rate (`rate`) at most 1."""
+    out = {}
+    for key, default in BOOL_DEFAULTS.items():
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise LLMConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        out[key] = value
+    if rate > 1:
+        raise LLMConfigError(f"{where}: combine_rate is a share of proposals, between 0 and 1; got {rate!r}")
+    return out
 
 
 def _number(value, key: str, where: str, integer: bool = False, minimum: float | None = None, allow_none=False):
@@ -270,7 +291,10 @@ def normalize(options: dict) -> dict:
     out = {"endpoints": endpoints, "sampling": _sampling(options.pop("sampling", {}), "the proposer options")}
     for key, default in DEFAULTS.items():
         out[key] = _number(options.pop(key, default), key, "the proposer options", integer=isinstance(default, int),
-                           minimum=0 if key in ("max_retries", "retry_backoff") else None)
+                           minimum=0 if key in _FROM_ZERO else None)
+    out.update(_switches(options, "the proposer options", out["combine_rate"]))
+    for key in BOOL_DEFAULTS:
+        options.pop(key, None)
     if options:
         raise LLMConfigError(f"unknown LLM proposer option(s) {sorted(options)}")
     return out

@@ -80,6 +80,9 @@ class Prompt:
     shown_short: list[str] = field(default_factory=list)  # experiment ids, one line each
     dropped: list[str] = field(default_factory=list)  # experiment ids left out to fit the budget
     in_flight_dropped: int = 0
+    summary_shown: int = 0  # lines of the what-was-tried summary in the prompt
+    near_shown: list[int] = field(default_factory=list)  # indices of the near-misses shown
+    near_full: list[int] = field(default_factory=list)  # of those, the ones with their changed lines
 
 
 def fence_for(text: str) -> str:
@@ -161,22 +164,40 @@ def system_message(editable: tuple[str, ...] | list[str]) -> str:
 
 def build_prompt(program: str, files: dict[str, str], editable: tuple[str, ...] | list[str],
                  history: list[Attempt] = (), in_flight: list[str] = (), best_metric: float | None = None,
-                 best_id: str | None = None, budget_tokens: int = 32000, reserve_tokens: int = 0) -> Prompt:
-    """The opening [system, user] messages within `budget_tokens` (minus `reserve_tokens` for the answer)."""
+                 best_id: str | None = None, budget_tokens: int = 32000, reserve_tokens: int = 0,
+                 summary: list[str] = (), near: list[tuple[str, str]] = (), task: str | None = None,
+                 summary_total: int = 0) -> Prompt:
+    """The opening [system, user] messages within `budget_tokens` (minus `reserve_tokens` for the answer).
+
+    `summary`: lines of what was tried, grouped by what it touched (`proposers.history`), `summary_total`
+    candidates in all; `near`: near-misses as (one line, with changed lines); `task`: a task part in place of the
+    usual one (a combine request), never cut. What does not fit is left out in this order: history detail,
+    near-miss detail, history lines, summary lines, near-miss lines (the last kept longest)."""
     history = list(history)
+    summary, near = list(summary), list(near)
     system = system_message(tuple(editable))
     program_part = "== RESEARCH PROGRAM ==\n\n" + (program.strip() or "(no program given: improve the metric)")
     best = f"metric {_metric(best_metric)}, " + (f"from {best_id}" if best_id else "the target as shipped")
     files_part = f"== THE CURRENT BEST VERSION ({best}): EDIT THIS ==\n\n" + format_files(files)
-    task = ("== YOUR TURN ==\n\nPropose the next experiment: one idea, different from everything above and from "
-            "what is running now. Answer in the format given (DESCRIPTION line, then SEARCH/REPLACE blocks).")
+    task = task or ("== YOUR TURN ==\n\nPropose the next experiment: one idea, different from everything above and "
+                    "from what is running now. Answer in the format given (DESCRIPTION line, then SEARCH/REPLACE "
+                    "blocks).")
 
     flights = [_clip(" ".join(d.split()), MAX_DESCRIPTION_CHARS) for d in in_flight if d and d.strip()]
     flights = flights[-MAX_IN_FLIGHT:]
     dropped_flights = len([d for d in in_flight if d and d.strip()]) - len(flights)
 
-    def assemble(entries: dict[int, str], flights: list[str]) -> str:
+    def assemble(entries: dict[int, str], flights: list[str], sums: dict[int, str] | None = None,
+                 nears: dict[int, str] | None = None) -> str:
         parts = [program_part]
+        if sums:
+            n_out = len(summary) - len(sums)
+            note = f"\n({n_out} more groups not shown)" if n_out else ""
+            parts.append(f"== WHAT WAS TRIED, BY WHAT IT CHANGED ({summary_total} experiments of this run; outcome: "
+                         "values) ==\n\n" + "\n".join(sums[i] for i in sorted(sums)) + note)
+        if nears:
+            parts.append("== NEAR MISSES (looked better than the best of their time, not proven: worth pushing further "
+                         "or combining; do not simply repeat them) ==\n\n" + "\n".join(nears[i] for i in sorted(nears)))
         if history:
             body = "\n".join(entries[i] for i in sorted(entries)) if entries else "(left out to fit the context)"
             n_out = len(history) - len(entries)
@@ -203,25 +224,42 @@ def build_prompt(program: str, files: dict[str, str], editable: tuple[str, ...] 
     full = {i: format_attempt(history[i], True) for i in order}
     entries: dict[int, str] = {}
     room = budget - base_cost - 20  # the "not shown" note
+    sums: dict[int, str] = {}
+    nears: dict[int, str] = {}
+    if summary or near:  # section headers, then near-miss lines and summary lines, before any history
+        room -= 60 * bool(summary) + 50 * bool(near)
+    for i, (line, _) in enumerate(near):
+        cost = estimate_tokens(line) + 1
+        if cost <= room:
+            nears[i], room = line, room - cost
+    for i, line in enumerate(summary):
+        cost = estimate_tokens(line) + 1
+        if cost <= room:
+            sums[i], room = line, room - cost
     for i in order:  # first as many entries as fit, one line each
         cost = estimate_tokens(short[i]) + 1
         if cost <= room:
             entries[i] = short[i]
             room -= cost
+    for k in sorted(nears):  # then the near-misses' changed lines
+        extra = estimate_tokens(near[k][1]) - estimate_tokens(near[k][0])
+        if extra <= room:
+            nears[k], room = near[k][1], room - extra
     for i in order:  # then detail, most useful first
         if i in entries and full[i] != short[i]:
             extra = estimate_tokens(full[i]) - estimate_tokens(short[i])
             if extra <= room:
                 entries[i] = full[i]
                 room -= extra
-    user = assemble(entries, flights)
+    user = assemble(entries, flights, sums, nears)
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     ids = lambda idx: [history[i].experiment_id for i in sorted(idx)]  # noqa: E731
     return Prompt(messages=messages, tokens=messages_tokens(messages),
                   shown_full=ids(i for i in entries if entries[i] == full[i] and full[i] != short[i]),
                   shown_short=ids(i for i in entries if entries[i] == short[i] or full[i] == short[i]),
                   dropped=ids(i for i in range(len(history)) if i not in entries),
-                  in_flight_dropped=dropped_flights)
+                  in_flight_dropped=dropped_flights, summary_shown=len(sums),
+                  near_shown=[k for k in sorted(nears)], near_full=[k for k in sorted(nears) if nears[k] == near[k][1]])
 
 
 def repair_message(reason: str) -> str:

@@ -490,7 +490,8 @@ class Driver:
         self.unwritten.append(row)
         self.history.append(Attempt(row["experiment_id"], row["description"] or "", row["status"], row["decision"],
                                     row.get("metric"), row.get("diff") or "", row.get("error") or "",
-                                    row.get("proposer") or "", row.get("group_id") or "", row.get("cost_usd") or 0.0))
+                                    row.get("proposer") or "", row.get("group_id") or "", row.get("cost_usd") or 0.0,
+                                    row.get("gain"), row.get("threshold")))
 
     def _flush(self) -> None:
         """Write the rows of one round in one durable append, then report them."""

@@ -29,6 +29,7 @@ import pandas as pd
 
 from ar_ray.code import edits
 from ar_ray.ledger import analysis as A
+from ar_ray.ledger.endpoints import endpoint_stats
 
 MAX_ROWS = 500  # experiment table: the last N rows (kept and baseline rows are always shown)
 MAX_LABELS = 40  # kept changes labelled on the plot (the biggest improvements when there are more)
@@ -483,6 +484,19 @@ def _sweep_html(run_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def _endpoints_html(df: pd.DataFrame, info: dict) -> str:
+    """Per LLM endpoint: proposals, usable, trained, screened, kept, spend, kept per dollar and per proposal, share of
+    the traffic (ar_ray/ledger/endpoints.py); nothing for a run without LLM proposals."""
+    ep = endpoint_stats(df, info)
+    if ep.empty:
+        return ""
+    fmt = {"cost_usd": _usd, "kept_per_dollar": lambda v: _f(v, 2), "kept_per_proposal": lambda v: _f(v, 3),
+           "traffic_share": _pct}
+    return ('<h3 id="endpoints">per LLM endpoint</h3><p class="small muted">Screened: passed the screen (confirmed or '
+            'kept after); kept: accepted, on its confirmation runs included. Routing between several endpoints '
+            f'follows what each one\'s proposals earned.</p>{_table(ep, fmt, "endpoint")}')
+
+
 def render_html(df: pd.DataFrame, info: dict, png: bytes, max_rows: int = MAX_ROWS, extra: str = "") -> tuple[str, dict]:
     """The report page as a string, and the summary it shows (`extra`: sections of their own, e.g. a sweep's)."""
     direction = info.get("direction", "min")
@@ -525,6 +539,7 @@ running best; red crosses: failed runs. Points beyond the vertical range are dra
 <h2 id="cost">Cost and proposers</h2>
 <div class="grid"><div><h3>per proposer</h3>{_table(prop, rate)}</div>
 <div><h3>per model</h3>{_table(models, rate)}</div></div>
+{_endpoints_html(df, info)}
 <h2 id="gpus">GPUs</h2>
 {_table(gpus, gfmt) if len(gpus) else '<p class="muted">No runs yet.</p>'}
 <h2 id="throughput">Throughput (per {e(freq)})</h2>

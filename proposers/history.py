@@ -30,7 +30,7 @@ MAX_NEAR = 6  # near-misses offered to the prompt
 MAX_NEAR_LINES = 8  # changed lines shown per near-miss
 
 # outcome of a candidate, best first (the summary lists them in this order)
-OUTCOMES = ("kept", "near miss", "pending", "worse", "failed", "unusable")
+OUTCOMES = ("kept", "near miss", "pending", "worse", "failed", "refused")
 _ASSIGN = re.compile(r"^\s*(?:self\.)?([A-Za-z_][\w.]*)\s*(?::\s*[^=]+)?=(?!=)\s*(.*?)\s*(?:#.*)?$")
 _ARG = re.compile(r"add_argument\(\s*['\"]--([\w-]+)['\"].*?default\s*=\s*([^,)]+)")
 
@@ -130,12 +130,14 @@ class Memory:
                 del self.items[key]
 
     def _new(self, a: Attempt) -> None:
+        if a.status == "duplicate" or (a.decision == "skip" and not a.diff):
+            return  # a repeat of a candidate already here, or an answer that never became an edit
         knobs, values = touched(a.diff)
         self._seq += 1
         t = Tried(a.experiment_id, a.description, a.diff, knobs, values, "pending", seq=self._seq,
                   gain=a.gain, threshold=a.threshold)
-        if a.decision == "skip":
-            t.outcome, t.detail = "unusable", a.status
+        if a.decision == "skip":  # refused before it ran (integrity: it only touched seeds or the evaluation)
+            t.outcome, t.detail = "refused", a.status
         elif a.status != "ok":
             t.outcome, t.detail = "failed", a.status
         elif a.decision == "keep":
@@ -148,8 +150,6 @@ class Memory:
             t.outcome, t.detail = "near miss", "close call at the screen"
         else:
             t.outcome, t.detail = "worse", "no better than the best" if (a.gain or 0) <= 0 else "not enough better"
-        if not knobs and t.outcome == "unusable":
-            return  # an answer that never became an edit: nothing to group by
         self.items[a.experiment_id] = t
 
     def _follow_up(self, t: Tried, a: Attempt) -> None:

@@ -72,7 +72,9 @@ def test_the_summary_groups_by_knob_and_follow_ups_turn_screens_into_near_misses
             row(2, "A", 2, "screened", gain=0.03, threshold=0.02),
             row(3, "B", 5, "discard", gain=0.015, threshold=0.02),  # a close call at the screen
             row(4, "C", 7, "discard", status="crash"),
-            row(5, "D", 9, "keep", gain=0.05, threshold=0.02)]
+            row(5, "D", 9, "keep", gain=0.05, threshold=0.02),
+            row(8, "A", 1, "skip", status="duplicate"),  # a repeat of e00001: not a candidate of its own
+            Attempt("e00009", "", "invalid_edit", "skip", None, proposer="llm-0")]  # never became an edit
     m.ingest(rows)
     m.ingest(rows[3:] + [follow(6, "e00002", "confirming"), follow(7, "e00002", "reject", 0.004, 0.012)])
     assert m.total() == 5  # a row shown twice counts once; baselines and follow-ups are no candidates

@@ -13,8 +13,13 @@ The scripted model reads its prompt as a model would, no more:
 - with nothing left to try, it repeats a favourite.
 
 Reported per mode (sums over seeds): proposals, exact duplicates (the driver's `duplicate`: identical code),
-repeated ideas (a knob value proposed before in the run, duplicate or not), kept, kept per proposal, real wins
-(keeps whose true metric improved), true gain, combine requests and their keeps.
+repeated ideas (the same set of knob values proposed before in the run, duplicate or not), unusable answers,
+trained, kept (proposals whose candidate was accepted), keeps (every accepted change, the policy's own merges of
+near-misses included), real wins (keeps whose true metric improved), true gain, combine requests and how many
+were kept, prompt tokens.
+
+The code under test is whatever the bench's folder holds: run it from a quiet checkout (or a `git archive` of one),
+since `ar-ray run` imports ar_ray, proposers and trainers from there.
 
     python bench/llm_prompt_ab.py --seeds 2 --experiments 40            # scripted model, ~minutes
     python bench/llm_prompt_ab.py --base-url http://127.0.0.1:8080/v1 --model smollm2 --experiments 10
@@ -152,7 +157,8 @@ def score(run_dir: Path) -> dict:
         prev = t
     return {"proposals": len(props), "duplicates": int((props["status"] == "duplicate").sum()),
             "repeated": repeated, "unusable": int(props["status"].isin(["invalid_edit", "proposer_error"]).sum()),
-            "trained": int((props["decision"] != "skip").sum()), "kept": len(kept), "real": int(real),
+            "trained": int((props["decision"] != "skip").sum()), "kept": len(kept),
+            "keeps": int((df["decision"] == "keep").sum()), "real": int(real),
             "gain": start - prev, "combines": len(combos),
             "combines_kept": int(combos["experiment_id"].isin(keep_groups).sum()),
             "tokens": int(props["prompt_tokens"].fillna(0).sum())}
@@ -192,16 +198,17 @@ def main(argv=None) -> None:
     print(f"\n{model}; bench/standin (noise {args.noise}), confirm mode, {args.seeds} seeds x "
           f"--max-experiments {args.experiments}, {args.trainers} trainers, combine_rate {args.combine_rate}; "
           "sums over seeds\n")
-    cols = ["proposals", "duplicates", "repeated", "unusable", "trained", "kept", "real", "gain", "combines",
+    cols = ["proposals", "duplicates", "repeated", "unusable", "trained", "kept", "keeps", "real", "gain", "combines",
             "combines_kept", "tokens"]
-    print("| prompt memory | " + " | ".join(cols) + " | duplicate rate | repeated-idea rate | kept per proposal |")
+    print("| prompt memory | " + " | ".join(cols) + " | duplicate rate | repeated-idea rate | kept per proposal "
+          "| keeps per proposal |")
     print("|" + "---|" * (len(cols) + 4))
     for mode, rs in results.items():
         tot = {c: sum(r[c] for r in rs) for c in cols}
         n = tot["proposals"] or 1
         cells = [f"{tot[c]:.4f}" if c == "gain" else str(tot[c]) for c in cols]
         print(f"| {mode} | " + " | ".join(cells) + f" | {tot['duplicates'] / n:.1%} | {tot['repeated'] / n:.1%} "
-              f"| {tot['kept'] / n:.3f} |")
+              f"| {tot['kept'] / n:.3f} | {tot['keeps'] / n:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -75,8 +75,26 @@ def _fractions(flag: str, text: str) -> tuple[float, ...]:
 @click.option("--api-key-env", default=None, help="Environment variable holding the API key (default: OPENAI_API_KEY for OpenAI itself; none for "
                    "another --base-url).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Run config TOML: LLM endpoints with weights, sampling, prices, rate limits.")
-@click.option("--max-cost", type=float, default=None, help="Stop asking for proposals once proposer spend reaches this (USD; default: no limit).")
+              help="Run config TOML: LLM endpoints with weights, sampling, prices, rate limits; GPU prices ([prices]).")
+@click.option("--max-cost", type=float, default=None,
+              help="Spend limit in USD of what --cost-counts names (default: no limit). LLM spend only: no new proposal "
+                   "is asked for once reached (what is queued runs); with GPU spend: no new candidate starts either.")
+@click.option("--cost-counts", default="llm", show_default=True,
+              help="What --max-cost counts: llm, gpu or gpu,llm (GPU spend is priced by --gpu-price).")
+@click.option("--max-gpu-hours", type=float, default=None,
+              help="Start no new candidate once the runs used this many GPU-hours (a trainer's GPUs x run time).")
+@click.option("--gpu-price", multiple=True, metavar="MODEL=USD/h",
+              help="USD per GPU-hour of a GPU model, e.g. H100=2.49 (repeatable; '*=2' for any other model). "
+                   "Default: a built-in table of estimates.")
+@click.option("--cpu-price", type=float, default=None, help="USD per CPU core-hour for trainers without a GPU "
+              "(default: an estimate of 0.04).")
+@click.option("--notify", multiple=True, metavar="URL",
+              help="Webhook for alerts (Slack, Discord or any URL taking JSON; env:NAME reads it from a variable): "
+                   "new best, failure streaks, spend at 50, 80 and 100 percent of a budget, the run's end. Repeatable.")
+@click.option("--notify-interval", default="60s", show_default=True,
+              help="At most one alert of a kind per webhook per this long; more are folded into the next.")
+@click.option("--notify-failures", type=int, default=10, show_default=True,
+              help="Failed runs in a row that raise an alert.")
 @click.option("--max-unusable-in-a-row", type=int, default=20, show_default=True,
               help="Stop the run after this many proposals in a row that could not be used (invalid edits, proposer "
                    "errors; duplicates not counted), saying why the last one failed.")
@@ -136,7 +154,8 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
         trainers, gpus_per_trainer, cpus_per_trainer,
         queue_depth, max_experiments, time_limit, budget, budget_tokens, timeout, run_command, metric, metric_pattern, direction,
         acceptance, baseline_repeats, confirm_runs, max_confirm_runs, k, k_confirm, sanity_gain, seed, keep_files, sandbox,
-        max_processes, disk_quota_gb, max_memory_gb, ladder, promote_fraction, rescreen, prune, prune_at, prune_margin):
+        max_processes, disk_quota_gb, max_memory_gb, ladder, promote_fraction, rescreen, prune, prune_at, prune_margin,
+        cost_counts, max_gpu_hours, gpu_price, cpu_price, notify, notify_interval, notify_failures):
     """Run the research loop: propose, train, keep what improves."""
     from ar_ray.cli.progress import Progress
     from ar_ray.engine.run import execute
@@ -148,15 +167,22 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
     stored = _stored_run(resume_dir) if resume_dir else {}
     target = target or stored.get("target")
     options = {}
+    from ar_ray.lab import spend
+    try:
+        counts = spend.parse_counts(cost_counts)
+        gpu_prices, cpu_default = spend.read_prices(config_file) if config_file else ({}, None)
+        gpu_prices.update(spend.parse_gpu_price(t) for t in gpu_price)  # the flags win over the config
+    except spend.SpendError as e:
+        raise click.UsageError(str(e)) from None
     if proposer == "llm":
         from proposers.llm_config import LLMConfigError, build_options
         try:
             options = build_options(model=model, base_url=base_url, api_key_env=api_key_env, config_file=config_file,
-                                    max_cost=max_cost)
+                                    max_cost=max_cost if "llm" in counts else None)
         except LLMConfigError as e:
             raise click.ClickException(str(e)) from None
-    elif model or base_url or api_key_env or config_file:
-        raise click.UsageError("--model, --base-url, --api-key-env and --config are for --proposer llm")
+    elif model or base_url or api_key_env:
+        raise click.UsageError("--model, --base-url and --api-key-env are for --proposer llm")
     limits = {k: v for k, v in {"max_processes": max_processes, "disk_quota_gb": disk_quota_gb,
                                  "max_memory_gb": max_memory_gb}.items() if v is not None}
     overrides = {"command": run_command, "metric": metric, "metric_pattern": metric_pattern, "direction": direction,
@@ -171,7 +197,10 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
                        baseline_repeats=baseline_repeats, confirm_runs=confirm_runs, max_confirm_runs=max_confirm_runs, k=k, k_confirm=k_confirm, sanity_gain=sanity_gain,
                        sandbox=sandbox, sandbox_limits=limits, ladder=ladder, promote_fraction=promote_fraction,
                        rescreen=rescreen, prune=prune, prune_at=_fractions("--prune-at", prune_at),
-                       prune_margin=prune_margin)
+                       prune_margin=prune_margin, cost_counts=counts, max_gpu_hours=max_gpu_hours,
+                       gpu_prices=gpu_prices, cpu_price=cpu_price if cpu_price is not None else cpu_default,
+                       notify=tuple(notify), notify_interval=parse_duration(notify_interval),
+                       notify_failures=notify_failures)
     console = Console()
     if stored.get("config"):
         ctx = click.get_current_context()
@@ -223,6 +252,14 @@ def print_summary(console: Console, s: dict) -> None:
     if s.get("cost_usd"):
         per = f", ${s['cost_per_kept']:.4f} per kept improvement" if s.get("cost_per_kept") else ""
         console.print(f"proposer spend: ${s['cost_usd']:.4f}{per}")
+    if s.get("total_cost_usd") is not None:
+        from ar_ray.lab.spend import describe
+        console.print(describe(s, s["metric"]) + " (GPU prices: --gpu-price, or estimates)", soft_wrap=True)
+    if s.get("stopped_because"):
+        console.print(f"stopped: {s['stopped_because']}", soft_wrap=True)
+    for w in s.get("alerts") or []:
+        console.print(f"alerts to {w['url']}: {w['sent']} sent, {w['failed']} not delivered"
+                      + (f" (last error: {w['last_error']})" if w["last_error"] else ""), soft_wrap=True)
     if s["by_status"]:
         console.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items())))
 

@@ -44,7 +44,17 @@ def snapshot(driver, state: str = "running") -> dict:
             "kept": c.kept, "failed": c.failed, "pruned": c.pruned, "skipped": c.skipped, "infra": c.infra,
             "by_status": dict(c.by_status), "queued": len(driver.queue), "followups": len(driver.followups), "proposing": len(driver.proposing),
             "trainers": len(driver.trainers), "running": sorted(running, key=lambda r: r["trainer"]),
-            "throughput_per_hour": 3600 * (c.runs - len(driver.running)) / elapsed if elapsed > 0 else 0.0}
+            "throughput_per_hour": 3600 * (c.runs - len(driver.running)) / elapsed if elapsed > 0 else 0.0,
+            "spend": _spend(driver), "alerts": driver.alerts.state() if getattr(driver, "alerts", None) else None}
+
+
+def _spend(driver) -> dict | None:
+    """GPU + LLM spend, what it bought, and how much of each budget is used (ar_ray/lab/spend.py)."""
+    meter = getattr(driver, "meter", None)
+    if meter is None:
+        return None
+    return {**meter.figures(driver.count.cost_usd, driver.count.kept, driver.best.metric),
+            "budget_used": driver.budget_used(), "budget": meter.budget.describe()}
 
 
 def write_status(run_dir: Path, snap: dict) -> None:
@@ -77,6 +87,14 @@ def render(snap: dict) -> Group:
         f"   elapsed {fmt_seconds(snap['elapsed'])}  eta {fmt_seconds(snap['eta'])}",
     )
     parts = [head]
+    if snap.get("spend"):
+        from ar_ray.lab.spend import describe
+        sp = snap["spend"]
+        used = ", ".join(f"{v:.0%} of {k.replace('_', ' ')} budget" for k, v in sp["budget_used"].items())
+        parts.append(Text(describe(sp, snap["metric"]) + (f"; {used} ({sp['budget']})" if used else ""), style="dim"))
+    for w in snap.get("alerts") or []:
+        parts.append(Text(f"alerts to {w['url']}: {w['sent']} sent" + (f", {w['failed']} NOT delivered (last error: "
+                          f"{w['last_error']})" if w["failed"] else ""), style="yellow" if w["failed"] else "dim"))
     for i, r in enumerate(snap.get("rungs") or []):  # a promotion ladder: the best and the noise at each rung
         parts.append(Text(f"  rung {i} ({r['scale']}): best {fmt_metric(r['best_mean'])} over {r['best_runs']} runs, "
                           f"noise {fmt_metric(r['noise'])}", style="dim"))

@@ -287,6 +287,17 @@ def _usd(v) -> str:
     return "-" if v is None or pd.isna(v) else f"${float(v):,.4f}"
 
 
+def _spend_text(s: dict) -> str:
+    """Total spend (GPU + LLM) and what it bought (ar_ray/lab/spend.py)."""
+    from ar_ray.lab.spend import describe
+    if s.get("total_cost_usd") is None:
+        return "-"
+    note = " GPU time priced by --gpu-price or the built-in estimates."
+    if s.get("unpriced_runs"):
+        note += f" {s['unpriced_runs']} runs carry no GPU price (a ledger written before it was recorded)."
+    return describe(s, s.get("metric", "metric")) + "." + note
+
+
 def _summary_html(s: dict) -> str:
     fails = ", ".join(f"{k} {v}" for k, v in sorted(s["failures"].items())) or "none"
     rows = [
@@ -301,6 +312,7 @@ def _summary_html(s: dict) -> str:
         ("failures by status", fails),
         ("proposer cost", f"{_usd(s['cost_usd'])}; per kept improvement {_usd(s['cost_per_kept'])}; "
                           f"tokens {s['prompt_tokens']:,} prompt + {s['completion_tokens']:,} completion"),
+        ("spend", _spend_text(s)),
         ("elapsed", f"{_duration(s['elapsed_seconds'])} ({_time(s['started'])} to {_time(s['ended'])} UTC); "
                     f"{_duration(s['run_seconds'])} of training (all trainers); "
                     + (f"{s['experiments_per_hour']:.1f} experiments/hour" if s["experiments_per_hour"] else "")),
@@ -502,6 +514,8 @@ def render_html(df: pd.DataFrame, info: dict, png: bytes, max_rows: int = MAX_RO
     direction = info.get("direction", "min")
     metric = info.get("metric", "metric")
     s = A.summary(df, info)
+    from ar_ray.lab.spend import from_ledger
+    s.update(from_ledger(df, direction, s["improvement"]))
     lin = A.lineage(df, direction)
     elapsed = s["elapsed_seconds"] or 0.0
     freq = _bucket(elapsed)

@@ -16,8 +16,10 @@ FLAGS = {
     "proposer": ("proposer", "model", "base_url", "api_key_env", "config_file"),
     "proposer_options": ("proposer", "model", "base_url", "api_key_env", "config_file"),
     "max_skipped_in_a_row": ("max_unusable_in_a_row",),
+    "gpu_prices": ("gpu_price", "config_file"),
 }
-NOT_RESUMED = ("target", "run_dir", "resume", "address")  # where the run is, and the cluster it runs on now
+NOT_RESUMED = ("target", "run_dir", "resume", "address",  # where the run is, and the cluster it runs on now
+               "notify")  # webhook URLs hold their secret: run.json keeps them redacted, a resume gives them again
 
 
 def default_target() -> Path:
@@ -50,7 +52,14 @@ class RunConfig:
     k: float = 1.0
     k_confirm: float = 2.0
     sanity_gain: float | None = None
-    max_cost: float | None = None  # USD of proposer spend; stop asking for proposals once reached
+    max_cost: float | None = None  # USD of what cost_counts names; LLM only: stop asking; with GPU: start nothing new
+    cost_counts: tuple[str, ...] = ("llm",)  # what --max-cost counts: gpu, llm or both (ar_ray/lab/spend.py)
+    max_gpu_hours: float | None = None  # GPU-hours of the runs (a trainer's GPUs x its runs' wall time)
+    gpu_prices: dict = field(default_factory=dict)  # GPU model -> USD per GPU-hour (--gpu-price, [prices.gpu])
+    cpu_price: float | None = None  # USD per CPU core-hour for CPU trainers (None: the estimate)
+    notify: tuple[str, ...] = ()  # webhook URLs (or env:NAME) for alerts (ar_ray/lab/notify.py)
+    notify_interval: float = 60.0  # seconds between two alerts of one kind to one webhook
+    notify_failures: int = 10  # failed runs in a row that raise an alert
     max_skipped_in_a_row: int = 20  # --max-unusable-in-a-row: unusable proposals in a row (not duplicates) stop the run
     target_overrides: dict = field(default_factory=dict)
     ladder: str | None = None  # promotion ladder rungs, cheapest first (ar_ray/search/ladder.py), e.g. "60,300"
@@ -86,6 +95,10 @@ class RunConfig:
             raise ConfigError(f"--max-unusable-in-a-row must be at least 1, got {self.max_skipped_in_a_row}")
         if self.max_cost is not None and self.max_cost <= 0:
             raise ConfigError(f"--max-cost must be positive, got {self.max_cost}")
+        self.spend_meter()  # checks the prices and the budget
+        self.notify_urls()  # checks the webhook URLs
+        if self.notify_interval < 0 or self.notify_failures < 1:
+            raise ConfigError("--notify-interval must not be negative and --notify-failures must be at least 1")
         if self.acceptance not in ("confirm", "greedy"):
             raise ConfigError(f"--acceptance must be 'confirm' or 'greedy', got {self.acceptance!r}")
         if self.acceptance == "confirm" and self.baseline_repeats < 2:
@@ -149,8 +162,33 @@ class RunConfig:
         except SandboxError as e:
             raise ConfigError(str(e)) from None
 
+    def spend_meter(self, gpus: float = 0.0, cpus: float = 1.0, direction: str = "min"):
+        """The spend meter of this run (ar_ray/lab/spend.py): prices, and the budget that stops it."""
+        from ar_ray.lab import spend
+        try:
+            counts = spend.parse_counts(self.cost_counts)
+        except spend.SpendError as e:
+            raise ConfigError(str(e)) from None
+        if self.max_gpu_hours is not None and self.max_gpu_hours <= 0:
+            raise ConfigError(f"--max-gpu-hours must be positive, got {self.max_gpu_hours}")
+        bad = [f"{k}={v}" for k, v in self.gpu_prices.items() if not isinstance(v, (int, float)) or v < 0]
+        if bad or (self.cpu_price is not None and self.cpu_price < 0):
+            raise ConfigError(f"prices must be USD per hour, not negative: {', '.join(bad) or self.cpu_price}")
+        return spend.Meter(spend.Prices(dict(self.gpu_prices), self.cpu_price),
+                           spend.Budget(self.max_cost, counts, self.max_gpu_hours), gpus, cpus, direction)
+
+    def notify_urls(self) -> list[str]:
+        from ar_ray.lab import notify
+        try:
+            return [notify.resolve(u) for u in self.notify]
+        except notify.NotifyError as e:
+            raise ConfigError(str(e)) from None
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        from ar_ray.lab.notify import redact
+        out = dataclasses.asdict(self)
+        out["notify"] = [redact(u) for u in self.notify]  # a webhook URL is a secret
+        return json.dumps(out, indent=2, sort_keys=True)
 
     def resumed(self, stored: dict, given: set[str]) -> "RunConfig":
         """This config for a resumed run: the flags `given` now win, the rest is as `stored` (run.json's config)."""

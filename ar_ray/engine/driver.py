@@ -93,7 +93,7 @@ class Driver:
                  *, queue_depth: int, max_experiments: int | None = None, time_limit: float | None = None,
                  seed: int = 0, budget_seconds: float | None = None, max_skipped_in_a_row: int = 20,
                  max_cost: float | None = None, scales: tuple[Scale, ...] = (), prune: pruning.PruneRule | None = None,
-                 on_event=None, proposer_kind: str = ""):
+                 on_event=None, proposer_kind: str = "", meter=None):
         self.target, self.ledger, self.run_id, self.policy = target, ledger, run_id, policy
         self.journal = Journal(ledger.dir.parent)
         self.trainers, self.proposers = trainers, proposers
@@ -105,6 +105,10 @@ class Driver:
         self.gpu_models: dict[int, str] = {}  # trainer index -> its GPU model, from its results
         self.prune, self.references = prune, pruning.References()  # the best's training curves, per scale
         self.max_skipped_in_a_row, self.max_cost = max_skipped_in_a_row, max_cost
+        self.meter = meter  # ar_ray.lab.spend.Meter: GPU spend per row, the --max-cost / --max-gpu-hours budget
+        self.alerts = None  # ar_ray.lab.notify.Alerts when --notify is given (status shows its webhooks)
+        self.resumed = False
+        self.landing: list[tuple[str, float]] = []  # (GPU model, seconds) of runs landed, not yet charged
         self.on_event = on_event or (lambda kind, driver, row: None)
         self.started_at = time.time()
         self.count = Counters()
@@ -151,8 +155,12 @@ class Driver:
                     self.free.append(flight.trainer)
                     self.just_freed += 1
                     self._reference_curve(flight, out)  # before the next dispatch: it may be pruned against it
+            # the budget counts these before they are charged (below), as it counted them while they ran
+            self.landing = [(out.gpu_model, out.ended_at - out.started_at) for out, _ in landed
+                            if isinstance(out, Result)]
             self._fill_trainers()  # freed trainers start on queued work before any bookkeeping
             try:
+                self.landing = []
                 for out, flight in landed:
                     self._landed(out, flight)
                 for ref in ready:
@@ -240,11 +248,41 @@ class Driver:
 
     def _may_start_new(self) -> bool:
         """A new candidate may start (follow-ups of started ones always may, until time is out)."""
-        return not self._out_of_time() and (self.max_experiments is None or self.count.ran < self.max_experiments)
+        return (not self._out_of_time() and (self.max_experiments is None or self.count.ran < self.max_experiments)
+                and self._spent("start") is None)
 
     def _may_ask(self) -> bool:
         """New proposals may be asked for (after --max-cost, what is queued still runs)."""
-        return self._may_start_new() and (self.max_cost is None or self.count.cost_usd < self.max_cost)
+        return (self._may_start_new() and (self.max_cost is None or self.count.cost_usd < self.max_cost)
+                and self._spent("ask") is None)
+
+    def _spent(self, what: str) -> str | None:
+        """Why the budget allows no more ("start": new candidates; "ask": proposals), runs in flight counted."""
+        return None if self.meter is None else self.meter.stop(what, self.count.cost_usd, self._running_spend())
+
+    def _running_spend(self) -> list[tuple[str | None, float]]:
+        now = time.time()
+        return [(self.gpu_models.get(f.trainer), now - f.dispatched_at) for f in self.running.values()] + self.landing
+
+    def budget_used(self) -> dict[str, float]:
+        """Fractions of the spend budgets used so far ({'cost': .., 'gpu_hours': ..}; those that are set)."""
+        return {} if self.meter is None else self.meter.fractions(self.count.cost_usd, self._running_spend())
+
+    def why_stopped(self) -> str:
+        """Why the loop ended (or is ending), in words."""
+        if self.aborting is not None:
+            return str(self.aborting)
+        if self.stopping:
+            return "stopped by Ctrl-C or SIGTERM"
+        if self.deadline is not None and time.time() >= self.deadline:
+            return "--time-limit reached"
+        if self.max_experiments is not None and self.count.ran >= self.max_experiments:
+            return f"--max-experiments {self.max_experiments} reached"
+        if spent := self._spent("ask"):
+            return spent
+        if self.max_cost is not None and self.count.cost_usd >= self.max_cost:
+            return f"--max-cost ${self.max_cost:g} of proposer spend reached"
+        return "no more work"
 
     def _more_to_dispatch(self) -> bool:
         if self._out_of_time():
@@ -449,9 +487,11 @@ class Driver:
         self._record(row)
 
     def _row(self, flight: Flight, r: Result, verdict: Verdict) -> dict:
+        gpu_usd = None if self.meter is None else self.meter.charge(r.gpu_model, r.started_at, r.ended_at,
+                                                                      r.child_seconds)
         row = rows.result_row(self.run_id, flight.job.parent_id, flight.job.proposal, flight.candidate, r,
                               verdict.decision, self.best.version, self.best.metric, flight.dispatched_at,
-                              self.budget or self.target.budget_seconds)
+                              self.budget or self.target.budget_seconds, gpu_cost_usd=gpu_usd)
         return rows.with_policy(row, flight.job.role, flight.job.group or flight.candidate.experiment_id,
                                 verdict.numbers)
 
@@ -489,6 +529,8 @@ class Driver:
 
     def _record(self, row: dict) -> None:
         self.unwritten.append(row)
+        if self.meter is not None:
+            self.meter.observe(row)
         self.history.append(Attempt(row["experiment_id"], row["description"] or "", row["status"], row["decision"],
                                     row.get("metric"), row.get("diff") or "", row.get("error") or "",
                                     row.get("proposer") or "", row.get("group_id") or "", row.get("cost_usd") or 0.0,

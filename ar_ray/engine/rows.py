@@ -33,8 +33,9 @@ def proposal_row(run_id: str, experiment_id: str, parent_id: str | None, p: Prop
 
 
 def result_row(run_id: str, parent_id: str | None, p: Proposal, c: Candidate, r: Result, decision: str,
-               best_version: int, best_metric: float | None, dispatched_at: float, budget: float | None) -> dict:
-    """A row for an attempt that ran on a trainer."""
+               best_version: int, best_metric: float | None, dispatched_at: float, budget: float | None,
+               gpu_cost_usd: float | None = None) -> dict:
+    """A row for an attempt that ran on a trainer (`gpu_cost_usd`: what its trainer time cost, ar_ray/lab/spend.py)."""
     row = proposal_row(run_id, c.experiment_id, parent_id, p, best_version, best_metric, r.status, r.error_tail)
     extra = {k: v for k, v in r.metrics.items() if k not in METRIC_COLUMNS}
     row.update({
@@ -47,7 +48,7 @@ def result_row(run_id: str, parent_id: str | None, p: Proposal, c: Candidate, r:
         "overhead_seconds": r.overhead_seconds, "returncode": r.returncode, "log_path": r.log_path,
         # screened and confirming rows carry theirs too: a resume finishes a confirmation that was open
         "files": c.files if decision in ("keep", "baseline", "screened", "confirming") else None,
-        "curve": list(r.curve) or None,
+        "curve": list(r.curve) or None, "gpu_cost_usd": gpu_cost_usd,
         **{f"{k}_seconds": v for k, v in getattr(r, "phases", {}).items() if k in PHASES},
     })
     return row

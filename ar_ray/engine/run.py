@@ -246,10 +246,17 @@ def execute(config: RunConfig, on_event=None) -> dict:
                                                     "budget_tokens": target.budget_tokens,
                                                     "config": json.loads(config.to_json())}, indent=2))
     ledger = Ledger(run_dir, background=True)  # merges never stall the loop
+    alerts = _alerts(config)
+    if alerts is not None:
+        on_event = _both(alerts, on_event)  # alerts first: the final status shows what the last message did
     started = cluster.connect(config.address)
     trainers, proposers = [], []
     try:
-        p = cluster.plan(config, cluster.cluster_resources())
+        nodes = cluster.cluster_resources()
+        p = cluster.plan(config, nodes)
+        meter = config.spend_meter(p.gpus, p.cpus, target.direction)
+        if on_event:
+            on_event("note", None, {"text": spend_estimate(config, target, p, nodes, meter)})
         work_root = str(run_dir / "experiments")
         os.makedirs(work_root, exist_ok=True)
         trainers = cluster.start_trainers(p, target, work_root, run_id, config.keep_files, config.box())
@@ -262,27 +269,64 @@ def execute(config: RunConfig, on_event=None) -> dict:
                         max_experiments=config.max_experiments, time_limit=config.time_limit, seed=config.seed,
                         budget_seconds=config.budget_seconds, max_skipped_in_a_row=config.max_skipped_in_a_row, max_cost=config.max_cost,
                         scales=config.scales(), prune=config.prune_rule(), on_event=on_event,
-                        proposer_kind=config.proposer)
+                        proposer_kind=config.proposer, meter=meter)
+        driver.alerts = alerts
         if previous:
             restore(driver, str(run_dir))
             driver.requeue_journal()
-        state = "aborted"
+            driver.resumed = True
+            meter.restore(read_table(str(run_dir), columns=list(RESTORED_SPEND)).to_pylist())
+        state, why = "aborted", None
         try:
             interrupted = _run_until_done(driver, trainers)
             state = "interrupted" if interrupted else "finished"
+        except BaseException as e:
+            why = str(e).strip().splitlines()[0][:500] if str(e).strip() else type(e).__name__
+            raise
         finally:
-            driver.on_event("finished", driver, {"state": state})
+            driver.on_event("finished", driver, {"state": state, "why": why or driver.why_stopped()})
         out = {**summary(driver.count, driver, interrupted), "sandbox": confinement}
         ledger.wait(timeout=120)  # let the last merges land (a crash here loses nothing either)
         if config.ladder:
             out["transfer"] = write_transfer(run_dir)
         return out
     finally:
+        if alerts is not None:
+            alerts.close()  # (said at "finished"; here when the run failed before its driver existed)
         stop_trainers(trainers)  # an abort leaves runs in flight: let each reaper end its tree and clean up
         for a in trainers + proposers:
             ray.kill(a, no_restart=True)
         if started:
             ray.shutdown()
+
+
+RESTORED_SPEND = ("gpu_cost_usd", "gpu_model", "started_at", "ended_at", "run_seconds", "decision", "best_version",
+                  "best_metric")
+
+
+def _alerts(config: RunConfig):
+    """The --notify webhooks' event handler (ar_ray/lab/notify.py), or None without --notify."""
+    if not config.notify:
+        return None
+    from ar_ray.lab.notify import Alerts, Notifier
+    return Alerts(Notifier(config.notify_urls(), interval=config.notify_interval),
+                  failure_streak=config.notify_failures)
+
+
+def _both(first, second):
+    def on_event(kind, driver, row):
+        first(kind, driver, row)
+        if second:
+            second(kind, driver, row)
+    return on_event
+
+
+def spend_estimate(config: RunConfig, target, p, nodes: list[dict], meter) -> str:
+    """The start message: what an hour of the trainers costs, and when the budget is reached."""
+    from ar_ray.lab.spend import accelerator_type, estimate
+    model = next((m for n in nodes if float(n.get("GPU", 0) or 0) > 0 and (m := accelerator_type(n))), None)
+    seconds = None if target.budget_tokens else (config.budget_seconds or target.budget_for(int(p.gpus > 0)))
+    return estimate(meter.prices, meter.budget, p.trainers, p.gpus, p.cpus, model if p.gpus else "cpu", seconds)
 
 
 def stop_trainers(trainers: list) -> None:
@@ -347,6 +391,9 @@ def summary(count: Counters, driver: Driver, interrupted: bool) -> dict:
         "experiments": count.ran, "kept": count.kept, "failed": count.failed, "pruned": count.pruned, "skipped": count.skipped,
         "infra": count.infra, "by_status": dict(count.by_status), "cost_usd": count.cost_usd,
         "cost_per_kept": count.cost_usd / count.kept if count.kept else None,
+        **({} if driver.meter is None else driver.meter.figures(count.cost_usd, count.kept, driver.best.metric)),
+        "stopped_because": driver.why_stopped(),
+        "alerts": driver.alerts.state() if driver.alerts is not None else None,
         "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id,
         "best_version": driver.best.version, "metric": driver.target.metric,
         "in_flight_at_stop": len(driver.running),

@@ -122,9 +122,12 @@ class WebhookState:
 class Webhook:
     """One webhook URL and its sender thread."""
 
-    def __init__(self, url: str, interval: float = INTERVAL, retries: int = RETRIES, backoff: float = BACKOFF,
-                 timeout: float = TIMEOUT, backlog: int = BACKLOG):
-        self.url, self.interval, self.retries, self.backoff, self.timeout = url, interval, retries, backoff, timeout
+    def __init__(self, url: str, interval: float = INTERVAL, retries: int | None = None, backoff: float | None = None,
+                 timeout: float | None = None, backlog: int = BACKLOG):
+        self.url, self.interval = url, interval
+        self.retries = RETRIES if retries is None else retries  # (module defaults read now: tests may lower them)
+        self.backoff = BACKOFF if backoff is None else backoff
+        self.timeout = TIMEOUT if timeout is None else timeout
         self.state = WebhookState(redact(url))
         self._outbox: collections.deque[Message] = collections.deque()
         self._backlog = backlog

@@ -56,11 +56,11 @@ class Prices:
     def gpu_price(self, model: str | None) -> Price:
         name = _key(model or "")
         for table, source in ((self.gpu, "set"), (ESTIMATED_GPU_PRICES, "estimate")):
-            hits = [k for k in table if _key(k) and _key(k) in name]
+            hits = [k for k in table if k != "*" and _key(k) and _key(k) in name]
             if hits:
                 return Price(table[max(hits, key=lambda k: len(_key(k)))], "GPU", source)
-        if "*" in self.gpu:
-            return Price(self.gpu["*"], "GPU", "set")
+            if "*" in table:  # the user's price for every model they did not name, before any estimate
+                return Price(table["*"], "GPU", source)
         return Price(ESTIMATED_UNKNOWN_GPU, "GPU", "unknown model: estimate")
 
     def cpu_price(self) -> Price:
@@ -246,14 +246,15 @@ def describe(f: dict, metric: str = "metric") -> str:
     return text
 
 
-def from_ledger(df, direction: str = "min") -> dict:
-    """The spend figures of a finished run from its ledger (pandas DataFrame of `ar_ray.ledger.store.load`)."""
+def from_ledger(df, direction: str = "min", gain: float | None = None) -> dict:
+    """The spend figures of a run from its ledger (pandas DataFrame of `ar_ray.ledger.store.load`); `gain`: the
+    metric gained, when the caller measured it (else: the baseline's best_metric against the last one)."""
     import pandas as pd
     gpu = float(pd.to_numeric(df["gpu_cost_usd"], errors="coerce").fillna(0).sum()) if "gpu_cost_usd" in df else 0.0
     llm = float(pd.to_numeric(df["cost_usd"], errors="coerce").fillna(0).sum()) if "cost_usd" in df else 0.0
     kept = int((df["decision"] == "keep").sum()) if len(df) else 0
     gain = None
-    if len(df):
+    if len(df) and gain is None:
         base = df[(df["best_version"] == 0) & df["best_metric"].notna()]["best_metric"]
         last = df[df["best_metric"].notna()]["best_metric"]
         if len(base) and len(last):

@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 3  # 2: the column `curve`; 3: the time breakdown (startup/train/eval/teardown_seconds).
+SCHEMA_VERSION = 4  # 2: the column `curve`; 3: the time breakdown (startup/train/eval/teardown_seconds); 4: gpu_cost_usd.
 # Parts of an older version are upgraded (the new columns null) when a writer opens the ledger; readers read them as they are
 RUN_FILE = "run.json"  # beside ledger/: the run's id, target, metric and configuration
 FANOUT = 64  # parts of one level merged into one of the next
@@ -96,6 +96,7 @@ SCHEMA = pa.schema([
     ("train_seconds", pa.float64()),  # first progress line -> highest progress (no progress lines: start -> metric line)
     ("eval_seconds", pa.float64()),  # training done -> the metric line (null: no progress lines, or no metric)
     ("teardown_seconds", pa.float64()),  # the metric line -> the child exited (null: no metric line)
+    ("gpu_cost_usd", pa.float64()),  # what the run's trainer time cost (ar_ray/lab/spend.py; null: a ledger before v4)
 ], metadata={"ar_ray_schema_version": str(SCHEMA_VERSION)})
 
 _TIMESTAMPS = {f.name for f in SCHEMA if f.type == _ts}

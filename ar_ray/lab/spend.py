@@ -294,7 +294,7 @@ def estimate(prices: Prices, budget: Budget, trainers: int, gpus: float, cpus: f
     if b.max_cost is not None:
         if "gpu" in b.counts and per_run:
             text += (f"; --max-cost ${b.max_cost:g} reached after ~{math.floor(b.max_cost / per_run):,} runs "
-                     f"(~{b.max_cost / hourly:.1f} h at full use)" + (" plus the LLM's spend" if "llm" in b.counts else ""))
+                     f"(~{b.max_cost / hourly:.1f} h at full use" + ("; LLM spend makes it sooner)" if "llm" in b.counts else ")"))
         elif "gpu" not in b.counts:
             text += f"; --max-cost ${b.max_cost:g} counts LLM spend only (--cost-counts gpu,llm counts both)"
     if b.max_gpu_hours is not None and gpus > 0:

@@ -169,6 +169,21 @@ def test_messages_of_one_kind_are_coalesced_within_the_interval(hook):
     assert hook.got[3]["body"]["ar_ray"]["count"] == 4
 
 
+def test_a_confirmed_best_is_announced_with_its_gain_against_the_bar(hook):
+    """The keep row of confirm mode carries the gain and the bar (threshold) it cleared; the message says both."""
+    from types import SimpleNamespace
+    driver = SimpleNamespace(run_id="r1", target=SimpleNamespace(metric="val_bpb"))
+    alerts = Alerts(Notifier([hook.url], interval=0))
+    row = {"experiment_id": "e00041", "group_id": "e00012", "decision": "keep", "status": "ok", "best_version": 3,
+           "best_metric": 0.9812, "gain": 0.0123, "threshold": 0.0047, "noise": 0.0021, "group_n": 2,
+           "description": "raise the learning rate to 0.04"}
+    alerts("row", driver, row)
+    alerts.close()
+    [text] = hook.texts()
+    assert text == ("ar-ray r1: new best val_bpb 0.9812 (version 3, e00012: raise the learning rate to 0.04); "
+                    "gain 0.0123, 2.6x the bar of 0.0047 it had to clear (noise 0.0021, 2 runs)")
+
+
 # ---- the alerts a run sends, through ar-ray run on a real local Ray ----
 
 SCRIPT = "toys:ScriptedProposer"

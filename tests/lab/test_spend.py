@@ -158,3 +158,10 @@ def test_run_prices_each_row_stops_at_its_gpu_hours_and_resumes_with_its_spend(a
     assert "stopped: --max-gpu-hours 0.002 reached" in " ".join(again.output.split())
     assert len(store.load(run).query("decision != 'skip'")) == len(ran)
     assert json.loads((run / "run.json").read_text())["config"]["gpu_prices"] == {"A100": 3600.0}
+
+
+def test_the_readme_shows_the_estimate_this_code_prints():
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    shown = next(line for line in readme.splitlines() if line.startswith("spend: 8 trainers"))
+    assert shown == spend.estimate(Prices({"H100": 2.49}), Budget(50, ("gpu", "llm"), 16), 8, 1, 1, "H100", 300)

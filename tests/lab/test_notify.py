@@ -189,8 +189,39 @@ def test_a_confirmed_best_is_announced_with_its_gain_against_the_bar(hook):
 SCRIPT = "toys:ScriptedProposer"
 
 
-def test_a_run_announces_its_best_its_failures_its_budget_and_its_end(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def h100_ray():
+    """A real local Ray whose one (fake) GPU is an H100, as Ray's accelerator_type resource says."""
     import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init("local", num_cpus=2, num_gpus=1, resources={"accelerator_type:H100": 1}, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_a_run_whose_baseline_fails_says_why_it_stopped(h100_ray, tmp_path):
+    from toys import TOY_TRAIN, make_toy
+
+    from ar_ray.engine.config import RunConfig
+    from ar_ray.engine.driver import RunAborted
+    from ar_ray.engine.run import execute
+
+    up = Hook()
+    try:
+        target = make_toy(tmp_path / "target", train=TOY_TRAIN.replace('MODE = "ok"', 'MODE = "crash"'))
+        with pytest.raises(RunAborted):
+            execute(RunConfig(target=str(target), run_dir=str(tmp_path / "run"), acceptance="greedy", trainers=1,
+                              proposers=1, max_experiments=3, notify=(up.url,)))
+    finally:
+        up.close()
+    [stop] = [g["body"]["ar_ray"] for g in up.got]
+    assert stop["kind"] == "stop" and stop["state"] == "aborted"
+    assert stop["why"].startswith("the unmodified target failed (crash)")
+
+
+def test_a_run_announces_its_best_its_failures_its_budget_and_its_end(h100_ray, tmp_path, monkeypatch):
     from toys import make_toy
 
     from rich.console import Console
@@ -202,10 +233,6 @@ def test_a_run_announces_its_best_its_failures_its_budget_and_its_end(tmp_path, 
 
     monkeypatch.setattr(notify, "BACKOFF", 0.01)  # the dead webhook's retries, quickly
     up, down = Hook(), dead_url()
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init("local", num_cpus=2, num_gpus=1, resources={"accelerator_type:H100": 1}, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
     seen = {}
     try:
         target = make_toy(tmp_path / "target", "[target]\nenv = { TOY_SLEEP = '0.05' }\n")
@@ -224,7 +251,6 @@ def test_a_run_announces_its_best_its_failures_its_budget_and_its_end(tmp_path, 
 
         summary = execute(cfg, on_event=on_event)
     finally:
-        ray.shutdown()
         up.close()
     df = store.load(tmp_path / "run")
     events = [g["body"]["ar_ray"] for g in up.got]

@@ -95,6 +95,12 @@ def _fractions(flag: str, text: str) -> tuple[float, ...]:
               help="At most one alert of a kind per webhook per this long; more are folded into the next.")
 @click.option("--notify-failures", type=int, default=10, show_default=True,
               help="Failed runs in a row that raise an alert.")
+@click.option("--track", multiple=True, metavar="NAME[=WHERE]",
+              help="Log every experiment to mlflow, wandb or tensorboard (repeatable), from the driver: mlflow=URI (default "
+                   "MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db), wandb=[ENTITY/]PROJECT (default ar-ray; WANDB_MODE "
+                   "applies), tensorboard=DIR (default RUN_DIR/tensorboard). A tracker that is down lags, never the run.")
+@click.option("--track-flush", default="30s", show_default=True,
+              help="How long the trackers may catch up after the run; what is left: `ar-ray export RUN_DIR --to NAME`.")
 @click.option("--max-unusable-in-a-row", type=int, default=20, show_default=True,
               help="Stop the run after this many proposals in a row that could not be used (invalid edits, proposer "
                    "errors; duplicates not counted), saying why the last one failed.")
@@ -155,7 +161,7 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
         queue_depth, max_experiments, time_limit, budget, budget_tokens, timeout, run_command, metric, metric_pattern, direction,
         acceptance, baseline_repeats, confirm_runs, max_confirm_runs, k, k_confirm, sanity_gain, seed, keep_files, sandbox,
         max_processes, disk_quota_gb, max_memory_gb, ladder, promote_fraction, rescreen, prune, prune_at, prune_margin,
-        cost_counts, max_gpu_hours, gpu_price, cpu_price, notify, notify_interval, notify_failures):
+        cost_counts, max_gpu_hours, gpu_price, cpu_price, notify, notify_interval, notify_failures, track, track_flush):
     """Run the research loop: propose, train, keep what improves."""
     from ar_ray.cli.progress import Progress
     from ar_ray.engine.run import execute
@@ -200,7 +206,7 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
                        prune_margin=prune_margin, cost_counts=counts, max_gpu_hours=max_gpu_hours,
                        gpu_prices=gpu_prices, cpu_price=cpu_price if cpu_price is not None else cpu_default,
                        notify=tuple(notify), notify_interval=parse_duration(notify_interval),
-                       notify_failures=notify_failures)
+                       notify_failures=notify_failures, track=tuple(track), track_flush=parse_duration(track_flush))
     console = Console()
     if stored.get("config"):
         ctx = click.get_current_context()
@@ -260,6 +266,11 @@ def print_summary(console: Console, s: dict) -> None:
     for w in s.get("alerts") or []:
         console.print(f"alerts to {w['url']}: {w['sent']} sent, {w['failed']} not delivered"
                       + (f" (last error: {w['last_error']})" if w["last_error"] else ""), soft_wrap=True)
+    if s.get("trackers"):
+        from ar_ray.lab.track import describe as tracker_line
+        for t in s["trackers"]:
+            left = f"; `ar-ray export {t.get('run_dir', 'RUN_DIR')} --to {t['name']}` logs the rest" if t["behind"] else ""
+            console.print(tracker_line(t) + left, soft_wrap=True)
     if s["by_status"]:
         console.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items())))
 
@@ -324,6 +335,9 @@ def status(run_dir, watch):
         transfer = Path(run_dir) / "transfer.json"
         if transfer.exists():
             console.print(json.loads(transfer.read_text())["text"])
+        from ar_ray.lab.track import describe as tracker_line, stored_status
+        for t in stored_status(run_dir):  # how far behind each --track tracker is
+            console.print(tracker_line(t), soft_wrap=True)
         if not watch or snap["state"] != "running":
             return
         time.sleep(1)
@@ -333,6 +347,7 @@ from ar_ray.cli.readers import best, export_git_cmd, report, show  # noqa: E402 
 from ar_ray.cli.sweep_cmd import sweep  # noqa: E402
 from ar_ray.cli.check_cmd import check  # noqa: E402
 from ar_ray.cli.init_cmd import init  # noqa: E402
+from ar_ray.cli.track_cmd import export  # noqa: E402
 
 main.add_command(best)
 main.add_command(report)
@@ -341,6 +356,7 @@ main.add_command(export_git_cmd)
 main.add_command(sweep)
 main.add_command(check)
 main.add_command(init)
+main.add_command(export)
 
 
 if __name__ == "__main__":

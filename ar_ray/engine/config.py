@@ -70,6 +70,8 @@ class RunConfig:
     prune_margin: float = 0.05  # how much worse (relative training loss) before a run is stopped
     sandbox: str = "auto"  # auto | bwrap | none (trainers/sandbox.py)
     sandbox_limits: dict = field(default_factory=dict)  # Sandbox fields: max_processes, disk_quota_gb, ...
+    track: tuple[str, ...] = ()  # --track: mlflow, wandb, tensorboard, or NAME=WHERE (ar_ray/lab/track.py)
+    track_flush: float = 30.0  # seconds the trackers get at the end of a run to catch up (then export finishes)
 
     def check(self) -> "RunConfig":
         if self.proposers < 1:
@@ -115,9 +117,20 @@ class RunConfig:
             raise ConfigError(f"--promote-fraction must be in (0, 1], got {self.promote_fraction}")
         self.scales()
         self.prune_rule()
+        self.trackers()
         if not self.run_dir:
             raise ConfigError("no run dir: pass --run-dir")
         return self
+
+    def trackers(self) -> tuple:
+        """The --track specs, checked: known names, clients installed (before Ray starts)."""
+        from ar_ray.lab import track
+        if self.track_flush < 0:
+            raise ConfigError(f"--track-flush must not be negative, got {self.track_flush:g}")
+        try:
+            return track.parse(self.track)
+        except track.TrackError as e:
+            raise ConfigError(str(e)) from None
 
     def check_proposer(self) -> None:
         """The proposer kind exists (before any Ray actor is started with it)."""

@@ -249,6 +249,9 @@ def execute(config: RunConfig, on_event=None) -> dict:
     alerts = _alerts(config)
     if alerts is not None:
         on_event = _both(alerts, on_event)  # alerts first: the final status shows what the last message did
+    trackers = _trackers(config, run_dir, run_id, target.metric, on_event)  # a resume: they catch up at once
+    if trackers is not None:
+        on_event = _both(trackers, on_event)  # a queue put per row: a tracker never holds up the loop
     started = cluster.connect(config.address)
     trainers, proposers = [], []
     try:
@@ -287,6 +290,8 @@ def execute(config: RunConfig, on_event=None) -> dict:
             driver.on_event("finished", driver, {"state": state, "why": why or driver.why_stopped()})
         out = {**summary(driver.count, driver, interrupted), "sandbox": confinement}
         ledger.wait(timeout=120)  # let the last merges land (a crash here loses nothing either)
+        if trackers is not None:  # a bounded time to catch up; what is left is said (`ar-ray export` finishes it)
+            out["trackers"] = trackers.close(config.track_flush)
         if config.ladder:
             out["transfer"] = write_transfer(run_dir)
         return out
@@ -298,6 +303,8 @@ def execute(config: RunConfig, on_event=None) -> dict:
             ray.kill(a, no_restart=True)
         if started:
             ray.shutdown()
+        if trackers is not None:
+            trackers.close(config.track_flush)  # (closed above, unless the run failed)
 
 
 RESTORED_SPEND = ("gpu_cost_usd", "gpu_model", "started_at", "ended_at", "run_seconds", "decision", "best_version",
@@ -327,6 +334,16 @@ def spend_estimate(config: RunConfig, target, p, nodes: list[dict], meter) -> st
     model = next((m for n in nodes if float(n.get("GPU", 0) or 0) > 0 and (m := accelerator_type(n))), None)
     seconds = None if target.budget_tokens else (config.budget_seconds or target.budget_for(int(p.gpus > 0)))
     return estimate(meter.prices, meter.budget, p.trainers, p.gpus, p.cpus, model if p.gpus else "cpu", seconds)
+
+
+def _trackers(config: RunConfig, run_dir: Path, run_id: str, metric: str, on_event):
+    """The --track trackers (ar_ray/lab/track.py), fed the driver's rows; None without --track."""
+    specs = config.trackers()
+    if not specs:
+        return None
+    from ar_ray.lab.track import Follower
+    say = (lambda text: on_event("note", None, {"text": text})) if on_event else None
+    return Follower(run_dir, specs, run_id, metric, say=say).start()
 
 
 def stop_trainers(trainers: list) -> None:

@@ -27,6 +27,7 @@ import json
 import posixpath
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -379,3 +380,34 @@ def test_a_broken_rayjob_is_rejected_where_it_is_broken(validator, rayjob, case)
     mutate(job)
     errors = _errors(validator, job)
     assert any(e.startswith(f"{where}: ") and said in e for e in errors), errors
+
+
+# ---------------------------------------------------------------- the README shows the same commands
+
+def _commands(text: str) -> list[str]:
+    """Shell commands of a block: continuation lines joined, trailing comments and extra spaces dropped."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [" ".join(re.sub(r"\s+#\s.*$", "", ln).split()) for ln in joined.splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def readme_block(launcher: str) -> list[str]:
+    """The commands of the README's first bash block after the paragraph that starts `**{launcher}.**`."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"**{launcher}.**")
+    block = re.search(r"```bash\n(.*?)```", text[start:], re.S)
+    assert block, f"the README's {launcher} paragraph has no bash block"
+    return _commands(block.group(1))
+
+
+def header_commands(path: Path) -> set[str]:
+    header = "\n".join(re.sub(r"^#\s?", "", ln) for ln in path.read_text().splitlines() if ln.startswith("#"))
+    return set(_commands(re.sub(r"(?m)^\s+", "", header)))
+
+
+@pytest.mark.parametrize("launcher, path", [("KubeRay", MANIFEST), ("SkyPilot", REPO / "deploy" / "skypilot.yaml")])
+def test_readme_shows_the_commands_the_file_documents(launcher, path):
+    readme, header = readme_block(launcher), header_commands(path)
+    assert readme and not [c for c in readme if c not in header], [c for c in readme if c not in header]
+    out = subprocess.run(["bash", "-n"], input="\n".join(readme), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr

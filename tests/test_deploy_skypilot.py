@@ -151,14 +151,23 @@ def _namespace() -> list[str] | None:
     loopback) and a tmpfs over the temp dir keep it apart from every other Ray on this machine, and the PID
     namespace takes every process it started down with it.
     """
-    if not (shutil.which("unshare") and shutil.which("ip")):
+    if not shutil.which("unshare"):
         return None
     for prefix in (["unshare", "--pid", "--net", "--fork", "--kill-child", "--mount-proc"],
                    ["unshare", "--user", "--map-root-user", "--pid", "--net", "--fork", "--kill-child",
                     "--mount-proc"]):
-        if subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], capture_output=True, timeout=30).returncode == 0:
+        if subprocess.run([*prefix, sys.executable, "-c", LOOPBACK_UP], capture_output=True, timeout=30).returncode == 0:
             return prefix
     return None
+
+
+# `ip link set lo up` without iproute2: a new network namespace's loopback starts down
+LOOPBACK_UP = """
+import fcntl, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0))[:18])[1]  # SIOCGIFFLAGS
+fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))  # SIOCSIFFLAGS, IFF_UP
+"""
 
 
 @pytest.mark.timeout(300)
@@ -180,7 +189,7 @@ def test_run_script_runs_ar_ray_on_a_one_machine_cluster(task):
                    SKYPILOT_NUM_GPUS_PER_NODE="0", RAY_AUTH_TOKEN=uuid.uuid4().hex, AR_RAY_RUN="run-t",
                    AR_RAY_ARGS=f"--target {target} --max-experiments 2 --trainers 1 --acceptance greedy")
         os.makedirs(temp, exist_ok=True)
-        prelude = f"set -e; ip link set lo up; mount -t tmpfs tmpfs {temp}\n"
+        prelude = f"set -e; {shlex.quote(sys.executable)} -c {shlex.quote(LOOPBACK_UP)}; mount -t tmpfs tmpfs {temp}\n"
         out = subprocess.run([*prefix, "bash", "-c", prelude + task["run"]], cwd=work, env=env,
                              capture_output=True, text=True, timeout=240)
         text = out.stdout + out.stderr

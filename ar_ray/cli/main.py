@@ -260,7 +260,7 @@ def print_summary(console: Console, s: dict) -> None:
         console.print(f"proposer spend: ${s['cost_usd']:.4f}{per}")
     if s.get("total_cost_usd") is not None:
         from ar_ray.lab.spend import describe
-        console.print(describe(s, s["metric"]) + " (GPU prices: --gpu-price, or estimates)", soft_wrap=True)
+        console.print(describe(s, s["metric"]) + " (priced by --gpu-price / --cpu-price, or estimates)", soft_wrap=True)
     if s.get("stopped_because"):
         console.print(f"stopped: {s['stopped_because']}", soft_wrap=True)
     for w in s.get("alerts") or []:
@@ -275,11 +275,17 @@ def print_summary(console: Console, s: dict) -> None:
         console.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items())))
 
 
-def _load(run_dir: str):
+def _load(run_dir: str, columns: list[str] | None = None):
     try:
-        return ledger_mod.load(run_dir)
+        return ledger_mod.load(run_dir, columns)
     except ledger_mod.LedgerError as e:
         raise click.ClickException(str(e)) from None
+
+
+# what `ar-ray ledger` and `ar-ray status` read of the ledger: not its diffs (2 GB of text at 1M rows)
+LEDGER_TABLE_COLUMNS = ["experiment_id", "status", "decision", "metric", "base_version", "best_version", "proposer",
+                        "run_seconds", "description", "error"]
+ENDPOINT_COLUMNS = ["experiment_id", "group_id", "proposer", "status", "decision", "cost_usd"]
 
 
 @main.command("ledger")
@@ -288,7 +294,7 @@ def _load(run_dir: str):
 @click.option("--status", "status_filter", type=click.Choice(STATUSES), default=None, help="Only rows with this status.")
 def ledger_cmd(run_dir, limit, status_filter):
     """A table of the experiments in a run."""
-    df = _load(run_dir)
+    df = _load(run_dir, LEDGER_TABLE_COLUMNS)
     if status_filter:
         df = df[df["status"] == status_filter]
     if limit:
@@ -328,7 +334,7 @@ def status(run_dir, watch):
                       + ", ".join(f"{k} {v}" for k, v in sorted(snap["by_status"].items())))
         try:  # what each LLM endpoint's proposals earned (runs with several endpoints)
             from proposers.figures import endpoint_figures
-            for line in endpoint_figures(ledger_mod.load(run_dir)):
+            for line in endpoint_figures(ledger_mod.load(run_dir, ENDPOINT_COLUMNS)):
                 console.print(line, soft_wrap=True)
         except ledger_mod.LedgerError:
             pass

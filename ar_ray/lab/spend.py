@@ -215,7 +215,8 @@ class Meter:
     # ---- what it bought ----
 
     def figures(self, llm_usd: float, kept: int, best_metric: float | None) -> dict:
-        return figures(self.gpu_usd, llm_usd, kept, self.gain(best_metric), self.gpu_seconds / 3600)
+        return {**figures(self.gpu_usd, llm_usd, kept, self.gain(best_metric), self.gpu_seconds / 3600),
+                "compute": "GPU" if self.gpus > 0 else "CPU"}
 
     def gain(self, best_metric: float | None) -> float | None:
         if self.baseline is None or best_metric is None:
@@ -234,16 +235,24 @@ def figures(gpu_usd: float, llm_usd: float, kept: int, gain: float | None, gpu_h
 def describe(f: dict, metric: str = "metric") -> str:
     """One line: 'spend $12.40 (GPU $11.20 estimated + LLM $1.20); $6.20 per kept improvement; $1,240 per 1.0
     val_bpb gained ($12.40 per 0.01)'."""
-    text = (f"spend ${f['total_cost_usd']:,.2f} (GPU ${f['gpu_cost_usd']:,.2f} + LLM ${f['llm_cost_usd']:,.2f})")
+    text = (f"spend {usd(f['total_cost_usd'])} ({f.get('compute', 'GPU')} {usd(f['gpu_cost_usd'])} + "
+            f"LLM {usd(f['llm_cost_usd'])})")
     if f.get("gpu_hours"):
         text += f", {f['gpu_hours']:.3g} GPU-hours"
     if f.get("cost_per_kept_total") is not None:
-        text += f"; ${f['cost_per_kept_total']:,.2f} per kept improvement"
+        text += f"; {usd(f['cost_per_kept_total'])} per kept improvement"
     if f.get("cost_per_unit_gain") is not None:
         per = f["cost_per_unit_gain"]
         scale = 10 ** math.floor(math.log10(f["gain"])) if f["gain"] > 0 else 1.0
-        text += f"; ${per:,.2f} per 1 {metric} gained (${per * scale:,.2f} per {scale:g})"
+        text += f"; {usd(per)} per 1 {metric} gained ({usd(per * scale)} per {scale:g})"
     return text
+
+
+def usd(v: float) -> str:
+    """$1,234.50, $0.25, and amounts under a cent with 2 significant digits ($0.00041) rather than $0.00."""
+    if v == 0 or abs(v) >= 0.01:
+        return f"${v:,.2f}"
+    return f"${v:.{1 - math.floor(math.log10(abs(v)))}f}"
 
 
 def from_ledger(df, direction: str = "min", gain: float | None = None) -> dict:
@@ -260,7 +269,9 @@ def from_ledger(df, direction: str = "min", gain: float | None = None) -> dict:
         if len(base) and len(last):
             gain = (1.0 if direction == "min" else -1.0) * (float(base.iloc[-1]) - float(last.iloc[-1]))
     unpriced = int(df["gpu_cost_usd"].isna()[df["decision"] != "skip"].sum()) if "gpu_cost_usd" in df and len(df) else 0
-    return {**figures(gpu, llm, kept, gain), "unpriced_runs": unpriced}
+    models = set(df["gpu_model"].dropna().astype(str)) if "gpu_model" in df else set()
+    compute = "CPU" if models and models <= {"cpu"} else "GPU"
+    return {**figures(gpu, llm, kept, gain), "unpriced_runs": unpriced, "compute": compute}
 
 
 def _epoch(v) -> float:
@@ -289,7 +300,7 @@ def estimate(prices: Prices, budget: Budget, trainers: int, gpus: float, cpus: f
     per_run = None
     if run_seconds:
         per_run = run_seconds / 3600 * units * price.usd_per_hour
-        text += f"; {run_seconds:g} s budget per run: ~${per_run:.3g} a run"
+        text += f"; {run_seconds:g} s budget per run: ~{f'${per_run:.3g}' if per_run >= 0.01 else usd(per_run)} a run"
     b = budget
     if b.max_cost is not None:
         if "gpu" in b.counts and per_run:

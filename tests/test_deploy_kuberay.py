@@ -17,6 +17,7 @@ Then the rules KubeRay's operator checks itself (ray-operator/controllers/ray/ut
 this manifest can break), and what ar-ray needs: the entrypoint is `ar-ray run --address auto` with options
 `ar-ray run` accepts, GPUs on the workers, the run dir on one ReadWriteMany volume mounted by the head and
 every worker, the cluster deleted after the job, token auth, an image recipe that matches the Ray version.
+Last, the README's KubeRay and SkyPilot commands are the ones the two files' headers document, and parse.
 """
 
 from __future__ import annotations

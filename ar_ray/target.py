@@ -63,6 +63,11 @@ class Target:
     # before and after every run, read-only inside the sandbox
     data: tuple[str, ...] = ()
     network: bool = False  # may a sandboxed run open network connections?
+    # a trusted evaluation step (trainers/evaluate.py): started beside each run in a sandbox of its own, it scores
+    # what the run left and prints the metric; the run's own output then never decides. `heldout`: paths hidden
+    # from the training run (the validation split), readable to the evaluation
+    evaluate: str | None = None
+    heldout: tuple[str, ...] = ()
     readonly_hashes: dict[str, str] = field(default_factory=dict)
     # the search space declared under [knobs]: name -> ("range", lo, hi) or ("choices", (values...)); and the
     # names (or * patterns) the mutate proposer must leave alone (`off`). Read by proposers/mutate.py.
@@ -167,6 +172,8 @@ FIELDS = {
     "env_passthrough": (_is_env_names, "a list of environment variable names (the values come from the trainer's "
                         "environment)", 'env_passthrough = ["WANDB_MODE"]'),
     "data": (_is_names, "a list of paths", 'data = ["~/.cache/my-data"]'),
+    "evaluate": (_is_str, "a command line", 'evaluate = "{python} prepare.py evaluate {run_dir}"'),
+    "heldout": (_is_names, "a list of paths", 'heldout = ["~/.cache/my-data/val"]'),
 }
 
 
@@ -294,7 +301,7 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
         check, what, example = FIELDS[key]
         if not check(value):
             raise TargetError(f"{key} must be {what}, got {value!r}; write e.g. {example}")
-    for key in ("editable", "readonly", "data", "env_passthrough"):
+    for key in ("editable", "readonly", "data", "env_passthrough", "heldout"):
         if key in decl:
             decl[key] = (decl[key],) if isinstance(decl[key], str) else tuple(decl[key])
     if "env" in decl:
@@ -337,6 +344,14 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
     check_command("command", command)
     if decl.get("setup"):
         check_command("setup", decl["setup"])
+    if decl.get("evaluate"):
+        check_command("evaluate", decl["evaluate"])
+        if decl.get("result_file"):
+            raise TargetError("evaluate and result_file = true exclude each other: the metric comes from the trusted "
+                              "evaluation's output; drop result_file from the target's ar-ray.toml")
+    if decl.get("heldout") and not decl.get("evaluate"):
+        raise TargetError("heldout hides data from the runs for a trusted evaluation to read, but the target declares "
+                          "no evaluate command; add one, e.g. " + FIELDS["evaluate"][2])
     program = decl.pop("program", "program.md" if (root / "program.md").is_file() else None)
     if program and not (root / program).is_file():
         raise TargetError(f"program file {program!r} is missing from {root}")

@@ -31,6 +31,7 @@ from trainers import compile_cache, outcome, sandbox
 from trainers.sandbox import Sandbox
 from trainers import watch as watch_mod
 from trainers.watch import CurveWatch
+from trainers import evaluate as trusted_eval  # the trusted evaluation step of targets that declare `evaluate`
 
 REAPER = str(Path(__file__).with_name("reaper.py"))
 UNTRUSTED_METRIC = ("metric_mismatch", "tampered", "integrity")  # statuses whose printed metric is not believed
@@ -361,6 +362,8 @@ class Trainer:
         watch = CurveWatch(log, self.target.progress_pattern, cand.prune, on_prune=self._terminate,
                            metric_pattern=self.target.metric_pattern)
 
+        # (trainers/evaluate.py) the evaluation child starts with the run, prepares, and waits for it to end
+        trusted = trusted_eval.start(self, run_dir, env) if self.target.evaluate else None
         code, timed_out, child_seconds, broken, (c0, c1) = self._spawn(
             argv, run_dir, env, log, limits, confine=True, writable=(writable_cache,) if writable_cache else (),
             watch=watch)
@@ -379,6 +382,10 @@ class Trainer:
         status = outcome.classify(code, bool(timed_out), text, metric)
         error = ""
         data_changed = sandbox.changed(data_before, sandbox.fingerprint(self.target.data, env))
+        if trusted is not None:  # the metric is the trusted evaluation's, never a number the run printed
+            verdict = trusted.conclude(code == 0 and not timed_out and not broken and not data_changed
+                                       and not log_problem and not self._stop.is_set(), timeout, self._stop.is_set, log)
+            status, metric, error, spent["eval"] = verdict.status or status, verdict.metric, verdict.error, verdict.seconds
         if self._stop.is_set():
             status, error = "infra", "stopped by the driver"
         elif code == -signal.SIGKILL and not timed_out:  # the reaper itself, not the run: Ray is killing this trainer
@@ -409,7 +416,7 @@ class Trainer:
             elif reported is None or abs(reported - metric) > 1e-6 * max(1.0, abs(reported)):
                 status = "metric_mismatch"
                 error = f"printed {self.target.metric}={metric} but the harness's result file says {reported}"
-        elif status == "timeout":
+        elif status == "timeout" and not error:
             error = timed_out if isinstance(timed_out, str) else f"killed after the hard timeout of {timeout:.0f} s (--timeout sets it)"
         if status != "ok" and not error:
             error = outcome.error_tail(text, status=status, returncode=code, metric_pattern=self.target.metric_pattern)
@@ -419,6 +426,8 @@ class Trainer:
             error = (error + "\n" if error else "") + \
                 f"the trainer could not remove {len(stuck)} path(s) the run left: {', '.join(stuck[:3])}"
         summary = outcome.parse_summary(text)
+        if trusted is not None:
+            summary = verdict.merge(summary, self.target.metric)
         if status in UNTRUSTED_METRIC and self.target.metric in summary:
             # the number a faked or tampered run printed is kept out of the metric columns (a plain min(val_bpb) over
             # the ledger must not find it): it stays in `extra`, under printed_<metric>, and in the error
@@ -428,7 +437,7 @@ class Trainer:
             experiment_id=cand.experiment_id, status=status, metric=metric if status == "ok" else None,
             metrics=summary, returncode=code, error_tail=error, log_path=str(log),
             trainer=self.name, node=self.node, gpu_model=self.gpu_model, started_at=t0, ended_at=t1,
-            child_seconds=child_seconds, overhead_seconds=(m1 - m0) - child_seconds, budget_seconds=budget,
+            child_seconds=child_seconds, overhead_seconds=(m1 - m0) - child_seconds - ((trusted and verdict.seconds) or 0.0), budget_seconds=budget,
             curve=curve, phases=spent,
         )
 
@@ -463,7 +472,7 @@ class Trainer:
             data = [sandbox.expand(d, env) for d in self.target.data]
             argv = sandbox.bwrap_argv(argv, run_dir, self.target.readonly, (self.work_root.parent, self.work_root),
                                       self.target.network, keep=(*sandbox.python_paths(env), *filter(None, data)),
-                                      writable=writable)
+                                      writable=writable, cover=trusted_eval.heldout_paths(self.target, env))
         else:
             # Unconfined, nothing kills the tree for us if the reaper dies: and Ray SIGKILLs a worker's direct
             # children when the worker exits (Ctrl-C, ray.kill), the reaper among them, before its grace period can

@@ -63,6 +63,9 @@ class Target:
     # before and after every run, read-only inside the sandbox
     data: tuple[str, ...] = ()
     network: bool = False  # may a sandboxed run open network connections?
+    # modules of the harness a trainer may import in the next run's child while the current run trains
+    # (trainers/prestart.py); () runs every child cold
+    prestart: tuple[str, ...] = ()
     # a trusted evaluation step (trainers/evaluate.py): started beside each run in a sandbox of its own, it scores
     # what the run left and prints the metric; the run's own output then never decides. `heldout`: paths hidden
     # from the training run (the validation split), readable to the evaluation
@@ -144,6 +147,11 @@ def _is_env(v) -> bool:  # numbers are written out as strings; nested tables, li
                                        and isinstance(x, (str, int, float)) for k, x in v.items())
 
 
+def _is_modules(v) -> bool:
+    return isinstance(v, (list, tuple)) and all(isinstance(x, str) and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", x)
+                                                for x in v)
+
+
 def _is_env_names(v) -> bool:  # NAME, never NAME=value: the value is the trainer's own
     return isinstance(v, (list, tuple)) and all(isinstance(x, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", x)
                                                 for x in v)
@@ -172,6 +180,8 @@ FIELDS = {
     "env_passthrough": (_is_env_names, "a list of environment variable names (the values come from the trainer's "
                         "environment)", 'env_passthrough = ["WANDB_MODE"]'),
     "data": (_is_names, "a list of paths", 'data = ["~/.cache/my-data"]'),
+    "prestart": (_is_modules, "a list of module names (the harness's, never an editable file's)",
+                 'prestart = ["torch", "prepare"]'),
     "evaluate": (_is_str, "a command line", 'evaluate = "{python} prepare.py evaluate {run_dir}"'),
     "heldout": (_is_names, "a list of paths", 'heldout = ["~/.cache/my-data/val"]'),
 }
@@ -301,7 +311,7 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
         check, what, example = FIELDS[key]
         if not check(value):
             raise TargetError(f"{key} must be {what}, got {value!r}; write e.g. {example}")
-    for key in ("editable", "readonly", "data", "env_passthrough", "heldout"):
+    for key in ("editable", "readonly", "data", "env_passthrough", "heldout", "prestart"):
         if key in decl:
             decl[key] = (decl[key],) if isinstance(decl[key], str) else tuple(decl[key])
     if "env" in decl:
@@ -352,6 +362,8 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
     if decl.get("heldout") and not decl.get("evaluate"):
         raise TargetError("heldout hides data from the runs for a trusted evaluation to read, but the target declares "
                           "no evaluate command; add one, e.g. " + FIELDS["evaluate"][2])
+    if decl.get("prestart") and (problem := prestart_problem(command, decl["prestart"], editable)):
+        raise TargetError(f"{root / CONFIG_NAME}: {problem}")
     program = decl.pop("program", "program.md" if (root / "program.md").is_file() else None)
     if program and not (root / program).is_file():
         raise TargetError(f"program file {program!r} is missing from {root}")
@@ -361,6 +373,23 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
     contents = {rel: (root / rel).read_bytes() for rel in editable + readonly}
     hashes = {rel: hashlib.sha256(contents[rel]).hexdigest() for rel in readonly}
     return dataclasses.replace(target, readonly_hashes=hashes, contents=contents)
+
+
+def prestart_problem(command: str, modules: tuple[str, ...], editable: tuple[str, ...]) -> str | None:
+    """Why `prestart` cannot work with this command and these editable files, or None."""
+    parts = shlex.split(command)
+    if len(parts) < 2 or parts[0] != "{python}" or (parts[1] == "-m" and len(parts) < 3) \
+            or (parts[1] != "-m" and not parts[1].endswith(".py")):
+        return (f"prestart needs command = \"{{python}} SCRIPT.py ...\" or \"{{python}} -m MODULE ...\" (the "
+                f"pre-started interpreter runs it in-process), got {command!r}; remove prestart or change the command")
+    own = {Path(rel).with_suffix("").as_posix().replace("/", ".") for rel in editable if rel.endswith(".py")}
+    own |= {Path(rel).parts[0] for rel in editable if len(Path(rel).parts) > 1}
+    for name in modules:
+        if any(name == m or name.startswith(m + ".") for m in own):
+            return (f"prestart lists {name!r}, an editable file: the next run's child imports it before the "
+                    "candidate is known, so only the harness may be listed (read-only files, installed packages); "
+                    "remove it from prestart")
+    return None
 
 
 def format_command(command: str, **values) -> list[str]:

@@ -124,11 +124,15 @@ def _home() -> Path:
 
 
 def bwrap_argv(argv: list[str], run_dir: Path, readonly: tuple[str, ...], hide: tuple[Path, ...],
-               network: bool, keep: tuple[str, ...] = (), writable: tuple[Path, ...] = ()) -> list[str]:
+               network: bool, keep: tuple[str, ...] = (), writable: tuple[Path, ...] = (),
+               cover: tuple[str, ...] = (), read_only: bool = False, chdir: Path | None = None) -> list[str]:
     """`argv` wrapped in bubblewrap. `hide`: folders to cover with an empty tmpfs (other experiments, the ledger).
     `keep`: paths the run needs that may lie under a covered folder (the Python installation, its sys.path, the
     data): bound back read-only, unless that would uncover a hidden folder or the run dir's parents.
-    `writable`: folders a trusted run may write besides its run dir (the node's compile cache)."""
+    `writable`: folders a trusted run may write besides its run dir (the node's compile cache).
+    `cover`: paths the run must not read (a target's held-out data): an empty folder or file in their place.
+    `read_only`: nothing is writable, the run dir and /tmp included (the trusted evaluation: trainers/evaluate.py).
+    `chdir`: the working directory (default: the run dir)."""
     run_dir = Path(run_dir).resolve()
     args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
@@ -146,6 +150,8 @@ def bwrap_argv(argv: list[str], run_dir: Path, readonly: tuple[str, ...], hide: 
             hidden.append(folder)
     for path in kept(keep, hidden, run_dir):
         args += ["--ro-bind", str(path), str(path)]
+    for path in sorted({os.path.realpath(p) for p in cover if p and os.path.isabs(p) and os.path.lexists(p)}):
+        args += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
     home = _home()
     for rel in SECRET_DIRS:
         if (home / rel).is_dir():
@@ -155,13 +161,18 @@ def bwrap_argv(argv: list[str], run_dir: Path, readonly: tuple[str, ...], hide: 
     for rel in SECRET_FILES:
         if (home / rel).exists() and not (home / rel).is_dir():
             args += ["--ro-bind", "/dev/null", str(home / rel)]
-    args += ["--bind", str(run_dir), str(run_dir)]
+    if read_only:
+        if writable:
+            raise ValueError("bwrap_argv: read_only with writable folders")
+        args += ["--ro-bind", str(run_dir), str(run_dir), "--remount-ro", "/tmp"]
+    else:
+        args += ["--bind", str(run_dir), str(run_dir)]
     for folder in writable:
         args += ["--bind", str(folder), str(folder)]
     for rel in readonly:
         if (run_dir / rel).exists():
             args += ["--ro-bind", str(run_dir / rel), str(run_dir / rel)]
-    args += ["--chdir", str(run_dir), "--", *argv]
+    args += ["--chdir", str(chdir or run_dir), "--", *argv]
     return args
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from ar_ray.target import Target, format_command, materialize, tampered_files
 from ar_ray.timeouts import Limits, Stall, Timeouts, token_budgeted
 from ar_ray.types import Candidate, Result
-from trainers import compile_cache, outcome, sandbox
+from trainers import compile_cache, outcome, prestart, sandbox
 from trainers.sandbox import Sandbox
 from trainers import watch as watch_mod
 from trainers.watch import CurveWatch
@@ -241,6 +241,7 @@ class Trainer:
         self.box = box or Sandbox()
         self.cpu_share = cpus / (os.cpu_count() or 1)
         self._box_mode: str | None = None  # 'bwrap' or 'none', once resolved on this node
+        self._warm = prestart.Prestarter(self)  # the next run's pre-started child (targets with `prestart`)
 
     def sandbox_note(self) -> dict:
         """How candidates are confined on this trainer's node: {'mode', 'note', 'problem'} (problem: None or why
@@ -268,6 +269,11 @@ class Trainer:
         """Kill the running child (its whole tree); run() then returns status 'infra' (not the candidate's fault)."""
         self._stop.set()
         self._terminate()
+        self._warm.discard()
+
+    def close(self) -> None:
+        """End the pre-started child, if any (a trainer that will run nothing more)."""
+        self._warm.discard()
 
     def _terminate(self) -> None:
         """TERM the reaper, which TERMs the run's whole tree and KILLs it after the grace period."""
@@ -314,6 +320,7 @@ class Trainer:
         try:
             return self._run(cand, t0)
         finally:
+            self._warm.after_run(lambda d: self._plan(cand, d)[3:])  # (and the next run's child, if not yet)
             with self._lock:
                 self._current = None
             self.completed += 1
@@ -328,35 +335,23 @@ class Trainer:
         run_dir = self.work_root / cand.experiment_id
         if os.path.lexists(run_dir) and (stuck := remove_tree(str(run_dir))):  # a re-queued experiment: start clean
             raise OSError(f"cannot clear the run dir of an earlier run of {cand.experiment_id}: {', '.join(stuck[:3])}")
-        materialize(self.target, cand.files, run_dir)
+        final_dir = run_dir
+        # the child pre-started during the previous run, when it fits this one (trainers/prestart.py): the run
+        # goes on in its run dir, which gets the experiment's name afterwards
+        if warm := self._warm.claim(lambda d: self._plan(cand, d)[3:]):
+            run_dir = warm.slot
+            self._warm.write_editable(warm, cand.files)
+        else:
+            materialize(self.target, cand.files, run_dir)
+            (run_dir / "log.txt").write_bytes(b"")  # made here, so that the file the output goes to is known
         log = run_dir / "log.txt"
-        log.write_bytes(b"")  # made here, so that the file the output goes to is known (_spawn reopens it)
         log_st = log.stat()
         result_file = run_dir / "result.json"
-        budget = cand.budget_seconds or self.target.budget_for(len(self.gpu_ids))
-        values = {"run_dir": str(run_dir), "seed": cand.seed, "budget_seconds": budget or "",
-                  "result_file": str(result_file)}  # (budget_tokens: below, from the child's env)
-        env = {"AR_RUN_DIR": str(run_dir), "AR_SEED": str(cand.seed), "AR_RESULT_FILE": str(result_file),
-               "AR_EXPERIMENT_ID": cand.experiment_id, "CUDA_VISIBLE_DEVICES": ",".join(map(str, self.gpu_ids))}
-        if budget:
-            env["AR_BUDGET_SECONDS"] = str(budget)
-        if self.target.budget_tokens:
-            env["AR_BUDGET_TOKENS"] = str(self.target.budget_tokens)
-        env.update({f"AR_{k.upper()}": str(v) for k, v in cand.knobs.items()})
-        timeout = cand.timeout_seconds or Timeouts(self.target.timeout_seconds, self.target.budget_tokens).for_run(
-            budget, cand.knobs)
-        # cand.timeout_seconds is the driver's learned limit; the target's timeout_seconds (--timeout) is a ceiling
-        limits = Limits.for_run(timeout, explicit=not cand.timeout_seconds and self.target.timeout_seconds is not None,
-                                token_budgeted=token_budgeted(self.target.budget_tokens, cand.knobs),
-                                progress_lines=bool(self.target.progress_pattern))
-        env["AR_TIMEOUT_SECONDS"] = f"{timeout:g}"
-        env = child_env(self.target, env)
-        # {budget_tokens} says what AR_BUDGET_TOKENS says: a ladder rung's knob wins over the target's budget
-        values["budget_tokens"] = env.get("AR_BUDGET_TOKENS", "")
-        argv = distributed(format_command(self.target.command, **values), len(self.gpu_ids))
-        if self._box_mode == "bwrap":  # caches that default to the (read-only) home go to the run's private /tmp
-            env = {**sandbox.CACHE_ENV, **env}
-        cache_env, writable_cache = compile_cache.for_run(self.target, cand.files, run_dir)
+        budget, timeout, limits, argv, env = self._plan(cand, run_dir)
+        if warm:  # its private copy of the node's compile cache was made when it started
+            cache_env, writable_cache = warm.cache_env, None
+        else:
+            cache_env, writable_cache = compile_cache.for_run(self.target, cand.files, run_dir)
         env.update(cache_env)
         data_before = sandbox.fingerprint(self.target.data, env)
         watch = CurveWatch(log, self.target.progress_pattern, cand.prune, on_prune=self._terminate,
@@ -366,7 +361,7 @@ class Trainer:
         trusted = trusted_eval.start(self, run_dir, env) if self.target.evaluate else None
         code, timed_out, child_seconds, broken, (c0, c1) = self._spawn(
             argv, run_dir, env, log, limits, confine=True, writable=(writable_cache,) if writable_cache else (),
-            watch=watch)
+            watch=watch, warm=warm, on_tick=lambda w: self._warm.tick(lambda d: self._plan(cand, d)[3:], w))
         curve = watch.finish(now=c1) if self.target.progress_pattern else ()
         spent = phases(c0, c1, watch)
         text, log_problem = "", None
@@ -422,6 +417,9 @@ class Trainer:
             error = outcome.error_tail(text, status=status, returncode=code, metric_pattern=self.target.metric_pattern)
         if status in ("crash", "tampered") and (hint := readonly_hint(self.target, text, error)):
             error = f"{error}\n{hint}"
+        if warm:  # what a trusted run compiled goes to the node's cache; the run dir gets the experiment's name
+            run_dir = self._warm.settle(warm, cand.files, final_dir)
+            log = run_dir / "log.txt"
         if stuck := self._clear(run_dir):
             error = (error + "\n" if error else "") + \
                 f"the trainer could not remove {len(stuck)} path(s) the run left: {', '.join(stuck[:3])}"
@@ -440,6 +438,35 @@ class Trainer:
             child_seconds=child_seconds, overhead_seconds=(m1 - m0) - child_seconds - ((trusted and verdict.seconds) or 0.0), budget_seconds=budget,
             curve=curve, phases=spent,
         )
+
+    def _plan(self, cand: Candidate, run_dir: Path) -> tuple:
+        """What a run of `cand` in `run_dir` gets: (budget, timeout, limits, argv, env), env without the compile
+        cache's variables."""
+        result_file = run_dir / "result.json"
+        budget = cand.budget_seconds or self.target.budget_for(len(self.gpu_ids))
+        values = {"run_dir": str(run_dir), "seed": cand.seed, "budget_seconds": budget or "",
+                  "result_file": str(result_file)}  # (budget_tokens: below, from the child's env)
+        env = {"AR_RUN_DIR": str(run_dir), "AR_SEED": str(cand.seed), "AR_RESULT_FILE": str(result_file),
+               "AR_EXPERIMENT_ID": cand.experiment_id, "CUDA_VISIBLE_DEVICES": ",".join(map(str, self.gpu_ids))}
+        if budget:
+            env["AR_BUDGET_SECONDS"] = str(budget)
+        if self.target.budget_tokens:
+            env["AR_BUDGET_TOKENS"] = str(self.target.budget_tokens)
+        env.update({f"AR_{k.upper()}": str(v) for k, v in cand.knobs.items()})
+        timeout = cand.timeout_seconds or Timeouts(self.target.timeout_seconds, self.target.budget_tokens).for_run(
+            budget, cand.knobs)
+        # cand.timeout_seconds is the driver's learned limit; the target's timeout_seconds (--timeout) is a ceiling
+        limits = Limits.for_run(timeout, explicit=not cand.timeout_seconds and self.target.timeout_seconds is not None,
+                                token_budgeted=token_budgeted(self.target.budget_tokens, cand.knobs),
+                                progress_lines=bool(self.target.progress_pattern))
+        env["AR_TIMEOUT_SECONDS"] = f"{timeout:g}"
+        env = child_env(self.target, env)
+        # {budget_tokens} says what AR_BUDGET_TOKENS says: a ladder rung's knob wins over the target's budget
+        values["budget_tokens"] = env.get("AR_BUDGET_TOKENS", "")
+        argv = distributed(format_command(self.target.command, **values), len(self.gpu_ids))
+        if self._box_mode == "bwrap":  # caches that default to the (read-only) home go to the run's private /tmp
+            env = {**sandbox.CACHE_ENV, **env}
+        return budget, timeout, limits, argv, env
 
     def _clear(self, run_dir: Path) -> list[str]:
         """Remove what the run left in its folder but its log and result file (with keep_files, nothing else either).
@@ -486,38 +513,47 @@ class Trainer:
 
     def _spawn(self, argv: list[str], cwd: Path, env: dict, log: Path, limits: Limits | float,
                confine: bool = False, writable: tuple[Path, ...] = (),
-               watch: CurveWatch | None = None) -> tuple[int, str | None, float, str | None, tuple[float, float]]:
+               watch: CurveWatch | None = None, warm: prestart.Warm | None = None,
+               on_tick=None) -> tuple[int, str | None, float, str | None, tuple[float, float]]:
         """Run argv under the reaper with output to `log`; returns (exit code, why it was timed out (None: it was
         not), seconds, broken limit, (start, exit) on the monotonic clock).
         `limits`: a plain number is a hard limit in seconds; `Limits` adds the stall rule (ar_ray/timeouts.py).
         `confine`: a candidate's run (sandboxed, limited); the target's own setup command is trusted.
-        `watch`: reads the log while the run goes (its curve and progress; it may prune the run)."""
+        `watch`: reads the log while the run goes (its curve and progress; it may prune the run).
+        `warm`: a pre-started child, already confined in `cwd` with its output to `log`, told here to run argv:
+        the clock starts now. `on_tick(watch)`: called from the wait loop (it may pre-start the next run)."""
         if not isinstance(limits, Limits):
             limits = Limits(soft=limits, ceiling=limits)
-        read_fd, write_fd = os.pipe() if confine else (None, None)
-        rest = self._confinement(argv, cwd, env, write_fd, writable) if confine else ["--", *argv]
-        with open(log, "wb") as out:
+        if warm is not None:
+            read_fd, warm.verdict_fd = warm.verdict_fd, None  # (closed below)
             start = time.monotonic()
-            try:
-                proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, "--grace", str(self.grace), *rest],
-                                        cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True, pass_fds=(write_fd,) if confine else ())
-            finally:
-                if confine:
-                    os.close(write_fd)  # the reaper holds the only write end now
-            self._proc = proc
-            if self._stop.is_set():  # stop() arrived while the run dir was being written
-                proc.send_signal(signal.SIGTERM)
-            stall = Stall(limits, start)
-            if watch:
-                watch.on_progress = stall.progressed
-            verdict = bytearray()
-            try:
-                code, why, exited_at = self._wait_loop(proc, read_fd, verdict, stall, watch)
-            finally:
-                self._proc = None
-            end = time.monotonic()
-            seconds = end - start
+            proc = warm.go(argv, env)
+        else:
+            read_fd, write_fd = os.pipe() if confine else (None, None)
+            rest = self._confinement(argv, cwd, env, write_fd, writable) if confine else ["--", *argv]
+            with open(log, "wb") as out:
+                start = time.monotonic()
+                try:
+                    proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, "--grace", str(self.grace), *rest],
+                                            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            pass_fds=(write_fd,) if confine else ())
+                finally:
+                    if confine:
+                        os.close(write_fd)  # the reaper holds the only write end now
+        self._proc = proc
+        if self._stop.is_set():  # stop() arrived while the run dir was being written
+            proc.send_signal(signal.SIGTERM)
+        stall = Stall(limits, start)
+        if watch:
+            watch.on_progress = stall.progressed
+        verdict = bytearray()
+        try:
+            code, why, exited_at = self._wait_loop(proc, read_fd, verdict, stall, watch, on_tick)
+        finally:
+            self._proc = None
+        end = time.monotonic()
+        seconds = end - start
         broken = None
         if confine:
             with os.fdopen(read_fd, "rb") as rest:
@@ -526,7 +562,7 @@ class Trainer:
         return code, why, seconds, broken, (start, exited_at or end)
 
     def _wait_loop(self, proc: subprocess.Popen, read_fd: int | None, verdict: bytearray, stall: Stall,
-                   watch: CurveWatch | None) -> tuple[int, str | None, float | None]:
+                   watch: CurveWatch | None, on_tick=None) -> tuple[int, str | None, float | None]:
         """Wait for the reaper, reading its verdict pipe and the log every POLL seconds, and TERM it when the
         stall rule or the ceiling says so. A child that exited before a limit struck is not timed out, even while
         the reaper still sweeps leftovers that ignore SIGTERM (its grace period may outlast the limit).
@@ -552,6 +588,8 @@ class Trainer:
                     break
                 if watch:
                     watch.poll(now=now)
+                if on_tick is not None and exited_at is None:
+                    on_tick(watch)
                 if why is None and exited_at is None and (why := stall.verdict(now)):
                     proc.send_signal(signal.SIGTERM)  # the reaper TERMs the tree, then KILLs it after the grace period
                     give_up = now + self.grace + 10

@@ -81,7 +81,8 @@ def test_target_declaration(prep):
     assert decl["budget_seconds"] == prep.PRESETS["gpu"]["budget_seconds"] == 300
     assert decl["cpu_budget_seconds"] == prep.PRESETS["cpu"]["budget_seconds"] == 20
     assert decl["editable"] == ["train.py"] and decl["metric"] == "val_bpb" and decl["direction"] == "min"
-    assert set(decl["readonly"]) == {"prepare.py", "program.md"} and decl["result_file"] is True
+    assert set(decl["readonly"]) == {"prepare.py", "modelfile.py", "program.md"} and "result_file" not in decl
+    assert decl["evaluate"] == "{python} prepare.py evaluate {run_dir}" and decl["env"] == {"AR_TRUSTED_EVAL": "1"}
     assert re.search(decl["metric_pattern"], "---\nval_bpb:          1.234567\n", re.M).group(1) == "1.234567"
     for name in decl["editable"] + decl["readonly"]:
         assert (TARGET / name).is_file()
@@ -167,9 +168,9 @@ def test_concurrent_cache_build(tmp_path, env):
     outs = [p.communicate(timeout=60)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert sum("tokenizer:" in o for o in outs) == 1              # exactly one process built it
-    [cache] = list((tmp_path / "c").iterdir())
-    assert sorted(f.name for f in cache.iterdir() if not f.name.startswith(".")) == \
-        ["meta.json", "tokenizer.json", "train.npy", "val.npy"]
+    [cache] = [p for p in (tmp_path / "c").iterdir() if p.name != "heldout"]
+    assert sorted(f.name for f in cache.iterdir() if not f.name.startswith(".")) == ["meta.json", "tokenizer.json", "train.npy"]
+    assert [f.name for f in (tmp_path / "c" / "heldout" / cache.name).iterdir()] == ["val.npy"]  # the split, apart
 
 
 def test_train_summary_block_and_result_file(tmp_path, env, prep):

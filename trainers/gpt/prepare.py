@@ -2,19 +2,26 @@
 Fixed part of the `gpt` research target: presets, built-in corpus, BPE tokenizer,
 dataloader and evaluation. READ-ONLY for proposers; train.py imports it.
 
-    python prepare.py     # build the data + tokenizer cache (idempotent, lock-protected)
+    python prepare.py                   # build the data + tokenizer cache (idempotent, lock-protected)
+    python prepare.py evaluate RUN_DIR  # the trusted evaluation of RUN_DIR/model.graph (ar-ray starts it)
 
 Everything that defines what val_bpb means lives here, identical for every
 candidate: the validation documents (never in the training stream), SEQ_LEN,
 the number of evaluated tokens, and the metric itself: summed cross-entropy
 (nats) of the model's logits / (ln 2 x UTF-8 bytes of the targets), BOS excluded.
 
+Under ar-ray (AR_TRUSTED_EVAL=1, set by ar-ray.toml) training never sees the validation split (the cache
+keeps it in a folder of its own, heldout/, which the training sandbox hides): train.py ends by saving
+its model with save_model(), as a graph of ATen operations (modelfile.py), and `prepare.py evaluate`,
+started by the trainer in a sandbox of its own, scores that file. No code of the candidate runs there,
+so what it prints is the harness's own number. Run by hand, train.py evaluates in-process as before.
+
 Environment (all optional): AR_CACHE_DIR (default ~/.cache/ar-ray/gpt), AR_DATA
 (opt-in real data: a text file, or a directory/glob of parquet shards with a
 `text` column), AR_PRESET (cpu|gpu), AR_VOCAB_SIZE (override the preset's),
 AR_SEED, AR_THREADS, AR_BUDGET_SECONDS, AR_BUDGET_TOKENS, AR_RESULT_FILE, AR_PEAK_FLOPS (for MFU).
 """
-import fcntl, functools, glob, hashlib, heapq, itertools, json, math, os, random, re, sys, time
+import fcntl, functools, glob, hashlib, heapq, itertools, json, math, os, random, re, secrets, sys, time
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -25,11 +32,12 @@ import torch.nn.functional as F
 # Presets: the fixed conditions of an experiment on each kind of hardware.
 
 PRESETS = {
-    "cpu": dict(seq_len=256, vocab_size=1024, eval_tokens=2**16, budget_seconds=20.0,
+    "cpu": dict(seq_len=256, vocab_size=1024, eval_tokens=2**16, budget_seconds=20.0, eval_batch=8,
                 untimed_steps=2, corpus_mb=4, max_data_mb=32, tokenizer_sample_mb=1),
-    "gpu": dict(seq_len=2048, vocab_size=8192, eval_tokens=2**22, budget_seconds=300.0,
+    "gpu": dict(seq_len=2048, vocab_size=8192, eval_tokens=2**22, budget_seconds=300.0, eval_batch=32,
                 untimed_steps=10, corpus_mb=256, max_data_mb=2048, tokenizer_sample_mb=8),
 }
+MODEL_FILE = "model.graph"  # what save_model() writes in the run dir, and `prepare.py evaluate` scores
 CORPUS_VERSION = 1          # bump when the generator changes: it is part of the cache key
 TRAIN_SEED, VAL_SEED = 1337, 7331   # built-in corpus: train and val documents come from separate streams
 
@@ -47,6 +55,7 @@ PRESET = get_preset()
 SEQ_LEN = PRESET["seq_len"]
 EVAL_TOKENS = PRESET["eval_tokens"]
 UNTIMED_STEPS = PRESET["untimed_steps"]   # first optimizer steps (compilation, warm-up) are not timed
+TRUSTED_EVAL = os.environ.get("AR_TRUSTED_EVAL") == "1"   # ar-ray scores the saved model (save_model) itself
 
 
 def init_runtime():
@@ -383,12 +392,36 @@ class Tokenizer:
 
 
 # ---------------------------------------------------------------------------
-# Cache: <AR_CACHE_DIR>/<source>-v<vocab>/{tokenizer.json,train.npy,val.npy,meta.json}.
+# Cache: <AR_CACHE_DIR>/<source>-v<vocab>/{tokenizer.json,train.npy,meta.json} and the validation split
+# apart, in <AR_CACHE_DIR>/heldout/<source>-v<vocab>/val.npy (a folder the training sandbox hides).
 # Built once per node under an exclusive file lock; every file is written to a
 # temp name and os.replace'd; meta.json is written last and marks completion.
 
+def cache_root():
+    return os.path.expanduser(os.environ.get("AR_CACHE_DIR") or "~/.cache/ar-ray/gpt")
+
+
+def heldout_dir(d=None):
+    """Where the validation split of the cache `d` lives: <root>/heldout/<name of d>."""
+    d = d or cache_dir()
+    return os.path.join(os.path.dirname(d), "heldout", os.path.basename(d))
+
+
+def _retire_old_layout(root):
+    """Caches built before the split moved: their val.npy goes to heldout/ (else a run could still read it)."""
+    for old in glob.glob(os.path.join(root, "*", "val.npy")):
+        name = os.path.basename(os.path.dirname(old))
+        if name == "heldout":
+            continue
+        try:
+            os.makedirs(os.path.join(root, "heldout", name), exist_ok=True)
+            os.replace(old, os.path.join(root, "heldout", name, "val.npy"))
+        except OSError:
+            pass  # read-only here (a training run): setup moves it
+
+
 def cache_dir():
-    root = os.path.expanduser(os.environ.get("AR_CACHE_DIR") or "~/.cache/ar-ray/gpt")
+    root = cache_root()
     spec = os.environ.get("AR_DATA")
     if spec:
         paths = sorted(glob.glob(os.path.join(spec, "*.parquet"))) if os.path.isdir(spec) else sorted(glob.glob(spec))
@@ -441,9 +474,11 @@ def ensure_cache(verbose=False):
         tok = Tokenizer.train("\n\n".join(sample), PRESET["vocab_size"])
         log(f"tokenizer: {tok.vocab_size} tokens ({time.time() - t0:.1f}s)")
         meta = dict(source=os.environ.get("AR_DATA") or "builtin", vocab_size=tok.vocab_size)
+        os.makedirs(heldout_dir(d), exist_ok=True)
         for split, docs in (("train", train_docs), ("val", val_docs)):
             arr = _tokenize_docs(tok, docs)
-            _atomic_write(os.path.join(d, f"{split}.npy"), lambda f, arr=arr: np.save(f, arr))
+            where = heldout_dir(d) if split == "val" else d
+            _atomic_write(os.path.join(where, f"{split}.npy"), lambda f, arr=arr: np.save(f, arr))
             meta[f"{split}_tokens"] = len(arr)
         _atomic_write(os.path.join(d, "tokenizer.json"), lambda f: f.write(json.dumps({"merges": tok.merges}).encode()))
         meta["build_seconds"] = round(time.time() - t0, 2)
@@ -458,7 +493,14 @@ def load_tokenizer():
 
 
 def load_tokens(split):
-    return np.load(os.path.join(ensure_cache(), f"{split}.npy"), mmap_mode="r")
+    d = ensure_cache()
+    if split != "val":
+        return np.load(os.path.join(d, f"{split}.npy"), mmap_mode="r")
+    try:
+        return np.load(os.path.join(heldout_dir(d), "val.npy"), mmap_mode="r")
+    except (FileNotFoundError, PermissionError):
+        sys.exit(f"the validation split ({heldout_dir(d)}) is not readable here: ar-ray hides it from training "
+                 "runs. End train.py with prepare.save_model(model, device); the trusted evaluation scores it")
 
 
 def vocab_size():
@@ -490,16 +532,18 @@ class LookAheadError(RuntimeError):
 
 
 @torch.no_grad()
-def causality_probe(model, x, n_tokens, device="cpu"):
+def causality_probe(forward, x, logits, n_tokens, device="cpu"):
     """Raise LookAheadError when the logits at positions < t depend on the tokens at positions >= t (t = the middle
     of the sequence): e.g. attention without its causal mask, which scores a near-perfect val_bpb by reading the
-    next token. Two forward passes of the rows in `x`; the second half of each row is changed to other tokens."""
+    next token. `logits`: forward(x) as the evaluation computed it (the pass that counts); forward runs once
+    more on x with the second half of every row replaced: by another row's second half (real text), or by
+    shifted tokens when x has a single row."""
     t = x.size(1) // 2
     x2 = x.clone()
-    x2[:, t:] = (x[:, t:] + 1) % n_tokens
+    x2[:, t:] = x.roll(1, dims=0)[:, t:] if x.size(0) > 1 else (x[:, t:] + 1) % n_tokens
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=(device == "cuda")):
-        a = model(x)[:, :t].float()
-        b = model(x2)[:, :t].float()
+        b = forward(x2)[:, :t].float()
+    a = logits[:, :t].float()
     diff, scale = (a - b).abs().max().item(), a.abs().max().item()
     tolerance = (3e-2 if device == "cuda" else 1e-3) * max(1.0, scale)  # (bf16 rounding on GPUs)
     if not diff <= tolerance:
@@ -508,50 +552,136 @@ def causality_probe(model, x, n_tokens, device="cpu"):
                              "check the attention mask (is_causal) and anything else that mixes positions")
 
 
+def _validation(device):
+    """(val rows as an int64 tensor on `device`, byte length of each token on `device`, number of rows)."""
+    val = load_tokens("val")
+    token_bytes = torch.from_numpy(load_tokenizer().token_bytes()).to(device)
+    n_rows = min(EVAL_TOKENS, len(val) - 1) // SEQ_LEN
+    data = torch.from_numpy(np.asarray(val[: n_rows * SEQ_LEN + 1], dtype=np.int64)).to(device)
+    return data, token_bytes, n_rows
+
+
+@torch.no_grad()
+def _score(forward, data, token_bytes, n_rows, batch_size, device, probe_batch=0, fixed_batch=False):
+    """(bits per byte, evaluated bytes) of `forward` on the validation rows, batch by batch; the causality
+    probe runs on batch `probe_batch`, against the logits that count. `fixed_batch`: every call gets exactly
+    batch_size rows (the last batch is padded with its first row; the padding is not scored)."""
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    nbytes = torch.zeros((), dtype=torch.int64, device=device)
+    offsets = torch.arange(SEQ_LEN + 1, device=device)
+    for i, r0 in enumerate(range(0, n_rows, batch_size)):
+        rows = torch.arange(r0, min(r0 + batch_size, n_rows), device=device)
+        real = len(rows)
+        if fixed_batch and real < batch_size:
+            rows = torch.cat([rows, rows[:1].expand(batch_size - real)])
+        chunk = data[rows[:, None] * SEQ_LEN + offsets]
+        x, y = chunk[:, :-1], chunk[:real, 1:]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=(device == "cuda")):
+            logits = forward(x)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != x.shape \
+                or logits.size(-1) < len(token_bytes):
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"evaluate: expected logits (B, T, >={len(token_bytes)}), got {shape}")
+        if i == probe_batch:
+            causality_probe(forward, x, logits, len(token_bytes), device)
+        logits = logits[:real]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+        b = token_bytes[y.flatten()]
+        nats += torch.where(b > 0, loss.double(), 0.0).sum()
+        nbytes += b.sum()
+    return (nats / (math.log(2) * nbytes)).item(), int(nbytes.item())
+
+
+def _write_result(result):
+    if os.environ.get("AR_RESULT_FILE"):
+        _atomic_write(os.environ["AR_RESULT_FILE"], lambda f: f.write(json.dumps(result).encode()))
+
+
 @torch.no_grad()
 def evaluate_bpb(model, batch_size=16, device="cpu"):
-    """Bits per byte of `model` on the pinned validation tokens.
+    """Bits per byte of `model` on the pinned validation tokens, in this process (a run by hand; under ar-ray
+    the trusted evaluation scores the file save_model() wrote instead, and the split is not readable here).
 
     model(x) must return logits of shape (B, T, V>=vocab) for int64 inputs x of
     shape (B, SEQ_LEN). The cross-entropy is computed here, in float32, from
     those logits; targets equal to BOS are excluded from both sums. The result
     is written to $AR_RESULT_FILE (JSON) when that variable is set."""
-    val = load_tokens("val")
-    token_bytes = torch.from_numpy(load_tokenizer().token_bytes()).to(device)
-    n_rows = min(EVAL_TOKENS, len(val) - 1) // SEQ_LEN
-    data = torch.from_numpy(np.asarray(val[: n_rows * SEQ_LEN + 1], dtype=np.int64))
+    data, token_bytes, n_rows = _validation(device)
     was_training = model.training
     model.eval()
-    probe_rows = torch.arange(min(2, n_rows))[:, None] * SEQ_LEN + torch.arange(SEQ_LEN)
     try:
-        causality_probe(model, data[probe_rows].to(device), len(token_bytes), device)
+        bpb, nbytes = _score(model, data, token_bytes, n_rows, batch_size, device)
     except LookAheadError as e:  # never a metric: the trainer reads this and records status `integrity`
-        if os.environ.get("AR_RESULT_FILE"):
-            _atomic_write(os.environ["AR_RESULT_FILE"], lambda f: f.write(json.dumps({"integrity": str(e)}).encode()))
+        _write_result({"integrity": str(e)})
         print(f"INTEGRITY: {e}", flush=True)
         raise
-    nats = torch.zeros((), dtype=torch.float64, device=device)
-    nbytes = torch.zeros((), dtype=torch.int64, device=device)
-    for r0 in range(0, n_rows, batch_size):
-        rows = torch.arange(r0, min(r0 + batch_size, n_rows))[:, None] * SEQ_LEN + torch.arange(SEQ_LEN + 1)
-        chunk = data[rows].to(device)
-        x, y = chunk[:, :-1], chunk[:, 1:]
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=(device == "cuda")):
-            logits = model(x)
-        if logits.dim() != 3 or logits.shape[:2] != y.shape or logits.size(-1) < len(token_bytes):
-            raise ValueError(f"evaluate_bpb: expected logits (B, T, >={len(token_bytes)}), got {tuple(logits.shape)}")
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
-        b = token_bytes[y.flatten()]
-        nats += torch.where(b > 0, loss.double(), 0.0).sum()
-        nbytes += b.sum()
     model.train(was_training)
-    bpb = (nats / (math.log(2) * nbytes)).item()
-    if os.environ.get("AR_RESULT_FILE"):
-        result = {"val_bpb": bpb, "eval_tokens": n_rows * SEQ_LEN, "eval_bytes": int(nbytes.item())}
-        _atomic_write(os.environ["AR_RESULT_FILE"], lambda f: f.write(json.dumps(result).encode()))
+    _write_result({"val_bpb": bpb, "eval_tokens": n_rows * SEQ_LEN, "eval_bytes": nbytes})
     return bpb
 
 
-if __name__ == "__main__":
+def save_model(model, device="cpu"):
+    """Save `model` for the trusted evaluation: the ATen operations of one forward pass on a batch of the
+    evaluation's shape, with its weights, to MODEL_FILE in the run dir (modelfile.py). A model that cannot be
+    recorded that way ends the run with a FAIL line saying why (it cannot be scored)."""
+    import modelfile
     t0 = time.time()
+    path = os.path.join(os.environ.get("AR_RUN_DIR") or os.getcwd(), MODEL_FILE)
+    example = torch.zeros((PRESET["eval_batch"], SEQ_LEN), dtype=torch.int64, device=device)
+    try:
+        ops, size = modelfile.save(model, example, path, autocast_dtype=torch.bfloat16 if device == "cuda" else None)
+    except Exception as e:  # noqa: BLE001 (any failure: the run has no model to score, and says why)
+        print(f"FAIL: the model could not be saved for the trusted evaluation ({type(e).__name__}: {e}); its "
+              "forward must be a fixed sequence of PyTorch operations on the (batch, SEQ_LEN) token tensor", flush=True)
+        sys.exit(1)
+    print(f"model saved for the trusted evaluation: {path} ({ops} operations, {size / 2**20:.1f} MiB, "
+          f"{time.time() - t0:.1f}s)", flush=True)
+    return path
+
+
+def serve_evaluation(run_dir):
+    """`python prepare.py evaluate RUN_DIR`: the trusted evaluation. Started by the trainer while the run trains
+    (trainers/evaluate.py): it loads the validation split and waits; on the line `go` on stdin it scores
+    RUN_DIR/MODEL_FILE and prints the summary block (val_bpb first); on end of input it exits quietly.
+    A model file that is refused, or that looks ahead, gets an `INTEGRITY:` line and no metric."""
+    import modelfile
+    t0 = time.time()
+    device, _ = init_runtime()
+    data, token_bytes, n_rows = _validation(device)
+    print(f"evaluation ready: {n_rows} rows of {SEQ_LEN} tokens on {device} ({time.time() - t0:.1f}s)", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return 0
+    t1 = time.time()
+    path = os.path.join(run_dir, MODEL_FILE)
+    try:
+        graph = modelfile.load(path, device)
+    except FileNotFoundError:
+        print(f"FAIL: the run saved no model ({path} is missing): train.py must end with "
+              "prepare.save_model(model, device), which the trusted evaluation scores", flush=True)
+        return 1
+    except modelfile.ModelFileError as e:
+        print(f"INTEGRITY: the model file was refused: {e}", flush=True)
+        return 1
+    batch = PRESET["eval_batch"]
+    try:  # the probe's batch is drawn here, unknown to whoever wrote the file
+        bpb, nbytes = _score(graph, data, token_bytes, n_rows, batch, device,
+                             probe_batch=secrets.randbelow(-(-n_rows // batch)), fixed_batch=True)
+    except LookAheadError as e:
+        print(f"INTEGRITY: {e}", flush=True)
+        return 1
+    print("---")
+    print(f"val_bpb:          {bpb:.6f}")
+    print(f"eval_tokens:      {n_rows * SEQ_LEN}")
+    print(f"eval_bytes:       {nbytes}")
+    print(f"eval_seconds:     {time.time() - t1:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["evaluate"]:
+        if len(sys.argv) != 3:
+            sys.exit("usage: python prepare.py evaluate RUN_DIR")
+        sys.exit(serve_evaluation(sys.argv[2]))
+    t0 = time.time()
+    _retire_old_layout(cache_root())
     print(f"ready: {ensure_cache(verbose=True)} ({time.time() - t0:.1f}s)")

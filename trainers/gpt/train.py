@@ -9,7 +9,8 @@ inside the blocks, AdamW for the embedding, the unembedding and the scalars.
 Schedule: warmup / constant / warmdown on progress = elapsed / budget.
 
 prepare.py (read-only) owns the data, the tokenizer, the context length, the
-seed handling, the budget and the evaluation. Run: `python train.py`.
+seed handling, the budget and the evaluation. Run: `python train.py`. Under ar-ray the
+run ends by saving its model (prepare.save_model) and a trusted step computes val_bpb.
 """
 import math
 import os
@@ -307,16 +308,20 @@ def main():
             print(f"step {step:05d} | loss {smooth / (1 - 0.9 ** step):.4f} | lr x{lrm:.2f} | "
                   f"{tokens_per_step / (time.time() - t0):,.0f} tok/s | {100 * min(progress, 1):.1f}% done", flush=True)
 
-    val_bpb = prepare.evaluate_bpb(fwd, batch_size=device_batch, device=device)
-    if not math.isfinite(val_bpb):
-        print(f"FAIL: val_bpb is {val_bpb} (diverged)", flush=True)
-        sys.exit(1)
+    if prepare.TRUSTED_EVAL:  # under ar-ray: a trusted step scores the saved model; the val split is not readable here
+        prepare.save_model(model, device)
+    else:  # a run by hand: evaluate in this process
+        val_bpb = prepare.evaluate_bpb(fwd, batch_size=device_batch, device=device)
+        if not math.isfinite(val_bpb):
+            print(f"FAIL: val_bpb is {val_bpb} (diverged)", flush=True)
+            sys.exit(1)
     peak_flops = prepare.peak_flops(device)                      # dense bf16, by GPU model
     timed_tokens = tokens - min(step, prepare.UNTIMED_STEPS) * tokens_per_step
     mfu = 100 * model.flops_per_token(seq_len) * timed_tokens / train_time / peak_flops if peak_flops and train_time else 0.0
     peak_vram = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0
     print("---")
-    print(f"val_bpb:          {val_bpb:.6f}")
+    if not prepare.TRUSTED_EVAL:
+        print(f"val_bpb:          {val_bpb:.6f}")
     print(f"training_seconds: {train_time:.1f}")
     print(f"total_seconds:    {time.time() - T_START:.1f}")
     print(f"peak_vram_mb:     {peak_vram:.1f}")

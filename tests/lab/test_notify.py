@@ -242,7 +242,7 @@ def test_a_run_announces_its_best_its_failures_its_budget_and_its_end(h100_ray, 
         cfg = RunConfig(target=str(target), run_dir=str(tmp_path / "run"), acceptance="greedy", trainers=1,
                         proposers=1, queue_depth=1, max_experiments=200, proposer=SCRIPT,
                         proposer_options={"script": script, "cost": 0.25}, notify=(up.url, down),
-                        notify_failures=2, notify_interval=0, gpu_prices={"H100": 3600.0}, max_cost=8.0,
+                        notify_failures=2, notify_interval=0, gpu_prices={"H100": 3600.0}, max_cost=5.0,
                         cost_counts=("gpu", "llm"))
         progress = Progress(tmp_path / "run", Console(file=io.StringIO()), live=False)
 
@@ -259,11 +259,11 @@ def test_a_run_announces_its_best_its_failures_its_budget_and_its_end(h100_ray, 
     kinds = [e["kind"] for e in events]
     assert kinds[-1] == "stop" and kinds.count("stop") == 1
     stop = events[-1]
-    # $3600 per GPU-hour is $1 per second of a run, and each proposal costs $0.25: the $8 budget of both stops it
+    # $3600 per GPU-hour is $1 per second of a run, and each proposal costs $0.25: the $5 budget of both stops it
     assert stop["state"] == "finished" and stop["why"] == seen["why"]
-    assert re.fullmatch(r"--max-cost \$8 reached \(\$[\d.]+ of GPU \+ LLM\)", stop["why"])
+    assert re.fullmatch(r"--max-cost \$5 reached \(\$[\d.]+ of GPU \+ LLM\)", stop["why"])
     assert summary["total_cost_usd"] == pytest.approx(df.gpu_cost_usd.sum() + df.cost_usd.sum())
-    assert summary["total_cost_usd"] >= 8.0 and summary["llm_cost_usd"] == pytest.approx(df.cost_usd.sum())
+    assert summary["total_cost_usd"] >= 5.0 and summary["llm_cost_usd"] == pytest.approx(df.cost_usd.sum())
     assert df.cost_usd.sum() > 0
     assert stop["kept"] == summary["kept"] == 1 and 3 <= summary["experiments"] < 200
     keeps = df[df.decision == "keep"]

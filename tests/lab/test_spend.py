@@ -124,23 +124,23 @@ def test_run_prices_each_row_stops_at_its_gpu_hours_and_resumes_with_its_spend(a
     run = tmp_path / "run"
     args = ["run", "--target", str(target), "--run-dir", str(run), "--acceptance", "greedy", "--trainers", "2",
             "--proposers", "1", "--proposer", "toys:ScriptedProposer", "--max-experiments", "200",
-            "--gpu-price", "A100=3600", "--max-gpu-hours", "0.002"]  # 7.2 GPU-seconds: a few toy runs
+            "--gpu-price", "A100=3600", "--max-gpu-hours", "0.001"]  # 3.6 GPU-seconds: a few toy runs
     first = CliRunner().invoke(main, args, catch_exceptions=False)
     assert first.exit_code == 0, first.output
     out = " ".join(first.output.split())
     assert "spend: 2 trainers x 1 GPU (A100, $3600.00/h per GPU): ~$7,200.00 per hour" in out  # the start estimate
-    assert "stopped: --max-gpu-hours 0.002 reached" in out
+    assert "stopped: --max-gpu-hours 0.001 reached" in out
     df = store.load(run)
     ran = df[df.decision != "skip"]
     assert set(ran.gpu_model) == {"A100"} and ran.gpu_cost_usd.notna().all()
     seconds = (ran.ended_at - ran.started_at).dt.total_seconds()
     assert ran.gpu_cost_usd.tolist() == pytest.approx(seconds.tolist(), abs=2e-6)  # $3600/h x 1 GPU: $1 a second (times in µs)
-    assert seconds.sum() >= 7.2 and 2 < len(ran) < 200  # it ran until the budget was spent, then stopped
+    assert seconds.sum() >= 3.6 and 2 < len(ran) < 200  # it ran until the budget was spent, then stopped
     # no new candidate started once the runs already over had spent the budget (runs in flight count as they go;
     # the follow-ups of started candidates, here greedy's merges of stale winners, still run to decide them)
     dispatched = ran.proposed_at + pd.to_timedelta(ran.queue_seconds, unit="s")
     for when in dispatched[ran.role == "screen"]:
-        assert seconds[ran.ended_at <= when].sum() < 7.2
+        assert seconds[ran.ended_at <= when].sum() < 3.6
     total = float(re.search(r"spend \$([\d,.]+) \(GPU", out)[1].replace(",", ""))
     assert total == pytest.approx(ran.gpu_cost_usd.sum(), abs=0.01)
 
@@ -155,7 +155,7 @@ def test_run_prices_each_row_stops_at_its_gpu_hours_and_resumes_with_its_spend(a
     # a resume continues the same budget: it stops at once, having spent nothing new
     again = CliRunner().invoke(main, ["run", "--resume", str(run)], catch_exceptions=False)
     assert again.exit_code == 0, again.output
-    assert "stopped: --max-gpu-hours 0.002 reached" in " ".join(again.output.split())
+    assert "stopped: --max-gpu-hours 0.001 reached" in " ".join(again.output.split())
     assert len(store.load(run).query("decision != 'skip'")) == len(ran)
     assert json.loads((run / "run.json").read_text())["config"]["gpu_prices"] == {"A100": 3600.0}
 

@@ -146,9 +146,12 @@ class Webhook:
             if self._closing and not self._thread.is_alive():
                 return
             if msg.kind in self._held:  # a message of this kind waits already: fold this one into it
-                held, due = self._held[msg.kind]
-                self._held[msg.kind] = (_merge(held, msg), due)
+                held, due = self._held.pop(msg.kind)
                 self.state.coalesced += 1
+                if msg.urgent:  # (and send it now: an older one of its kind must not come after it)
+                    self._enqueue(_merge(held, msg), now)
+                else:
+                    self._held[msg.kind] = (_merge(held, msg), due)
             elif not msg.urgent and now - self._last.get(msg.kind, -math.inf) < self.interval:
                 self._held[msg.kind] = (msg, self._last[msg.kind] + self.interval)
             else:

@@ -170,6 +170,15 @@ def test_messages_of_one_kind_are_coalesced_within_the_interval(hook):
     assert hook.got[3]["body"]["ar_ray"]["count"] == 4
 
 
+def test_an_urgent_message_takes_the_held_one_of_its_kind_along(hook):
+    """50 % then 80 % of a budget within the interval, then 100 % (urgent): the 80 % never arrives after it."""
+    w = Webhook(hook.url, interval=3600)
+    for text, urgent in (("50% spent", False), ("80% spent", False), ("100% spent", True)):
+        w.post(Message("spend", text, urgent=urgent))
+    assert w.close(10)
+    assert hook.texts() == ["50% spent", "100% spent\n(2 spend alerts since the last one; this is the latest)"]
+
+
 def test_a_confirmed_best_is_announced_with_its_gain_against_the_bar(hook):
     """The keep row of confirm mode carries the gain and the bar (threshold) it cleared; the message says both."""
     from types import SimpleNamespace

@@ -293,3 +293,21 @@ def test_a_run_announces_its_best_its_failures_its_budget_and_its_end(h100_ray, 
     assert status["spend"]["budget_used"]["cost"] >= 1.0 and status["spend"]["gpu_cost_usd"] == pytest.approx(
         df.gpu_cost_usd.sum())
     assert "secret-token" not in (tmp_path / "run" / "run.json").read_text()  # the webhook's secret stays out
+
+
+def test_after_a_resume_only_thresholds_crossed_from_now_on_are_announced(hook):
+    """A resumed run that had spent 60 % said 50 % before it stopped: it says 80 % and 100 %, not 50 % again."""
+    from types import SimpleNamespace
+
+    from ar_ray.lab.spend import Budget, Meter, Prices
+    meter = Meter(Prices({"H100": 3600.0}), Budget(max_cost=10.0, counts=("gpu",)), gpus=1)
+    meter.restore([{"decision": "keep", "gpu_cost_usd": 6.0}])
+    driver = SimpleNamespace(run_id="r2", meter=meter, resumed=True, budget_used=lambda: meter.fractions(0.0))
+    alerts = Alerts(Notifier([hook.url], interval=0))
+    alerts("tick", driver, None)
+    for seconds in (2.5, 2.0):  # $1 a second: 85 %, then 105 %
+        meter.charge("H100", 0.0, 0.0, run_seconds=seconds)
+        alerts("tick", driver, None)
+    alerts.close()
+    assert [e["body"]["ar_ray"]["threshold"] for e in hook.got] == [0.8, 1.0]
+    assert hook.texts()[-1] == "ar-ray r2: 100% of --max-cost $10 (GPU) spent (105% now); no new candidate starts; what runs finishes"

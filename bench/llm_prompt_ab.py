@@ -128,7 +128,10 @@ def run_one(memory: bool, seed: int, args, url: str, model: str, tmp: Path) -> P
     cmd = [sys.executable, "-m", "ar_ray.cli.main", "run", "--proposer", "llm", "--config", str(cfg),
            "--target", str(STANDIN), "--run-dir", str(run_dir), "--seed", str(seed),
            "--max-experiments", str(args.experiments), "--trainers", str(args.trainers), "--proposers", "1",
-           "--cpus-per-trainer", "0.5", "--sandbox", "none", "--budget", "1", "--max-unusable-in-a-row", "50"]
+           "--cpus-per-trainer", "0.5", "--sandbox", "none", "--budget", "1",
+           "--max-unusable-in-a-row", str(args.max_unusable)]
+    if args.time_limit:
+        cmd += ["--time-limit", args.time_limit]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, cwd=ROOT)
     if out.returncode != 0 and not (run_dir / "ledger").exists():
         raise SystemExit(f"ar-ray run failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -177,6 +180,8 @@ def main(argv=None) -> None:
     ap.add_argument("--max-tokens", type=int, default=400)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--context-tokens", type=int, default=32000)
+    ap.add_argument("--max-unusable", type=int, default=50, help="--max-unusable-in-a-row of each run")
+    ap.add_argument("--time-limit", default=None, help="--time-limit of each run (e.g. 15m; for a slow real model)")
     ap.add_argument("--base-url", default=None, help="a real server instead of the scripted model")
     ap.add_argument("--model", default="scripted-model")
     ap.add_argument("--json", default=None)

@@ -126,7 +126,7 @@ def _stale(r) -> bool:
 
 def _curve_text(curve, points: int = 10) -> str | None:
     """The training curve (ledger column `curve`) in one line, about `points` points of it, the last always."""
-    if curve is None or isinstance(curve, float) or len(curve) == 0:
+    if curve is None or curve is pd.NA or isinstance(curve, float) or len(curve) == 0:  # (load() gives NA)
         return None
     curve = list(curve)
     step = max(1, len(curve) // points)

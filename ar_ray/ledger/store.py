@@ -23,6 +23,7 @@ import os
 import re
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -326,14 +327,42 @@ class Ledger:
 
 
 def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """One part as a table of SCHEMA (or of `columns`). A part of the current schema is read with ParquetFile
-    (half the fixed cost of pq.read_table's dataset machinery, which counts at hundreds of parts); an older one
-    with pq.read_table(schema=SCHEMA), which adds the columns it lacks as nulls."""
+    """One part as a table of SCHEMA (or of `columns`), read with ParquetFile (half the fixed cost of
+    pq.read_table's dataset machinery, which counts at hundreds of parts). A part of an older schema lacks the
+    newer columns: they are added as nulls (through pq.read_table(schema=SCHEMA) if a column's type differs)."""
     f = pq.ParquetFile(path)
-    if not f.schema_arrow.equals(SCHEMA, check_metadata=False):
+    if f.schema_arrow.equals(SCHEMA, check_metadata=False):
+        return f.read(columns=columns).replace_schema_metadata(SCHEMA.metadata)
+    want = list(columns) if columns is not None else SCHEMA.names
+    have = {field.name: field.type for field in f.schema_arrow}
+    if any(name in have and have[name] != SCHEMA.field(name).type for name in want):
         return pq.read_table(path, schema=SCHEMA, columns=columns)
-    t = f.read(columns=columns)
-    return t.replace_schema_metadata(SCHEMA.metadata)
+    t = f.read(columns=[name for name in want if name in have])
+    fields = [SCHEMA.field(name) for name in want]
+    return pa.table([t.column(fd.name) if fd.name in have else pa.nulls(t.num_rows, fd.type) for fd in fields],
+                    schema=pa.schema(fields, metadata=SCHEMA.metadata))
+
+
+READERS = min(8, os.cpu_count() or 1)  # parts read at once (pyarrow decodes each part's columns in its own pool)
+
+
+def _read_parts(parts: list[_Part], columns: list[str] | None, read: dict[str, pa.Table]) -> None:
+    """Read the parts not in `read` yet into it, the biggest first, READERS at a time: Parquet decoding releases
+    the GIL, and a ledger's time goes into a few big merged parts (a 1M-row ledger: 8 parts of 131k rows)."""
+    todo = sorted((q for q in parts if q.path.name not in read), key=lambda q: q.first - q.last)
+    if len(todo) < 2 or READERS < 2:
+        for q in todo:
+            read[q.path.name] = _read_part(q.path, columns)
+        return
+    with ThreadPoolExecutor(min(READERS, len(todo)), thread_name_prefix="ledger-read") as pool:
+        futures = {q.path.name: pool.submit(_read_part, q.path, columns) for q in todo}
+        for name, fut in futures.items():  # parts read before a FileNotFoundError are kept for the next try
+            try:
+                read[name] = fut.result()
+            except FileNotFoundError:
+                for other in futures.values():
+                    other.cancel()
+                raise
 
 
 def read_table(run_dir: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
@@ -344,7 +373,7 @@ def read_table(run_dir: str | os.PathLike, columns: list[str] | None = None) -> 
     # A writer may merge while we read: a listed part can be deleted before we open it, and a listing
     # taken mid-merge can miss both a merged part and its inputs (a gap). List again until one reads whole;
     # a gap seen twice in the same listing is the ledger's own (parts removed by hand), read as it is.
-    # Parts never change once named, so what was read survives a retry; the newest (most often merged) go first.
+    # Parts never change once named, so what was read survives a retry.
     seen, read = None, {}
     for _ in range(100):
         parts = _parts(ledger_dir)
@@ -354,9 +383,7 @@ def read_table(run_dir: str | os.PathLike, columns: list[str] | None = None) -> 
             seen = names
             continue
         try:
-            for q in reversed(parts):
-                if q.path.name not in read:
-                    read[q.path.name] = _read_part(q.path, columns)
+            _read_parts(parts, columns, read)
         except FileNotFoundError:
             seen = None
             continue
@@ -365,15 +392,29 @@ def read_table(run_dir: str | os.PathLike, columns: list[str] | None = None) -> 
     raise LedgerError(f"the ledger in {ledger_dir} kept changing while it was read; try again")
 
 
+def _pandas_type(t: pa.DataType):
+    """load()'s types: integer columns keep their type when they hold nulls (pandas' nullable Int32/Int64);
+    the curve stays Arrow-backed. Text columns are Arrow-backed already (pandas 3's str); maps become dicts.
+    (Compared with ==, not looked up: a curve read from Parquet names its list items 'element', hashes
+    differently from _curve, and a missed lookup costs the Python objects this avoids.)"""
+    if t == pa.int32():
+        return pd.Int32Dtype()
+    if t == pa.int64():
+        return pd.Int64Dtype()
+    if t == _curve:
+        return pd.ArrowDtype(t)
+    return None
+
+
 def load(run_dir: str | os.PathLike, columns: list[str] | None = None) -> "pd.DataFrame":
     """The ledger as a pandas DataFrame: one row per attempt, in order, with categorical status/decision.
+    `extra`, `knobs` and `files` are dicts; `curve` is Arrow-backed (a row's value is a list of
+    {"progress", "loss"} dicts, or NA): 64 points of 1M rows as Python objects took over a minute.
     `columns`: read only these (seq is always included): on a big ledger, leaving out the text columns (diff,
     files, curve, extra) is what keeps a load fast (docs/BENCHMARKS.md, bench/ledger_million.py)."""
     if columns is not None and "seq" not in columns:
         columns = ["seq", *columns]
-    # integer columns keep their type when they hold nulls (pandas' nullable Int32/Int64)
-    nullable = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
-    df = read_table(run_dir, columns).to_pandas(maps_as_pydicts="strict", types_mapper=nullable.get)
+    df = read_table(run_dir, columns).to_pandas(maps_as_pydicts="strict", types_mapper=_pandas_type)
     for col in ("status", "decision", "proposer", "trainer", "node", "gpu_model"):
         if col in df:
             df[col] = df[col].astype("category")

@@ -49,11 +49,10 @@ def export(run_dir, to, timeout):
                                    "with --track, which a resume can add: `ar-ray run --resume RUN_DIR --track NAME`)")
     console = Console()
     follower = track.Follower(run_dir, specs, run_id, meta.get("metric") or "metric", say=console.print)
-    had = {lane.sink.name: len(lane.logged) for lane in follower.lanes}
     follower.start()
     states = follower.close(seconds)
     for s in states:
-        console.print(f"{track.describe(s)} ({s['logged'] - had[s['name']]} now)", soft_wrap=True)
+        console.print(f"{track.describe(s)} ({s['sent']} now)", soft_wrap=True)
     left = [s["name"] for s in states if s["behind"]]
     if left:
         raise click.ClickException(f"not everything was logged to {', '.join(left)}; run the export again once it "

@@ -29,6 +29,7 @@ from ar_ray.lab.track_record import to_record, tracked
 STATE_FILE = "trackers.json"
 NAMES = ("mlflow", "wandb", "tensorboard")
 BACKOFF = (1.0, 60.0)  # first and longest pause between two tries of the same experiment
+FLUSH_TRIES = 2  # failed tries of one tracker during the end's flush before it is left behind
 SAVE_EVERY = 1.0  # seconds between two writes of trackers.json while logging
 _STOP = object()
 
@@ -147,7 +148,9 @@ class Lane:
         self.queue: queue.Queue = queue.Queue()
         self.entry = state.entry(sink.name, sink.where)
         self.pending: set[str] = set()  # experiment ids queued or being logged
+        self.sent = 0  # experiments this lane logged (not counting those the tracker already had)
         self.failures = 0  # failed tries in a row
+        self.tries_failed = 0  # failed tries in all
         self.retry_at: float | None = None
         self.opened = False
         self.quit = threading.Event()  # give up now (the end of a run's bounded flush)
@@ -195,6 +198,7 @@ class Lane:
                 tracker_id = self.sink.log(to_record(row, self.metric))
             except Exception as e:  # noqa: BLE001  (a tracker's failure is never the run's)
                 self.failures += 1
+                self.tries_failed += 1
                 pause = min(BACKOFF[1], BACKOFF[0] * 2 ** (self.failures - 1))
                 self.retry_at = time.time() + pause
                 self.entry.update(last_error=_short(e), last_error_at=time.time(), behind=len(self.pending))
@@ -210,6 +214,7 @@ class Lane:
             self.failures, self.retry_at = 0, None
             with self.state.lock:
                 self.logged[eid] = tracker_id
+            self.sent += 1
             break
         self.pending.discard(eid)
         self.entry["behind"] = len(self.pending)
@@ -226,7 +231,7 @@ class Lane:
     def status(self) -> dict:
         e = self.entry
         return {"name": self.sink.name, "where": self.sink.where, "run_dir": str(self.state.path.parent),
-                "logged": len(self.logged),
+                "logged": len(self.logged), "sent": self.sent,
                 "behind": self.behind(), "last_error": e.get("last_error") if self.failures else None,
                 "retry_in": max(0.0, self.retry_at - time.time()) if self.retry_at else None}
 
@@ -266,14 +271,20 @@ class Follower:
         return [lane.status() for lane in self.lanes]
 
     def close(self, timeout: float | None) -> list[dict]:
-        """Let the lanes finish for at most `timeout` seconds (None: until done); then each says what is left."""
+        """Let the lanes finish for at most `timeout` seconds (None: until done); then each says what is left.
+        A tracker that keeps failing is not waited for: after FLUSH_TRIES failed tries during the flush it is
+        left behind at once (a tracker that is down is rarely back within seconds; export finishes it)."""
         if self.closed is not None:
             return self.closed
         deadline = None if timeout is None else time.time() + timeout
         for lane in self.lanes:
             lane.queue.put(_STOP)
-        for lane in self.lanes:
-            lane.thread.join(None if deadline is None else max(0.0, deadline - time.time()))
+        failed_before = {id(lane): lane.tries_failed for lane in self.lanes}
+        waiting = [lane for lane in self.lanes if lane.thread.is_alive()]
+        while waiting and (deadline is None or time.time() < deadline):
+            waiting[0].thread.join(0.05)
+            waiting = [lane for lane in waiting if lane.thread.is_alive()
+                       and (timeout is None or lane.tries_failed - failed_before[id(lane)] < FLUSH_TRIES)]
         for lane in self.lanes:
             lane.quit.set()  # one still trying gives up at its next pause (its thread dies with the process)
             lane.entry.update(behind=lane.behind())

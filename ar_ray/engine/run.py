@@ -258,6 +258,7 @@ def execute(config: RunConfig, on_event=None) -> dict:
         nodes = cluster.cluster_resources()
         p = cluster.plan(config, nodes)
         meter = config.spend_meter(p.gpus, p.cpus, target.direction)
+        meter.default_model = _node_gpu_model(nodes, p.gpus)  # prices runs in flight before a trainer reports its own
         if on_event:
             on_event("note", None, {"text": spend_estimate(config, target, p, nodes, meter)})
         work_root = str(run_dir / "experiments")
@@ -330,10 +331,17 @@ def _both(first, second):
 
 def spend_estimate(config: RunConfig, target, p, nodes: list[dict], meter) -> str:
     """The start message: what an hour of the trainers costs, and when the budget is reached."""
-    from ar_ray.lab.spend import accelerator_type, estimate
-    model = next((m for n in nodes if float(n.get("GPU", 0) or 0) > 0 and (m := accelerator_type(n))), None)
+    from ar_ray.lab.spend import estimate
     seconds = None if target.budget_tokens else (config.budget_seconds or target.budget_for(int(p.gpus > 0)))
-    return estimate(meter.prices, meter.budget, p.trainers, p.gpus, p.cpus, model if p.gpus else "cpu", seconds)
+    return estimate(meter.prices, meter.budget, p.trainers, p.gpus, p.cpus, meter.default_model, seconds)
+
+
+def _node_gpu_model(nodes: list[dict], gpus: float) -> str | None:
+    """The GPU model Ray names for the cluster's GPU nodes (the first that names one); "cpu" without GPUs."""
+    from ar_ray.lab.spend import accelerator_type
+    if not gpus:
+        return "cpu"
+    return next((m for n in nodes if float(n.get("GPU", 0) or 0) > 0 and (m := accelerator_type(n))), None)
 
 
 def _trackers(config: RunConfig, run_dir: Path, run_id: str, metric: str, on_event):

@@ -144,6 +144,7 @@ class Meter:
         self.gpu_usd = 0.0  # GPU (or CPU-core) spend of the runs landed
         self.gpu_seconds = 0.0  # GPU-seconds of the runs landed (a trainer's GPUs x its run's wall time)
         self.baseline: float | None = None  # the unmodified target's metric (best of version 0)
+        self.default_model: str | None = None  # for a trainer whose GPU model is not known yet (no result so far)
 
     # ---- charging ----
 
@@ -152,6 +153,7 @@ class Meter:
 
     def cost(self, gpu_model: str | None, seconds: float) -> float:
         """What `seconds` on one trainer of this run cost."""
+        gpu_model = gpu_model or self.default_model
         return max(0.0, seconds) / 3600 * self.units(gpu_model) * self.prices.for_trainer(gpu_model, self.gpus).usd_per_hour
 
     def gpu_seconds_of(self, gpu_model: str | None, seconds: float) -> float:

@@ -68,7 +68,9 @@ def redact(url: str) -> str:
     if url.startswith("env:"):
         return url
     parts = urlsplit(url)
-    host = parts.hostname or "?"
+    if not parts.hostname:  # not a URL: its first part says enough (a token comes after the host)
+        return url.split("/", 1)[0][:60] + ("/..." if "/" in url else "")
+    host = parts.hostname
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}/..." if parts.path not in ("", "/") or parts.query else f"{parts.scheme}://{host}{port}"
 

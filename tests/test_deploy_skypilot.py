@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from helpers_targets import pids_with_env, wait_for
 from toys import make_toy
 
 from ar_ray.ledger import store as ledger
@@ -145,17 +147,18 @@ def test_ar_ray_run_line_parses_with_the_tasks_options(task):
 # ---------------------------------------------------------------- the run script, run as SkyPilot runs it
 
 def _namespace() -> list[str] | None:
-    """A prefix that runs a command in PID, network and mount namespaces of its own, or None where not allowed.
+    """A prefix that runs a command in network and mount namespaces of its own, or None where not allowed.
 
     The task's Ray uses fixed ports (6379, 8265, ...) and a fixed temp dir; a network namespace (only its own
-    loopback) and a tmpfs over the temp dir keep it apart from every other Ray on this machine, and the PID
-    namespace takes every process it started down with it.
+    loopback) and a tmpfs over the temp dir keep it apart from every other Ray on this machine. No PID namespace:
+    ar-ray's reapers name their cgroups by PID and clear those whose PID is gone from /proc, so a run in a PID
+    namespace and one outside, sharing the cgroup hierarchy, would each take the other's cgroups for stale and
+    kill them. Processes left behind are found by a mark in their environment instead.
     """
     if not shutil.which("unshare"):
         return None
-    for prefix in (["unshare", "--pid", "--net", "--fork", "--kill-child", "--mount-proc"],
-                   ["unshare", "--user", "--map-root-user", "--pid", "--net", "--fork", "--kill-child",
-                    "--mount-proc"]):
+    for prefix in (["unshare", "--net", "--mount", "--fork", "--kill-child"],
+                   ["unshare", "--user", "--map-root-user", "--net", "--mount", "--fork", "--kill-child"]):
         if subprocess.run([*prefix, sys.executable, "-c", LOOPBACK_UP], capture_output=True, timeout=30).returncode == 0:
             return prefix
     return None
@@ -175,7 +178,8 @@ def test_run_script_runs_ar_ray_on_a_one_machine_cluster(task):
     """`run` as written, on machine 0 of 1: its own Ray head with token auth, `ar-ray run`, then that Ray stops."""
     prefix = _namespace()
     if prefix is None:
-        pytest.skip("no PID and network namespaces here (unshare): the task's fixed ports could meet another Ray")
+        pytest.skip("no network namespace here (unshare): the task's fixed ports could meet another Ray")
+    mark = uuid.uuid4().hex
     temp = re.search(r"--temp-dir=(\S+)", task["run"]).group(1)
     work = Path(tempfile.mkdtemp(prefix="sky-"))  # short: Ray's socket paths must stay under 108 bytes
     try:
@@ -185,8 +189,9 @@ def test_run_script_runs_ar_ray_on_a_one_machine_cluster(task):
         target = make_toy(work / "target", "[target]\nenv = { TOY_SLEEP = '0.1' }\n")
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("RAY_", "SKYPILOT_", "AR_RAY_")) and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        env.update(HOME=str(home), SKYPILOT_NODE_IPS="127.0.0.1\n", SKYPILOT_NODE_RANK="0", SKYPILOT_NUM_NODES="1",
-                   SKYPILOT_NUM_GPUS_PER_NODE="0", RAY_AUTH_TOKEN=uuid.uuid4().hex, AR_RAY_RUN="run-t",
+        env.update(AR_SKY_TEST=mark, HOME=str(home), SKYPILOT_NODE_IPS="127.0.0.1\n", SKYPILOT_NODE_RANK="0",
+                   SKYPILOT_NUM_NODES="1", SKYPILOT_NUM_GPUS_PER_NODE="0", RAY_AUTH_TOKEN=uuid.uuid4().hex,
+                   AR_RAY_RUN="run-t",
                    AR_RAY_ARGS=f"--target {target} --max-experiments 2 --trainers 1 --acceptance greedy")
         os.makedirs(temp, exist_ok=True)
         prelude = f"set -e; {shlex.quote(sys.executable)} -c {shlex.quote(LOOPBACK_UP)}; mount -t tmpfs tmpfs {temp}\n"
@@ -202,7 +207,11 @@ def test_run_script_runs_ar_ray_on_a_one_machine_cluster(task):
         assert f"run dir: {socket.gethostname()}:{run_dir}" in text, text[-3000:]
         head_log = (home / "ar-ray-head.log").read_text()
         assert "received SIGTERM" in head_log, head_log[-3000:]  # stopped by its process (the trap), not `ray stop`
+        wait_for(lambda: not pids_with_env(f"AR_SKY_TEST={mark}\0"), 60, "the task's Ray processes to exit")
     finally:
+        for pid in pids_with_env(f"AR_SKY_TEST={mark}\0"):  # none when the script ended as it should
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(work, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.rmdir(temp)  # the mount point, empty: what Ray wrote was on the namespace's tmpfs

@@ -7,6 +7,7 @@ prints `---` and `val_bpb: <number>`. Every second outside that sleep is overhea
 
     python bench/overhead.py --trainers 2 8 16 --experiments 40 80 160 --duration 2
     python bench/overhead.py --trainers 2 --experiments 6 --duration 60 --skip-tune
+    python bench/overhead.py --trainers 4 --experiments 24 --duration 1 --skip-tune --track none tensorboard none tensorboard
 
 For each N the script starts a local Ray with N fake CPUs (the child only sleeps,
 so N may exceed the cores), then
@@ -96,7 +97,8 @@ class DriverTimer:
     NAMES = (("ar_ray.engine.driver", "Driver", "_wait"), ("ar_ray.engine.driver", "Driver", "_landed"),
              ("ar_ray.engine.driver", "Driver", "_dispatch"), ("ar_ray.engine.driver", "Driver", "_top_up"),
              ("ar_ray.engine.driver", "Driver", "_proposed"), ("ar_ray.engine.driver", "Driver", "_broadcast"),
-             ("ar_ray.engine.driver", "Driver", "_record"), ("ar_ray.ledger.store", "Ledger", "append"))
+             ("ar_ray.engine.driver", "Driver", "_record"), ("ar_ray.ledger.store", "Ledger", "append"),
+             ("ar_ray.lab.track", "Follower", "feed"))  # --track: what the loop pays per row for the trackers
 
     def __init__(self):
         import importlib
@@ -154,15 +156,16 @@ def per_trainer(ran) -> dict:
             "runs_per_trainer": runs_per}
 
 
-def run_ar_ray(n: int, m: int, d: float, target: Path, root: Path, proposers: int, sandbox: str = "auto") -> dict:
+def run_ar_ray(n: int, m: int, d: float, target: Path, root: Path, proposers: int, sandbox: str = "auto",
+               track: str = "none") -> dict:
     from ar_ray.engine.config import RunConfig
     from ar_ray.engine.run import execute
     from ar_ray.ledger.store import load
 
-    run_dir = root / f"ar-ray-N{n}-M{m}-D{d:g}-{sandbox}-{time.time_ns()}"
+    run_dir = root / f"ar-ray-N{n}-M{m}-D{d:g}-{sandbox}-{track}-{time.time_ns()}"
     config = RunConfig(target=str(target), run_dir=str(run_dir), proposer="mutate", proposers=proposers,
                        trainers=n, cpus_per_trainer=1, gpus_per_trainer=0, max_experiments=m, budget_seconds=d,
-                       sandbox=sandbox)
+                       sandbox=sandbox, track=() if track == "none" else (track,))
     timer = DriverTimer()
     events = collections.Counter()
     errors: list[str] = []
@@ -192,7 +195,8 @@ def run_ar_ray(n: int, m: int, d: float, target: Path, root: Path, proposers: in
     steady = per_trainer(ran[ran["s"] >= baseline_end])
     r = len(ran)
     return {
-        "system": "ar-ray", "N": n, "M": m, "D": d, "runs": r, "wall_s": wall,
+        "system": "ar-ray" if track == "none" else f"ar-ray --track {track}", "N": n, "M": m, "D": d, "runs": r,
+        "wall_s": wall, "trackers": summary.get("trackers"),
         "driver_elapsed_s": summary["elapsed_seconds"], "startup_and_teardown_s": wall - summary["elapsed_seconds"],
         "status": summary.get("by_status"), "skipped": summary.get("skipped"), "kept": summary.get("kept"),
         "infra": summary.get("infra"), "events": dict(events), "event_errors": errors,
@@ -264,6 +268,12 @@ def table(results: list[dict]) -> str:
         by[(r["N"], r["M"], r["D"])][r["system"]] = r
     for key in sorted(by, key=lambda k: (k[2], k[0])):
         a = by[key].get("ar-ray")
+        for system, a2 in by[key].items():  # ar-ray with --track: a row of its own
+            if system.startswith("ar-ray --track"):
+                lines.append(f"| {a2['N']} | {a2['M']} | {a2['D']:g} | {system} | {a2['wall_s']:.1f} "
+                             f"| {a2['overhead_b_s']:.4f} | {a2['inside_s']:.4f} | {a2['gap_s']:.4f} "
+                             f"| {a2['child_minus_D_median_s']:.3f} | {a2['wall_overhead_s']:.3f} "
+                             f"| {a2['duty_min']:.2%} / {a2['duty_mean']:.2%} | {a2['utilization']:.1%} | |")
         if a:
             lines.append(f"| {a['N']} | {a['M']} | {a['D']:g} | ar-ray | {a['wall_s']:.1f} | {a['overhead_b_s']:.4f} "
                          f"| {a['inside_s']:.4f} (trainer overhead_seconds {a['overhead_a_s']:.4f}) | {a['gap_s']:.4f} "
@@ -294,6 +304,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-tune", action="store_true")
     ap.add_argument("--sandbox", nargs="+", default=["auto"], choices=["auto", "bwrap", "none"],
                     help="ar-ray's --sandbox; several values run ar-ray once per value, one after the other")
+    ap.add_argument("--track", nargs="+", default=["none"], choices=["none", "tensorboard", "mlflow", "wandb"],
+                    help="ar-ray's --track (none: without); several values run ar-ray once per value, in this order "
+                         "(e.g. none tensorboard none tensorboard: A B A B in one invocation)")
     ap.add_argument("--skip-ar-ray", action="store_true")
     ap.add_argument("--tune-reuse-actors", action="store_true",
                     help="TuneConfig(reuse_actors=True) (Tune's default is False: one new actor per trial)")
@@ -320,18 +333,19 @@ def main(argv=None) -> int:
     for n, m in zip(args.trainers, exps):
         start_ray(n)
         try:
-            for mode in ([] if args.skip_ar_ray else args.sandbox):
+            for mode, track in ([] if args.skip_ar_ray else [(m_, t) for m_ in args.sandbox for t in args.track]):
                 load0 = os.getloadavg()[0]
-                r = run_ar_ray(n, m, args.duration, target, root, args.proposers, mode)
+                r = run_ar_ray(n, m, args.duration, target, root, args.proposers, mode, track)
                 r["loadavg_1min_before_after"] = (load0, os.getloadavg()[0])
                 r["sandbox"] = mode
                 results.append(r)
-                print(f"ar-ray   N={n} M={m} D={args.duration:g} sandbox {mode}: wall {r['wall_s']:.1f}s, overhead/exp "
+                print(f"ar-ray   N={n} M={m} D={args.duration:g} sandbox {mode} track {track}: wall {r['wall_s']:.1f}s, overhead/exp "
                       f"(a) {r['overhead_a_s']*1e3:.1f} ms (b) {r['overhead_b_s']*1e3:.1f} ms, duty min "
                       f"{r['duty_min']:.3%} (all runs {r['all_duty_min']:.3%}, max gap {r['gap_max_s']*1e3:.0f} ms / "
                       f"{r['all_gap_max_s']*1e3:.0f} ms), status {r['status']}, skipped {r['skipped']}, "
                       f"events {r['events']} {r['event_errors'][:1]}, load {r['loadavg_1min_before_after']}", file=sys.stderr)
-                print(f"         driver time: {r['driver_time_s']}", file=sys.stderr)
+                print(f"         driver time: {r['driver_time_s']}; start-up + teardown "
+                      f"{r['startup_and_teardown_s']:.2f} s; trackers {r['trackers']}", file=sys.stderr)
             if not args.skip_tune:
                 load0 = os.getloadavg()[0]
                 t = run_tune(n, m, args.duration, target, root, args.tune_reuse_actors)

@@ -23,6 +23,7 @@ AR_SEED, AR_THREADS, AR_BUDGET_SECONDS, AR_BUDGET_TOKENS, AR_RESULT_FILE, AR_PEA
 """
 import fcntl, functools, glob, hashlib, heapq, itertools, json, math, os, random, re, secrets, sys, time
 from collections import Counter, defaultdict
+T_IMPORT = time.time()  # (before numpy and torch: the evaluation's start-up is timed from here)
 
 import numpy as np
 import torch
@@ -645,10 +646,10 @@ def serve_evaluation(run_dir):
     RUN_DIR/MODEL_FILE and prints the summary block (val_bpb first); on end of input it exits quietly.
     A model file that is refused, or that looks ahead, gets an `INTEGRITY:` line and no metric."""
     import modelfile
-    t0 = time.time()
     device, _ = init_runtime()
     data, token_bytes, n_rows = _validation(device)
-    print(f"evaluation ready: {n_rows} rows of {SEQ_LEN} tokens on {device} ({time.time() - t0:.1f}s)", flush=True)
+    print(f"evaluation ready: {n_rows} rows of {SEQ_LEN} tokens on {device} ({time.time() - T_IMPORT:.1f}s after "
+          "start-up)", flush=True)
     if sys.stdin.readline().strip() != "go":
         return 0
     t1 = time.time()
@@ -681,7 +682,9 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["evaluate"]:
         if len(sys.argv) != 3:
             sys.exit("usage: python prepare.py evaluate RUN_DIR")
-        sys.exit(serve_evaluation(sys.argv[2]))
+        code = serve_evaluation(sys.argv[2])
+        sys.stdout.flush()
+        os._exit(code)  # (torch's interpreter teardown would add ~1 s to the run's critical path)
     t0 = time.time()
     _retire_old_layout(cache_root())
     print(f"ready: {ensure_cache(verbose=True)} ({time.time() - t0:.1f}s)")

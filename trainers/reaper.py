@@ -188,7 +188,7 @@ def make_pids_cgroup(limit: int) -> str | None:
     """A cgroup of our own capped at `limit` tasks, or None where the machine does not let us make one."""
     for root in _pids_roots():
         clear_stale_cgroups(root)
-        path = os.path.join(root, f"{CGROUP_PREFIX}{os.getpid()}")
+        path = os.path.join(root, CGROUP_PREFIX + _identity(os.getpid()))
         try:
             os.mkdir(path)
         except OSError:
@@ -202,12 +202,36 @@ def make_pids_cgroup(limit: int) -> str | None:
     return None
 
 
+def _identity(pid: int) -> str:
+    """`<pid namespace>-<pid>-<start time>`: who owns a run's cgroup. A pid alone is not enough: runs in other pid
+    namespaces (containers, `unshare --pid`) share the cgroup hierarchy with their own pids, and pids are reused."""
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+        with open(f"/proc/{pid}/stat") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]  # field 22, starttime (the name may hold spaces or ')')
+    except (OSError, IndexError):
+        return ""
+    return f"{ns}-{pid}-{start}"
+
+
+def _owner_gone(name: str) -> bool:
+    """Whether the reaper named by a cgroup is gone. Only cgroups of this pid namespace are judged (another
+    namespace's pids mean nothing here); a pid now held by a younger process counts as gone."""
+    parts = name[len(CGROUP_PREFIX):].split("-")
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        return False  # not named by this version: leave it alone
+    own = _identity(os.getpid())
+    if not own or parts[0] != own.split("-")[0]:
+        return False
+    return _identity(int(parts[1])) != name[len(CGROUP_PREFIX):]
+
+
 def clear_stale_cgroups(root: str) -> list[str]:
     """Remove the cgroups of reapers that died without cleaning up (SIGKILLed), killing what is left in them:
     those processes are orphans of a killed run. Returns the cgroups removed."""
     removed = []
     for stale in (os.listdir(root) if os.path.isdir(root) else []):
-        if stale.startswith(CGROUP_PREFIX) and not os.path.exists(f"/proc/{stale[len(CGROUP_PREFIX):]}"):
+        if stale.startswith(CGROUP_PREFIX) and _owner_gone(stale):
             path = os.path.join(root, stale)
             _kill_members(path)
             _remove_cgroup(path, tries=25)

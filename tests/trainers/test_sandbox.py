@@ -474,8 +474,9 @@ def test_an_exponential_fork_bomb_is_stopped_by_the_kernel_where_a_pids_cgroup_c
     assert run.result.status == "limit" and "fork refused" in run.log
     assert "the kernel refused" in run.result.error_tail and "cap of 64 tasks" in run.result.error_tail
     run.assert_contained()
-    assert not [d for root in reaper._pids_roots() if os.path.isdir(root)
-                for d in os.listdir(root) if d.startswith(reaper.CGROUP_PREFIX)], "a run's cgroup was left behind"
+    assert not [d for root in reaper._pids_roots() if os.path.isdir(root)  # (other live runs may hold theirs)
+                for d in os.listdir(root) if d.startswith(reaper.CGROUP_PREFIX) and reaper._owner_gone(d)], \
+        "a run's cgroup was left behind"
 
 
 def test_the_data_fingerprint_flags_changed_and_removed_files_not_new_ones(tmp_path):
@@ -505,21 +506,35 @@ def test_the_cgroup_of_a_killed_reaper_and_its_orphans_are_cleared_by_the_next_r
     reaper._remove_cgroup(probe)
     gone = subprocess.Popen(["true"])
     gone.wait()  # its pid names the cgroup: a reaper that no longer exists
-    stale = os.path.join(root, f"{reaper.CGROUP_PREFIX}{gone.pid}")
+    ns = os.stat("/proc/self/ns/pid").st_ino
+    stale = os.path.join(root, f"{reaper.CGROUP_PREFIX}{ns}-{gone.pid}-1")
     os.mkdir(stale)
+    # Left alone: a reaper of another pid namespace (its pids mean nothing here: found when a run under
+    # `unshare --pid` and one outside it killed each other's runs), and an older version's name.
+    foreign = [os.path.join(root, f"{reaper.CGROUP_PREFIX}{ns + 1}-{gone.pid}-1"),
+               os.path.join(root, f"{reaper.CGROUP_PREFIX}{gone.pid}")]
+    for path in foreign:
+        os.mkdir(path)
+    # A pid reused by a younger process: its owner is gone all the same.
+    reused = os.path.join(root, reaper.CGROUP_PREFIX + reaper._identity(os.getpid()).rsplit("-", 1)[0] + "-1")
+    os.mkdir(reused)
 
     def enter():
         with open(os.path.join(stale, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
     orphan = subprocess.Popen(["sleep", "300"], preexec_fn=enter)
     try:
-        assert stale in reaper.clear_stale_cgroups(root)
+        cleared = reaper.clear_stale_cgroups(root)
+        assert stale in cleared and reused in cleared and not set(foreign) & set(cleared)
         assert orphan.wait(timeout=10) == -signal.SIGKILL and not os.path.exists(stale)
+        assert all(os.path.isdir(path) for path in foreign)
         live = reaper.make_pids_cgroup(64)  # a live reaper's cgroup (this process) is left alone
         assert live not in reaper.clear_stale_cgroups(root) and os.path.isdir(live)
         reaper._remove_cgroup(live)
     finally:
         orphan.kill()
+        for path in foreign + [reused]:
+            reaper._remove_cgroup(path, tries=1)
 
 
 CACHE_PROBE = """

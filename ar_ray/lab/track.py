@@ -206,8 +206,12 @@ class Lane:
                     self.say(f"{self.sink.name}: cannot log {eid} ({_short(e)}); the run goes on, {self.sink.name} "
                              "retries and catches up")
                 self.state.save()
-                if self.quit.wait(pause):
-                    return False
+                end = time.time() + pause
+                while time.time() < end:  # the pause, in slices: status sees the backlog grow meanwhile
+                    if self.quit.wait(min(SAVE_EVERY, max(0.0, end - time.time()))):
+                        return False
+                    self.entry["behind"] = len(self.pending)
+                    self.state.save()
                 continue
             if self.failures:
                 self.say(f"{self.sink.name}: logging again after {self.failures} failed tries")

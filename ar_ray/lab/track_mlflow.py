@@ -41,7 +41,11 @@ class MLflowSink:
     def open(self, run_id: str) -> dict[str, str]:
         """Connect; the experiments already logged completely (experiment id -> MLflow run id). Half-logged ones
         (left RUNNING by a crash or a lost connection) are deleted, to be logged again."""
+        import logging
+
         from mlflow.tracking import MlflowClient
+        if logging.getLogger("mlflow").level == logging.NOTSET:  # its INFO lines (a new sqlite store's
+            logging.getLogger("mlflow").setLevel(logging.WARNING)  # migrations) are not the run's console
         client = MlflowClient(tracking_uri=self.uri)
         name = f"ar-ray/{run_id}"
         found = client.get_experiment_by_name(name)

@@ -14,14 +14,16 @@
 #                GPU_CHECK_STEPS="1 4" bash bench/gpu_check.sh        (~4 min; step 1 is quick once cached)
 #   a dry run on CPU (what the tests do): GPU_CHECK_PRESET=cpu GPU_CHECK_DEVICE=cpu GPU_CHECK_SECONDS=3 \
 #       GPU_CHECK_PARITY="--steps 4 --depth 1 --batch 4 --seq-len 128" bash bench/gpu_check.sh
-#   (GPU_CHECK_TARGET: another target folder for step 4; tests/trainers/test_gpu_duty.py gives it a toy)
+#   (steps 1-3 unless GPU_CHECK_STEPS says otherwise; GPU_CHECK_TARGET: another target folder for step 4,
+#   tests/trainers/test_gpu_duty.py gives it a toy)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 LOG=${OUT:-$PWD}/gpu_check.log
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 PARITY=${GPU_CHECK_PARITY:---depth 4 --batch 8 --seq-len 512 --steps 40}
-STEPS=" ${GPU_CHECK_STEPS:-1 2 3 4} "
+# the CPU dry run leaves out step 4 (two more runs: tests/trainers/test_gpu_duty.py runs it with a toy target)
+if [ "$DEVICE" = cuda ]; then STEPS=" ${GPU_CHECK_STEPS:-1 2 3 4} "; else STEPS=" ${GPU_CHECK_STEPS:-1 2 3} "; fi
 SECONDS_FULL=${GPU_CHECK_SECONDS:-300}
 DUTY_SECONDS=${GPU_CHECK_DUTY_SECONDS:-$(( SECONDS_FULL < 60 ? SECONDS_FULL : 60 ))}
 if [ "$DEVICE" = cuda ]; then DUTY_GPUS=0; else DUTY_GPUS=; fi  # the trainer's GPU ids (none: a CPU trainer)

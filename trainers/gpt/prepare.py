@@ -497,6 +497,8 @@ def load_tokens(split):
     d = ensure_cache()
     if split != "val":
         return np.load(os.path.join(d, f"{split}.npy"), mmap_mode="r")
+    if not os.path.exists(os.path.join(heldout_dir(d), "val.npy")):
+        _retire_old_layout(os.path.dirname(d))  # a cache from before the split moved, used without setup
     try:
         return np.load(os.path.join(heldout_dir(d), "val.npy"), mmap_mode="r")
     except (FileNotFoundError, PermissionError):

@@ -33,7 +33,7 @@ class MLflowSink:
         self.uri, self.run_dir = uri, Path(run_dir)
         self.where = uri
         # our own thread retries with backoff and counts what lags: MLflow's client must not wait minutes per call
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # not on the run's console
         self.client = self.experiment = None

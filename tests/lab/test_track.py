@@ -85,25 +85,30 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def test_tensorboard_and_a_down_mlflow_during_a_run_then_mlflow_catches_up_on_resume(ray_local, tmp_path):
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """An MLflow server starting (it takes 10-30 s) while Ray starts and the first run runs; wait_mlflow() waits."""
+    port = free_ports(1)[0]
+    server = start_mlflow(port, tmp_path / "mlflow")
+    yield server, port, tmp_path / "mlflow"
+    stop(server)
+
+
+def test_tensorboard_and_a_down_mlflow_during_a_run_then_mlflow_catches_up_on_resume(mlflow_server, ray_local,
+                                                                                      tmp_path):
     target = make_toy(tmp_path / "target", TOML, train=TRAIN)
-    run_dir = tmp_path / "run"
-    down, port = free_ports(2)
+    down = free_ports(1)[0]
     uri = f"http://127.0.0.1:{down}"  # nothing listens there: MLflow is down for the first run
-    server = start_mlflow(port, tmp_path / "mlflow")  # the one that works, for the resume (it starts meanwhile)
-    try:
-        check_runs(target, run_dir, uri, server, port, tmp_path / "mlflow")
-    finally:
-        stop(server)
+    check_runs(target, tmp_path / "run", uri, *mlflow_server)
 
 
 def check_runs(target: Path, run_dir: Path, uri: str, server, port: int, home: Path) -> None:
-    r = invoke("run", "--target", target, "--run-dir", run_dir, "--max-experiments", "2", "--trainers", "1",
+    r = invoke("run", "--target", target, "--run-dir", run_dir, "--max-experiments", "1", "--trainers", "1",
                "--acceptance", "greedy", "--track", "tensorboard", "--track", f"mlflow={uri}", "--track-flush", "2m")
     assert r.exit_code == 0, r.output
     first = ran(run_dir)
     n = len(first)
-    assert n == 3  # the baseline and two candidates
+    assert n == 2  # the baseline and a candidate
     # TensorBoard did not wait for MLflow: every experiment is there, with its metric and its curve
     tb = run_dir / "tensorboard"
     assert sorted(p.name for p in tb.iterdir()) == sorted(first.experiment_id)
@@ -128,7 +133,7 @@ def check_runs(target: Path, run_dir: Path, uri: str, server, port: int, home: P
     uri = f"http://127.0.0.1:{port}"
     # the resume points MLflow at the server that answers: it catches up on the first run's rows while
     # TensorBoard adds the new ones; the end's flush gets the time it needs
-    r = invoke("run", "--resume", run_dir, "--max-experiments", "3", "--track", "tensorboard",
+    r = invoke("run", "--resume", run_dir, "--max-experiments", "2", "--track", "tensorboard",
                "--track", f"mlflow={uri}", "--track-flush", "3m")
     assert r.exit_code == 0, r.output
     every = ran(run_dir)

@@ -50,4 +50,8 @@ class WandbSink:
         return run.id
 
     def close(self) -> None:
+        """Stop wandb's service process (wandb-core, a child of the driver) with the tracker, not at the
+        process's exit."""
+        if self.wandb is not None:
+            self.wandb.teardown()
         self.wandb = None

@@ -201,6 +201,20 @@ def wandb_records(run_path: Path) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def wandb_services() -> list[int]:
+    """wandb-core processes that are children of this one (the tracker's client starts one)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except (OSError, ValueError):
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if "wandb" in name and int(rest[1]) == os.getpid():
+            out.append(int(entry))
+    return out
+
+
 def test_export_to_wandb_offline_read_back_with_wandbs_reader(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
@@ -236,6 +250,7 @@ def test_export_to_wandb_offline_read_back_with_wandbs_reader(tmp_path, monkeypa
         exit_code = next(x["exit"] for x in records if x["type"] == "exit").get("exit_code", 0)
         assert exit_code == (1 if row["status"] == "crash" else 0)
     assert sorted(seen) == ["e00000", "e00001", "e00002"]
+    assert not wandb_services(), "wandb's service process outlived the export"
     r = invoke("export", run_dir, "--to", "wandb=lab/research")  # idempotent: nothing is logged twice
     assert r.exit_code == 0 and "(0 now)" in r.output, r.output
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 3

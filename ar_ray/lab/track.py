@@ -190,8 +190,9 @@ class Lane:
         while eid not in self.logged:
             try:
                 if not self.opened:
+                    found = self.sink.open(self.run_id)  # (network: not under the state's lock)
                     with self.state.lock:
-                        self.logged.update(self.sink.open(self.run_id))
+                        self.logged.update(found)
                     self.opened = True
                     if eid in self.logged:
                         break

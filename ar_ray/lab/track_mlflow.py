@@ -74,7 +74,7 @@ class MLflowSink:
         return done
 
     def log(self, rec: Record) -> str:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
         c = self.client
         start = int((rec.started_at or time.time()) * 1000)
         end = int((rec.ended_at or rec.started_at or time.time()) * 1000)

@@ -49,7 +49,9 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def target(env):
-    return load_target(TARGET, budget_tokens=TOKENS)  # (AR_BUDGET_TOKENS from the environment is scrubbed: TOKEN)
+    # (AR_BUDGET_TOKENS from the environment is scrubbed: TOKEN); no pre-started children: every process these
+    # tests start must be gone after each run (tests/trainers/test_prestart.py runs the GPT target warm)
+    return load_target(TARGET, budget_tokens=TOKENS, prestart=())
 
 
 @pytest.fixture(scope="module")

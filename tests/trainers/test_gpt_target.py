@@ -305,8 +305,8 @@ def test_the_bundled_train_py_without_its_causal_mask_is_recorded_integrity_neve
     from ar_ray.target import load_target
     from trainers.sandbox import Sandbox
     from trainers.trainer import Trainer
-    monkeypatch.setenv("AR_BUDGET_TOKENS", str(4 * 2048))
-    target = load_target(TARGET)
+    # (the budget through the target: AR_BUDGET_TOKENS in the trainer's environment is scrubbed, its name has TOKEN)
+    target = load_target(TARGET, budget_tokens=4 * 2048, prestart=())
     leaky = target.read_editable()["train.py"].replace("is_causal=True", "is_causal=False")
     assert leaky != target.read_editable()["train.py"]
     trainer = Trainer(target, str(tmp_path / "work"), name="t", box=Sandbox(mode="none"))

@@ -59,7 +59,9 @@ def start_mlflow(port: int, home: Path) -> subprocess.Popen:
     proc = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
                              "--artifacts-destination", str(home / "artifacts"), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
-                            stdout=open(home / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=open(home / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                            # no background job runner (GenAI evaluation jobs): a third less start-up, same tracking API
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     return proc
 
 

@@ -279,6 +279,34 @@ def test_a_down_tracker_never_holds_up_the_feed_and_the_flush_is_bounded(tmp_pat
     assert json.loads((run_dir / "trackers.json").read_text())["mlflow"]["behind"] == 300
 
 
+def test_a_slow_tracker_never_holds_up_the_feed_and_the_flush_ends_on_time(tmp_path, monkeypatch):
+    """An MLflow that accepts connections and never answers: the feed stays a queue put, and the end's flush
+    returns at its deadline with everything still behind (the lane is stuck in a request, not the run)."""
+    import socket
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")  # the stuck lane gives up soon after the test
+    run_dir = tmp_path / "run"
+    written = small_ledger(run_dir)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # the kernel completes the connections; nobody reads or answers
+    try:
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        follower = track.Follower(run_dir, track.parse([f"mlflow={uri}"]), RUN_ID, "val_bpb").start()
+        t = time.perf_counter()
+        for i in range(300):
+            follower.feed({**written[i % 3], "experiment_id": f"x{i:05d}"})
+        assert time.perf_counter() - t < 1.0
+        silent.settimeout(120)
+        waiting, _ = silent.accept()  # the tracker has sent its first request, and waits for the answer
+        t = time.perf_counter()
+        states = follower.close(1.0)
+        waiting.close()
+        assert time.perf_counter() - t < 3.0  # the deadline, not the request's 5 s timeout
+        assert states[0]["logged"] == 0 and states[0]["behind"] == 303  # the ledger's 3 and the 300 fed
+    finally:
+        silent.close()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--track", "comet"], "unknown tracker 'comet'"),
     (["--track", "tensorboard", "--track", "tensorboard=x"], "given twice"),

@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ar_ray.lab.track_record import to_record, tracked
 
@@ -68,6 +69,10 @@ def parse(values, flag: str = "--track") -> tuple[Spec, ...]:
             raise TrackError(f"{flag} {name} is given twice; give each tracker once")
         if eq and not where.strip():
             raise TrackError(f"{flag} {value!r}: nothing after '='; leave out '=' for the default")
+        if urlsplit(where.strip()).password:  # run.json, trackers.json and status would keep it in plain text
+            raise TrackError(f"{flag} {name}=...: the address holds a password; give it without one and put the "
+                             "credentials in the tracker's own environment variables (MLflow: MLFLOW_TRACKING_USERNAME "
+                             "and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN)")
         seen.add(name)
         specs.append(Spec(name, where.strip() or None))
         _check_installed(specs[-1], flag)

@@ -312,6 +312,7 @@ def test_a_slow_tracker_never_holds_up_the_feed_and_the_flush_ends_on_time(tmp_p
     (["--track", "tensorboard", "--track", "tensorboard=x"], "given twice"),
     (["--track", "mlflow="], "nothing after '='"),
     (["--track-flush", "-5"], "not a duration"),
+    (["--track", "mlflow=http://me:s3cret@127.0.0.1:5000"], "the address holds a password"),
 ])
 def test_bad_track_flags_are_refused_before_ray_starts(tmp_path, args, message):
     target = make_toy(tmp_path / "target", TOML, train=TRAIN)

@@ -108,7 +108,9 @@ def run_arm(name: str, checkout: Path, target: Path, run_dir: Path, args, cache:
 def figures(run_dir: Path) -> dict:
     from ar_ray.ledger.store import load
     df = load(run_dir)
-    df = df[df["started_at"].notna() & df["run_seconds"].notna()].sort_values("started_at")
+    df = df[df["started_at"].notna() & df["run_seconds"].notna()].sort_values("started_at").copy()
+    for col in ("started_at", "ended_at"):  # timestamps -> seconds
+        df[col] = df[col].map(lambda t: t.timestamp() if hasattr(t, "timestamp") else float(t))
     useful = (df["train_seconds"].fillna(0) + df["eval_seconds"].fillna(0)).tolist()
     start, end = df["started_at"].min(), df["ended_at"].max()
     n = len(df)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers_targets import candidate, marked_pids, new_mark, wait_for  # noqa: E402
+from helpers_targets import candidate, marked_pids, new_mark, ppid_of, wait_for  # noqa: E402
 
 from ar_ray.target import TargetError, load_target  # noqa: E402
 from trainers import evaluate  # noqa: E402
@@ -279,3 +279,31 @@ def test_setup_moves_an_old_layout_split_out_of_sight(tmp_path, env):
     assert proc.returncode == 0, proc.stderr
     assert not (old / "val.npy").exists()
     assert (tmp_path / "c" / "heldout" / "builtin1-4mb-v512" / "val.npy").read_bytes() == b"old split"
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "none"])
+def test_a_killed_trainer_actor_takes_the_waiting_evaluation_with_it(target, trainers, env, mode, ray_local, tmp_path):
+    """Ray SIGKILLs a trainer's worker (Ctrl-C, ray.kill, a lost driver): the run and its evaluation child, which
+    waits for the run to end, both go; nothing is left in either mode."""
+    ray = ray_local
+    from trainers.actor import TrainerActor
+    mark = new_mark()  # through the target's env: only the run's and the evaluation's processes carry it (Ray's
+    target = load_target(TARGET, budget_tokens=TOKENS, prestart=(),  # own carry the module's, from os.environ)
+                         env={**target.env, "AR_TEST_MARK": mark})
+    actor = ray.remote(TrainerActor).options(max_concurrency=2, max_restarts=0, num_gpus=0) \
+        .remote(target, str(tmp_path / "work"), "t-ray", grace_seconds=0.5, box=Sandbox(mode=mode))
+    try:
+        actor.run.remote(candidate(target, train="import time\nprint('training', flush=True)\ntime.sleep(600)\n"))
+
+        def evaluation_waiting():
+            return [p for p in marked_pids(mark) if b"evaluate" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        wait_for(lambda: len(evaluation_waiting()) >= 2, 60, "the evaluation child and its reaper")
+        marked = marked_pids(mark)
+        actor_pid = next(ppid_of(p) for p in marked if ppid_of(p) not in marked)
+        assert actor_pid != os.getpid()
+        os.kill(actor_pid, signal.SIGKILL)
+        wait_for(lambda: marked_pids(mark) == [], 20, "the run and its evaluation to go with their trainer")
+    finally:
+        ray.kill(actor)
+        for pid in marked_pids(mark):
+            os.kill(pid, signal.SIGKILL)

@@ -23,7 +23,7 @@ import os
 import re
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -356,13 +356,16 @@ def _read_parts(parts: list[_Part], columns: list[str] | None, read: dict[str, p
         return
     with ThreadPoolExecutor(min(READERS, len(todo)), thread_name_prefix="ledger-read") as pool:
         futures = {q.path.name: pool.submit(_read_part, q.path, columns) for q in todo}
-        for name, fut in futures.items():  # parts read before a FileNotFoundError are kept for the next try
-            try:
+        try:
+            for name, fut in futures.items():
                 read[name] = fut.result()
-            except FileNotFoundError:
-                for other in futures.values():
-                    other.cancel()
-                raise
+        except FileNotFoundError:  # the parts read by then are kept for the next try; the rest is not started
+            for fut in futures.values():
+                fut.cancel()
+            wait(futures.values())
+            read.update({name: fut.result() for name, fut in futures.items()
+                         if not fut.cancelled() and fut.exception() is None})
+            raise
 
 
 def read_table(run_dir: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:

@@ -307,3 +307,28 @@ def test_a_killed_trainer_actor_takes_the_waiting_evaluation_with_it(target, tra
         ray.kill(actor)
         for pid in marked_pids(mark):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_probe_catches_a_model_that_looks_ahead_only_in_the_second_half(trainers, env):
+    """A cut fixed at the middle (the probe before this one) never saw a model that is causal up to the middle
+    and reads the next token after it; random cuts per row do (it escapes 32 rows with probability 2^-32)."""
+    from importlib import util
+    spec = util.spec_from_file_location("gpt_prepare_probe", TARGET / "prepare.py")
+    prep = util.module_from_spec(spec)
+    spec.loader.exec_module(prep)
+    vocab = prep.vocab_size()
+
+    class SecondHalfCheater(torch.nn.Module):
+        def forward(self, x):
+            nxt = torch.nn.functional.one_hot(torch.roll(x, -1, dims=1), vocab).float() * 20.0
+            second = (torch.arange(x.size(1)) >= x.size(1) // 2)[None, :, None]
+            return torch.where(second, nxt, torch.zeros_like(nxt))
+
+    with pytest.raises(prep.LookAheadError, match="looks ahead"):
+        prep.evaluate_bpb(SecondHalfCheater(), batch_size=32)
+
+    class Honest(torch.nn.Module):  # causal: each position sees itself and the past only
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x, vocab).float().cumsum(1)
+
+    assert 0 < prep.evaluate_bpb(Honest(), batch_size=32) < 100

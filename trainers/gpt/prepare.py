@@ -536,22 +536,29 @@ class LookAheadError(RuntimeError):
 
 @torch.no_grad()
 def causality_probe(forward, x, logits, n_tokens, device="cpu"):
-    """Raise LookAheadError when the logits at positions < t depend on the tokens at positions >= t (t = the middle
-    of the sequence): e.g. attention without its causal mask, which scores a near-perfect val_bpb by reading the
-    next token. `logits`: forward(x) as the evaluation computed it (the pass that counts); forward runs once
-    more on x with the second half of every row replaced: by another row's second half (real text), or by
-    shifted tokens when x has a single row."""
-    t = x.size(1) // 2
-    x2 = x.clone()
-    x2[:, t:] = x.roll(1, dims=0)[:, t:] if x.size(0) > 1 else (x[:, t:] + 1) % n_tokens
+    """Raise LookAheadError when a model's logits at positions before a cut depend on the tokens from the cut on:
+    e.g. attention without its causal mask, which scores a near-perfect val_bpb by reading the next token.
+    `logits`: forward(x) as the evaluation computed it (the pass that counts). forward runs once more, on x with
+    every row changed from a cut of its own, drawn at random here (so a model cannot be causal just where a
+    fixed cut would look): the tokens from the cut on are another row's (real text), or shifted ones when x has
+    a single row. A model that looks ahead at a share f of the positions escapes with probability about
+    (1 - f) ** rows."""
+    rows, T = x.shape
+    draw = random.SystemRandom()
+    cuts = torch.tensor([draw.randrange(1, T) for _ in range(rows)], device=x.device)
+    after = torch.arange(T, device=x.device)[None, :] >= cuts[:, None]
+    other = x.roll(1, dims=0) if rows > 1 else (x + 1) % n_tokens
+    x2 = torch.where(after, other, x)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=(device == "cuda")):
-        b = forward(x2)[:, :t].float()
-    a = logits[:, :t].float()
-    diff, scale = (a - b).abs().max().item(), a.abs().max().item()
+        b = forward(x2).float()
+    before = ~after[:, :, None]
+    a = logits.float()
+    diff = torch.where(before, (a - b).abs(), 0.0).amax().item()
+    scale = torch.where(before, a.abs(), 0.0).amax().item()
     tolerance = (3e-2 if device == "cuda" else 1e-3) * max(1.0, scale)  # (bf16 rounding on GPUs)
     if not diff <= tolerance:
-        raise LookAheadError(f"the model looks ahead: its outputs at positions before {t} changed by up to {diff:.3g} "
-                             f"when only the tokens from position {t} on changed (a causal model's cannot change); "
+        raise LookAheadError(f"the model looks ahead: its outputs before a position changed by up to {diff:.3g} "
+                             "when only the tokens from that position on changed (a causal model's cannot change); "
                              "check the attention mask (is_causal) and anything else that mixes positions")
 
 

@@ -332,3 +332,21 @@ def test_the_probe_catches_a_model_that_looks_ahead_only_in_the_second_half(trai
             return torch.nn.functional.one_hot(x, vocab).float().cumsum(1)
 
     assert 0 < prep.evaluate_bpb(Honest(), batch_size=32) < 100
+
+
+def test_writes_through_an_unannotated_alias_reach_neither_the_caller_nor_the_next_call(modelfile, tmp_path):
+    """aten._unsafe_view aliases its input without saying so in its schema, so the in-place check cannot see a
+    write through it: the graph runs on copies. Else a model could rewrite the evaluation's targets (they share
+    storage with its input) or count its calls in a weight."""
+    path = tmp_path / "model.graph"
+    nodes = [{"name": "n0", "op": "aten._unsafe_view.default", "args": [_ref("input"), [2, 4]], "kwargs": {}},
+             {"name": "n1", "op": "aten.zero_.default", "args": [_ref("n0")], "kwargs": {}},
+             {"name": "n2", "op": "aten._unsafe_view.default", "args": [_ref("w:count"), [1]], "kwargs": {}},
+             {"name": "n3", "op": "aten.add_.Tensor", "args": [_ref("n2"), 1.0], "kwargs": {}},
+             {"name": "n4", "op": "aten.add.Tensor", "args": [_ref("n1"), _ref("n3")], "kwargs": {}}]
+    modelfile._write(str(path), nodes, "n4", {"w:count": torch.zeros(1)})
+    g = modelfile.load(str(path))
+    x = torch.arange(8.0).reshape(2, 4)
+    first, second = g(x), g(x)
+    assert torch.equal(x, torch.arange(8.0).reshape(2, 4))  # the caller's tensor is untouched
+    assert torch.equal(first, second) and first.eq(1.0).all()  # no count kept from one call to the next

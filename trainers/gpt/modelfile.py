@@ -12,7 +12,8 @@ against a closed grammar first: every operation is an ATen operator (torch.ops.a
 indexing; none that reads or writes files or prints; a string argument only where an operator expects
 a mode ("tanh", "floor", ...); in-place operations only on the graph's own intermediate values (never on
 a weight or the input, or a view of one: a model cannot keep state from one call to the next); one
-tensor out. A rejected file raises ModelFileError saying why. Graph(x) runs the operations in order.
+tensor out. A rejected file raises ModelFileError saying why. Graph(x) runs the operations in order, on
+fresh copies of the weights and of x.
 
 What this does not stop: any function of the input the listed operators can compute (looking ahead,
 for one: the evaluation's causality probe is there for that).
@@ -208,8 +209,12 @@ class Graph:
         return value
 
     def __call__(self, x):
-        env = dict(self.weights)
-        env["input"] = x
+        # Fresh copies of the weights and the input on every call: the schema check above refuses in-place writes
+        # to them, but an operator that aliases without saying so (aten._unsafe_view, set_) could slip one past it;
+        # a write to a copy can neither keep state for the next call nor reach the caller's tensors (the
+        # evaluation's targets share storage with its inputs).
+        env = {k: v.clone() for k, v in self.weights.items()}
+        env["input"] = x.clone()
         for name, fn, args, kwargs in self.nodes:
             args, kwargs = self._decode(args, env), {k: self._decode(v, env) for k, v in kwargs.items()}
             env[name] = args[0][args[1]] if fn == "getitem" else fn(*args, **kwargs)

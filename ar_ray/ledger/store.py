@@ -158,7 +158,8 @@ def _fsync_dir(path: Path) -> None:
 def _write_part(ledger_dir: Path, table: pa.Table, name: str) -> None:
     tmp = ledger_dir / f"_tmp-{uuid.uuid4().hex}"
     with open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
+        # (an appended part is one row group; a part upgraded to a newer schema gets a merge's row groups)
+        pq.write_table(table, f, compression="zstd", row_group_size=MERGE_ROW_GROUP)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, ledger_dir / name)

@@ -139,3 +139,22 @@ def test_a_part_that_vanishes_mid_read_is_listed_again_and_what_was_read_is_kept
     assert list(df.experiment_id) == [r["experiment_id"] for r in rows]
     # the victim twice; every other part once: read before the failure and kept, or not started until the retry
     assert reads.count(victim) == 2 and all(reads.count(n) == 1 for n in names if n != victim), reads
+
+
+def test_a_part_upgraded_to_the_new_schema_gets_a_merges_row_groups(tmp_path, monkeypatch):
+    """A writer that opens a ledger of an older schema rewrites its parts; a big one is written in row groups of
+    MERGE_ROW_GROUP rows, as a merge writes it (it was one row group of the whole part), its rows unchanged."""
+    led = Ledger(tmp_path)
+    led.append([row(i) for i in range(10)])
+    (part,) = (tmp_path / "ledger").glob("*.parquet")
+    newest = SCHEMA.names[-1]
+    before = pa.schema([f for f in SCHEMA if f.name != newest], metadata={"ar_ray_schema_version": "3"})
+    pq.write_table(pq.read_table(part).select(before.names).cast(before), part)
+    want = load(tmp_path).drop(columns=[newest])
+    monkeypatch.setattr(store, "MERGE_ROW_GROUP", 4)
+    Ledger(tmp_path)  # the upgrade
+    meta = pq.ParquetFile(part).metadata
+    assert pq.read_schema(part).names == SCHEMA.names
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [4, 4, 2]
+    got = load(tmp_path)
+    assert got[newest].isna().all() and got.drop(columns=[newest]).astype(str).equals(want.astype(str))

@@ -158,3 +158,20 @@ def test_a_part_upgraded_to_the_new_schema_gets_a_merges_row_groups(tmp_path, mo
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [4, 4, 2]
     got = load(tmp_path)
     assert got[newest].isna().all() and got.drop(columns=[newest]).astype(str).equals(want.astype(str))
+
+
+def test_the_columns_ar_ray_ledger_and_status_read_are_all_they_use(tmp_path):
+    """`ar-ray ledger` and `ar-ray status` load only their columns (a 1M-row ledger's diffs are ~2 GB): what they
+    compute from them equals what they computed from the whole frame."""
+    from click.testing import CliRunner
+    from proposers.figures import endpoint_figures
+
+    from ar_ray.cli.main import ENDPOINT_COLUMNS, LEDGER_TABLE_COLUMNS, main
+    rows = [row(i) | {"proposer": f"llm-{i % 2}/model-{'ab'[i % 3 % 2]}", "group_id": f"e{i - i % 2:05d}",
+                      "role": "screen" if i % 2 == 0 else "confirm", "cost_usd": 0.01 * i} for i in range(12)]
+    Ledger(tmp_path).append(rows)
+    lines = endpoint_figures(load(tmp_path, ENDPOINT_COLUMNS))
+    assert lines and lines == endpoint_figures(load(tmp_path))
+    shown = CliRunner().invoke(main, ["ledger", str(tmp_path), "--limit", "0"], catch_exceptions=False)
+    assert shown.exit_code == 0 and "e00011" in shown.output and "try 11" in shown.output
+    assert set(LEDGER_TABLE_COLUMNS) <= set(SCHEMA.names) and set(ENDPOINT_COLUMNS) <= set(SCHEMA.names)

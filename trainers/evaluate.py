@@ -9,7 +9,7 @@ result file, or replace the harness's evaluation function in memory. So the trai
 - once the run exited 0 (and broke no rule), the trainer writes `go` to its stdin; it then scores what the
   run left in its run dir (for trainers/gpt: a graph of ATen operations, never the candidate's Python) and
   prints the metric on its stdout, a pipe only the trainer reads. Anything that reached the pipe before
-  `go` (while candidate code was alive) is discarded unread;
+  `go` (while candidate code was alive) is never searched for the metric (it only goes to the log);
 - it runs from a copy of the target's read-only files that the trainer wrote (never the run dir's, which a
   candidate could change, nor the run dir on its path), and under bubblewrap it sees the run dir read-only,
   the held-out data read-only, no other experiment, no network, and no writable path at all;

@@ -78,3 +78,24 @@ def test_a_conversation_of_real_answers_ends_invalid_with_its_reason_and_nothing
         assert now[-2] == {"role": "assistant", "content": REAL[k - 1]}
         assert now[-1]["role"] == "user" and "no SEARCH/REPLACE block" in now[-1]["content"]
     assert p.usage["prompt_tokens"] == 6887 * 3 and p.usage["turns"] == 3
+
+
+def test_repair_turns_stay_within_the_servers_context_by_its_own_token_count(server):
+    """SmolLM2's tokenizer counted 6887 tokens for the opening prompt that ar-ray estimates from characters at
+    6276 (the run's server log): 9.7 % more. A long unusable answer (here the real vague idea, three times over:
+    ~1,900 characters, ~500 tokens) then left an estimated room for a second turn that the server would not
+    have: the proposer now scales its room check by the server's own count of the prompt it was sent."""
+    from proposers.prompt import messages_tokens
+
+    ratio = 6887 / 6276
+    long_answer = "\n\n".join([VAGUE_IDEA] * 3)
+    server.responder = lambda body: reply(long_answer, prompt_tokens=round(messages_tokens(body["messages"]) * ratio),
+                                          completion_tokens=500, finish_reason="length")
+    p = make(server).propose()
+    bodies = server.bodies()
+    assert p.status == "invalid_edit" and "no room for another" in p.error, p.error
+    for body in bodies:  # every request sent fits the server's context by the server's count, the answer included
+        assert messages_tokens(body["messages"]) * ratio + 512 <= 8192
+    # by the estimate alone there was room for the next turn: the request the old check would have sent
+    grown = bodies[-1]["messages"] + [{"role": "assistant", "content": long_answer}, {"role": "user", "content": "x" * 900}]
+    assert messages_tokens(grown) + 512 <= 8192 < messages_tokens(grown) * ratio + 512

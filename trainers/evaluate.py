@@ -98,7 +98,8 @@ class Evaluation:
                                        keep=(*sandbox.python_paths(env), *filter(None, data), str(self.home)))
         else:  # a second reaper out of Ray's reach holds the tree, as for the run itself (trainers/trainer.py)
             inner = [sys.executable, "-I", "-S", REAPER, "--grace", str(grace), "--", *argv]
-        self.proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, *flags, "--", *inner], cwd=self.home,
+        self.proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, "--parent", str(os.getpid()), *flags, "--", *inner],
+                                     cwd=self.home,
                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         os.set_blocking(self.proc.stdout.fileno(), False)

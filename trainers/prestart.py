@@ -167,7 +167,8 @@ class Prestarter:
         try:
             rest = t._confinement(child, slot, env, write_fd)
             with open(slot / "log.txt", "wb") as out:
-                proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, "--grace", str(t.grace), *rest],
+                proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, "--parent", str(os.getpid()),
+                                         "--grace", str(t.grace), *rest],
                                         cwd=slot, env=env, stdin=subprocess.PIPE, stdout=out,
                                         stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(write_fd,))
         except BaseException:

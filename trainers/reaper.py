@@ -1,13 +1,14 @@
 """A tiny supervisor between a trainer actor and the training child.
 
-    python reaper.py [--grace S] [--max-procs N] [--quota-dir DIR --quota-bytes B]
+    python reaper.py [--parent PID] [--grace S] [--max-procs N] [--quota-dir DIR --quota-bytes B]
                      [--rlimit NAME=VALUE]... [--verdict-fd FD] -- COMMAND...
 
 It exists so that no process outlives an experiment, grandchildren included:
 - it marks itself a child subreaper, so anything the child forks and orphans
   (even after setsid or a double fork) is re-parented to it, not to init;
 - it asks the kernel for SIGTERM when its parent (the trainer actor) dies, so a
-  `kill -9` of the actor still tears the tree down;
+  `kill -9` of the actor still tears the tree down (with --parent, a parent
+  that died before the reaper got that far is seen too: it runs nothing);
 - when the child exits, or on SIGTERM/SIGINT, it kills every remaining
   descendant: SIGTERM first, SIGKILL after the grace period.
 While the child runs it is also the watchdog for limits the kernel cannot
@@ -165,7 +166,8 @@ def over_limit(opts: dict, last_disk_check: list) -> str | None:
     return None
 
 
-CGROUP_PREFIX = "ar-ray-run-"
+CGROUP_PREFIX = "ar-ray-tasks-"  # (versions before 2026-12-05 named theirs ar-ray-run-<pid> and cleared any other
+# ar-ray-run-* whose /proc/<rest> was missing: a new name under their prefix would have been killed by them)
 
 
 def _pids_roots() -> list[str]:
@@ -271,7 +273,7 @@ def _remove_cgroup(path: str, tries: int = 50) -> None:
 
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
     opts = {"grace": 5.0, "max_procs": 0, "quota_dir": None, "quota_bytes": 0, "rlimits": {}, "verdict_fd": None,
-            "max_tasks": 0, "share_verdict": False}
+            "max_tasks": 0, "share_verdict": False, "parent": None}
     while argv and argv[0] != "--":
         flag, value, argv = argv[0], argv[1], argv[2:]
         if flag == "--grace":
@@ -289,6 +291,8 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
             opts["verdict_fd"] = int(value)
         elif flag == "--max-tasks":
             opts["max_tasks"] = int(value)
+        elif flag == "--parent":  # the spawner's pid: a spawner that died before we armed the death signal is seen
+            opts["parent"] = int(value)
         elif flag == "--share-verdict":  # the command is a second reaper (trainers/trainer.py): it reports there too
             opts["share_verdict"] = value == "1"
         else:
@@ -306,7 +310,7 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("reaper.py: no command after --", file=sys.stderr)
         return 2
-    parent = os.getppid()
+    parent = opts["parent"] or os.getppid()  # (getppid alone misses a spawner that died before this line)
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before the death signal was armed

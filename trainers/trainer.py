@@ -534,7 +534,8 @@ class Trainer:
             with open(log, "wb") as out:
                 start = time.monotonic()
                 try:
-                    proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, "--grace", str(self.grace), *rest],
+                    proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, "--parent", str(os.getpid()),
+                                             "--grace", str(self.grace), *rest],
                                             cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True,
                                             pass_fds=(write_fd,) if confine else ())

@@ -512,7 +512,7 @@ def test_the_cgroup_of_a_killed_reaper_and_its_orphans_are_cleared_by_the_next_r
     # Left alone: a reaper of another pid namespace (its pids mean nothing here: found when a run under
     # `unshare --pid` and one outside it killed each other's runs), and an older version's name.
     foreign = [os.path.join(root, f"{reaper.CGROUP_PREFIX}{ns + 1}-{gone.pid}-1"),
-               os.path.join(root, f"{reaper.CGROUP_PREFIX}{gone.pid}")]
+               os.path.join(root, f"{reaper.CGROUP_PREFIX}{gone.pid}"), os.path.join(root, f"ar-ray-run-{gone.pid}")]
     for path in foreign:
         os.mkdir(path)
     # A pid reused by a younger process: its owner is gone all the same.
@@ -602,3 +602,16 @@ def test_a_leftover_read_only_file_the_run_writes_is_named_with_the_fix(mode, re
     assert res.status in (("crash",) if mode == "bwrap" else ("crash", "tampered"))  # (root may write a 0444 file)
     assert "out/ckpt.pt" in res.error_tail and "remove it from the target folder" in res.error_tail, res.error_tail
     assert "readonly = [" in res.error_tail
+
+
+def test_a_reaper_whose_spawner_died_before_it_armed_the_death_signal_runs_nothing(tmp_path):
+    """The spawner's pid comes with --parent: a trainer that died while its reaper was still starting (the reaper
+    is then already an orphan, so its own parent pid says nothing) leaves no unsupervised run behind."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    reaper = str(Path(__file__).parents[2] / "trainers" / "reaper.py")
+    ran = tmp_path / "ran"
+    for parent, code, exists in ((gone.pid, 128 + signal.SIGTERM, False), (os.getpid(), 0, True)):
+        r = subprocess.run([sys.executable, "-I", "-S", reaper, "--parent", str(parent), "--", "touch", str(ran)],
+                           timeout=30)
+        assert (r.returncode, ran.exists()) == (code, exists)

@@ -295,9 +295,9 @@ class Trainer:
         env = child_env(self.target, {})
         with open(marker_dir / f"{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            # the marker holds what setup built (the target's data files): deleted or changed since, it runs again
-            built = json.dumps(sorted(sandbox.fingerprint(self.target.data, env).items()))
-            if not marker.exists() or marker.read_text() != built:
+            # the marker holds where the data goes and what setup built there (the target's data files): another
+            # place (AR_CACHE_DIR now set, or empty), or files deleted or changed since, and it runs again
+            if not marker.exists() or marker.read_text() != self._built(env):
                 setup_dir = self.work_root / f"setup-{self.node}-{key}"
                 materialize(self.target, self.target.read_editable(), setup_dir)
                 log = setup_dir / "log.txt"
@@ -309,8 +309,12 @@ class Trainer:
                     tail = outcome.error_tail(outcome.read_tail(log))
                     raise SetupError(f"setup command {self.target.setup!r} failed (exit {code}{', timed out' if timed_out else ''}); "
                                      f"log: {log}\n{tail}")
-                marker.write_text(json.dumps(sorted(sandbox.fingerprint(self.target.data, env).items())))
+                marker.write_text(self._built(env))
         self._setup_done = True
+
+    def _built(self, env: dict) -> str:
+        return json.dumps({"where": [sandbox.expand(d, env) for d in self.target.data],
+                           "files": sorted(sandbox.fingerprint(self.target.data, env).items())})
 
     def run(self, cand: Candidate) -> Result:
         t0 = time.time()

@@ -523,6 +523,24 @@ def test_setup_runs_again_when_what_it_built_is_gone(tmp_path):
     assert counter.read_text() == "ran\nran\n" and (data / "tokens.bin").exists()
 
 
+def test_setup_runs_again_when_the_data_goes_elsewhere(tmp_path, monkeypatch):
+    """Built into the default place, then the cache variable set to an empty folder: the files found are the
+    same (the empty folder adds none), but that is not where the runs will look; setup runs again."""
+    default, moved = tmp_path / "default", tmp_path / "moved"
+    counter = tmp_path / "counter.txt"
+    prepare = (f"# {uuid.uuid4().hex}\nimport os\nopen({str(counter)!r}, 'a').write('ran\\n')\n"
+               f"d = os.environ.get('AR_TOY_CACHE') or {str(default)!r}\nos.makedirs(d, exist_ok=True)\n"
+               "open(os.path.join(d, 'tokens.bin'), 'w').write('x')\n")
+    toml = f'[target]\nsetup = "{{python}} prepare.py"\ndata = ["$AR_TOY_CACHE", {str(default)!r}]\n'
+    target = make_target(tmp_path / "target", OK_TRAIN, prepare=prepare, toml=toml)
+    monkeypatch.delenv("AR_TOY_CACHE", raising=False)
+    Trainer(target, str(tmp_path / "w1"), box=UNCONFINED).setup()
+    moved.mkdir()
+    monkeypatch.setenv("AR_TOY_CACHE", str(moved))
+    Trainer(target, str(tmp_path / "w2"), box=UNCONFINED).setup()
+    assert counter.read_text() == "ran\nran\n" and (moved / "tokens.bin").exists()
+
+
 def test_failing_setup_raises_with_the_log_tail(tmp_path):
     target, counter = _setup_target(tmp_path, "print('no data at /nowhere-5c1d')\nsys.exit(3)\n")
     trainer = Trainer(target, str(tmp_path / "work"), box=UNCONFINED)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import socket
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
+from ar_ray.cli.durations import parse_duration
 from ar_ray.cli.progress import STATUS_FILE, fmt_metric, fmt_seconds, render
 from ar_ray.engine.config import RunConfig, default_target
 from ar_ray.engine.driver import RunAborted
@@ -37,16 +37,6 @@ class WholeNumber(click.ParamType):
         return int(v)
 
 USER_ERRORS = (ConfigError, TargetError, ledger_mod.LedgerError, RunAborted)
-
-
-def parse_duration(text: str | None) -> float | None:
-    """'90', '90s', '15m', '2h' -> seconds."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a duration; use seconds or a number with s, m or h (e.g. 15m)")
-    return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]
 
 
 @click.group()

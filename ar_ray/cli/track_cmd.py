@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from ar_ray.cli.durations import parse_duration
 from ar_ray.cli.progress import STATUS_FILE
 
 
@@ -24,7 +25,6 @@ from ar_ray.cli.progress import STATUS_FILE
                    "logs it.")
 def export(run_dir, to, timeout):
     """Log every experiment of a run to MLflow, W&B or TensorBoard (only what is not there yet)."""
-    from ar_ray.cli.main import parse_duration  # (main imports this module when it is loaded)
     from ar_ray.lab import track
     try:
         specs = track.parse(to, "--to")

@@ -129,7 +129,7 @@ def conversations(records: list[dict]) -> list[list[dict]]:
             last = c[-1]["request"].get("messages", [])
             said = answer_text(c[-1])
             replayed = msgs[-2].get("content") or "" if len(msgs) >= 2 else ""
-            if msgs[:-2] == last and said is not None and replayed[:2000] == (said or "(empty answer)")[:2000]:
+            if msgs[:-2] == last and said is not None and replayed[:2000] == (said if said.strip() else "(empty answer)")[:2000]:
                 home = c  # identical prompts (two proposals of one state) differ by the answer replayed
             elif msgs == last and said is None:
                 home = c

@@ -224,7 +224,9 @@ class LLMProposer(ProposerBase):
         try:
             parsed = answers.parse_answer(text, base.files, set(self.editable))
         except edits.EditError as e:
-            if looks_like_refusal(text):
+            # an answer cut off by the token limit is no refusal, even one opening "I'm sorry for the confusion."
+            # (SmolLM2-135M's answer to a repair turn, then 500 tokens of the same sentence)
+            if looks_like_refusal(text) and reply.finish_reason != "length":
                 raise edits.EditError(f"the model declined instead of proposing an edit ({_short(text)}); the task "
                                       "is an ordinary code change to a training script: propose one") from None
             if reply.finish_reason == "length":

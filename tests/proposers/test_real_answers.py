@@ -38,6 +38,11 @@ VAGUE_IDEA = ("In a future experiment, the next idea could be to optimize a neur
               "current Neural Nets to optimize the use of the current Neural Nets.\n\nSo on and so forth.")
 ECHO_REPAIR = "Your edit could not be used.\n\nSo, just what you requested."  # its answer to a repair turn
 
+_S = "The next idea is to use a different type of neural network that uses 40000x40000 to optimize the use of the current Neural Nets."
+# its answer to a repair turn, cut off at max_tokens = 512 (finish_reason "length"); rebuilt from its parts, verbatim
+APOLOGY_CUT = ("I'm sorry for the confusion.\n\n" + "\n\n".join([" ".join([_S] * 3)] * 4) + "\n\n" + _S + " "
+               + _S[: _S.index(" 40000x40000")])
+
 REAL = [ECHO_TASK, VAGUE_IDEA, ECHO_REPAIR]
 
 
@@ -99,3 +104,19 @@ def test_repair_turns_stay_within_the_servers_context_by_its_own_token_count(ser
     # by the estimate alone there was room for the next turn: the request the old check would have sent
     grown = bodies[-1]["messages"] + [{"role": "assistant", "content": long_answer}, {"role": "user", "content": "x" * 900}]
     assert messages_tokens(grown) + 512 <= 8192 < messages_tokens(grown) * ratio + 512
+
+
+def test_an_apology_cut_off_by_the_token_limit_is_no_refusal_and_says_it_was_cut(server):
+    """The real answer opened "I'm sorry for the confusion." and rambled to the token limit: it was sent back as "the
+    model declined", which told the model (and the ledger) the wrong reason. It is an answer without an edit, cut off."""
+    assert len(APOLOGY_CUT) == 1779
+    server.script(reply(APOLOGY_CUT, completion_tokens=512, finish_reason="length"), reply(ECHO_REPAIR))
+    p = make(server, max_tries=2).propose()
+    repair = server.bodies()[1]["messages"][-1]["content"]
+    assert "declined" not in repair
+    assert "no SEARCH/REPLACE block" in repair and "cut off by the token limit" in repair
+    assert p.status == "invalid_edit" and p.files == {}
+    # a short refusal that ends on its own is still named one
+    server.script(reply("I'm sorry, I cannot help with modifying this script."))
+    q = make(server, max_tries=1).propose()
+    assert q.status == "invalid_edit" and "declined" in q.error

@@ -43,6 +43,9 @@ _S = "The next idea is to use a different type of neural network that uses 40000
 APOLOGY_CUT = ("I'm sorry for the confusion.\n\n" + "\n\n".join([" ".join([_S] * 3)] * 4) + "\n\n" + _S + " "
                + _S[: _S.index(" 40000x40000")])
 
+# its answer to a repair turn: the repair message echoed, its format help garbled into a SEARCH block
+ECHO_FORMAT = 'Your edit could not be used, so nothing was changed:\n\nno SEARCH/REPLACE block, unified diff or whole file found in the answer. Answer with SEARCH/REPLACE blocks: the file path on its own line, then\n<<<<<<< SEARCH\n(exact lines copied from the current file)\n=======\n(the new lines)\n>>>>>>> REPLACE\n(the complete file copied from the current file)\n(the complete file copied to a new file)\n(the complete file copied to a new file)\n(the full file copied)\n(the complete file copied to a new file)\n\nThe files are still exactly as shown in my first message. Answer again in the same format: the DESCRIPTION line, then SEARCH/REPLACE blocks whose SEARCH parts copy the current lines exactly.'
+
 REAL = [ECHO_TASK, VAGUE_IDEA, ECHO_REPAIR]
 
 
@@ -120,3 +123,11 @@ def test_an_apology_cut_off_by_the_token_limit_is_no_refusal_and_says_it_was_cut
     server.script(reply("I'm sorry, I cannot help with modifying this script."))
     q = make(server, max_tries=1).propose()
     assert q.status == "invalid_edit" and "declined" in q.error
+
+
+def test_the_echoed_format_help_is_a_search_block_that_matches_nothing_and_goes_back(server):
+    server.script(reply(ECHO_TASK), reply(ECHO_FORMAT), reply(ECHO_REPAIR))
+    p = make(server).propose()
+    bodies = server.bodies()
+    assert len(bodies) == 3 and p.status == "invalid_edit" and p.files == {}
+    assert "SEARCH block 1 for train.py did not match any lines" in bodies[2]["messages"][-1]["content"]

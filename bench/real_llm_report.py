@@ -28,7 +28,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-NEVER_RAN = ("invalid_edit", "duplicate", "proposer_error")
+NEVER_RAN = ("invalid_edit", "duplicate", "proposer_error", "unused")
 
 
 # ---------------------------------------------------------------------------
@@ -214,7 +214,8 @@ def report(run_dir: Path, transcript: Path, editable: list[str] | None = None) -
         editable = list(tomllib.loads(conf.read_text())["target"]["editable"]) if conf.is_file() else ["train.py"]
     props = _proposal_rows(df)
     convs = conversations(read_transcript(transcript))
-    problems: list[str] = []
+    problems: list[str] = []  # what makes the report fail: a trained candidate that is not its answer's valid edit
+    notes: list[str] = []  # what is only worth saying
 
     # match each proposal to the conversation that ended last before it was made (one proposer: in order)
     ends = [max(r["end"] for r in c) for c in convs]
@@ -232,7 +233,7 @@ def report(run_dir: Path, transcript: Path, editable: list[str] | None = None) -
                  "description": row["description"] or "", "answers": []}
         if k is None:
             if str(row["status"]) != "proposer_error" or (row["prompt_tokens"] or 0):
-                problems.append(f"{row['experiment_id']}: no conversation in the transcript ends before it")
+                notes.append(f"{row['experiment_id']}: no conversation in the transcript ends before it")
             per.append(entry)
             continue
         used.add(k)
@@ -263,7 +264,7 @@ def report(run_dir: Path, transcript: Path, editable: list[str] | None = None) -
         per.append(entry)
     for j, c in enumerate(convs):
         if j not in used:
-            problems.append(f"conversation {j + 1} ({len(c)} requests, started {time.strftime('%H:%M:%S', time.localtime(c[0]['start']))}) "
+            notes.append(f"conversation {j + 1} ({len(c)} requests, started {time.strftime('%H:%M:%S', time.localtime(c[0]['start']))}) "
                             "has no proposal row (cut off at the end of the run?)")
 
     kept_ids = set(df.loc[df["decision"].astype(str) == "keep", "experiment_id"]) | set(
@@ -291,7 +292,7 @@ def report(run_dir: Path, transcript: Path, editable: list[str] | None = None) -
         "seconds_per_answer": _stats([a["seconds"] for a in answers_all]),
         "output_tokens_per_s": _stats([a["tokens_per_s"] for a in answers_all]),
     }
-    return {"run_dir": str(run_dir), "totals": totals, "proposals": per, "problems": problems}
+    return {"run_dir": str(run_dir), "totals": totals, "proposals": per, "problems": problems, "notes": notes}
 
 
 def _finish(r: dict):
@@ -345,12 +346,15 @@ def print_report(rep: dict) -> None:
         turns = " | ".join(f"{a['stage']}" + (f" ({a['reason'][:90]})" if a["reason"] else "") for a in e["answers"])
         print(f"{e['experiment_id']} {e['status']}/{e['decision']} {e['seconds']} s, "
               f"{e['prompt_tokens']}+{e['completion_tokens']} tok: {turns or '(no answer)'}")
+    for n in rep.get("notes", []):
+        print("note: " + n)
     if rep["problems"]:
         print("\nPROBLEMS:")
         for p in rep["problems"]:
             print("- " + p)
     else:
-        print("\ncheck: every trained candidate is the valid edit its model answer makes of the editable files")
+        print(f"\ncheck: each of the {t['trained']} trained candidates is the valid edit its model answer makes of "
+              "the editable files; every other proposal ended as a ledger row with its reason")
 
 
 def main(argv=None) -> int:

@@ -148,7 +148,7 @@ class Prestarter:
             print(f"ar-ray {t.name}: {self.problem}; runs start cold", file=sys.stderr, flush=True)
 
     def _start(self, plan) -> None:
-        from trainers.trainer import REAPER, remove_tree
+        from trainers.trainer import remove_tree
         t = self.trainer
         if self._n == 0:  # slots left by an earlier life of this trainer (killed: its children went with it)
             for old in t.work_root.glob(f"{SLOT}{t.name}-*"):
@@ -156,6 +156,17 @@ class Prestarter:
         self._n += 1
         slot = t.work_root / f"{SLOT}{t.name}-{os.getpid()}-{self._n}"
         slot.mkdir(parents=True)
+        try:
+            self._spawn(slot, plan)
+        except BaseException:
+            remove_tree(str(slot))
+            raise
+        if t._stop.is_set():  # stop() came meanwhile
+            self.discard()
+
+    def _spawn(self, slot: Path, plan) -> None:
+        from trainers.trainer import REAPER
+        t = self.trainer
         for rel in t.target.readonly:  # the harness; the editable files come with the candidate
             (slot / rel).parent.mkdir(parents=True, exist_ok=True)
             (slot / rel).write_bytes(t.target.contents[rel])
@@ -179,8 +190,6 @@ class Prestarter:
         warm = Warm(slot, proc, read_fd, env, cache_env, argv[0])
         with self._lock:
             self.warm = warm
-        if t._stop.is_set():  # stop() came meanwhile
-            self.discard()
 
     def claim(self, plan) -> Warm | None:
         """The pre-started child, when it fits the run that `plan(run_dir)` describes; otherwise None (and a

@@ -226,7 +226,9 @@ def report(run_dir: Path, transcript: Path, editable: list[str] | None = None) -
         k = None
         if made is not None:
             options = [j for j, e in enumerate(ends) if j not in used and e <= made + 1.0]
-            k = max(options, key=lambda j: ends[j]) if options else None
+            # two conversations in flight can end within a second: the row's token sums tell them apart
+            same = [j for j in options if _sums(convs[j]) == (_int(row["prompt_tokens"]), _int(row["completion_tokens"]))]
+            k = max(same or options, key=lambda j: ends[j]) if options else None
         entry = {"experiment_id": row["experiment_id"], "status": str(row["status"]), "decision": str(row["decision"]),
                  "prompt_tokens": _int(row["prompt_tokens"]), "completion_tokens": _int(row["completion_tokens"]),
                  "seconds": _num(row["proposer_seconds"]), "error": (row["error"] or "")[:300],
@@ -293,6 +295,13 @@ def report(run_dir: Path, transcript: Path, editable: list[str] | None = None) -
         "output_tokens_per_s": _stats([a["tokens_per_s"] for a in answers_all]),
     }
     return {"run_dir": str(run_dir), "totals": totals, "proposals": per, "problems": problems, "notes": notes}
+
+
+def _sums(conv: list[dict]) -> tuple[int | None, int | None]:
+    """The conversation's prompt and completion tokens as the ledger row adds them up (None: none reported)."""
+    us = [r["response"].get("usage") or {} for r in conv if r.get("status") == 200 and isinstance(r.get("response"), dict)]
+    p, c = sum(u.get("prompt_tokens") or 0 for u in us), sum(u.get("completion_tokens") or 0 for u in us)
+    return (p or None), (c or None)
 
 
 def _finish(r: dict):

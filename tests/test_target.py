@@ -223,4 +223,6 @@ def test_materialize_and_tamper_check(tmp_path):
 
 def test_the_bundled_gpt_target_loads():
     t = load_target(default_target())
-    assert t.editable == ("train.py",) and "prepare.py" in t.readonly and t.result_file and t.setup
+    assert t.editable == ("train.py",) and "prepare.py" in t.readonly and t.setup
+    # the metric comes from the trusted evaluation, not from a result file the run could write
+    assert t.evaluate and t.heldout and not t.result_file and {"prepare.py", "modelfile.py"} <= set(t.readonly)

@@ -40,8 +40,8 @@ from pathlib import Path
 
 from ar_ray.target import Target, format_command
 from trainers import outcome, sandbox
+from trainers.sandbox import REAPER
 
-REAPER = str(Path(__file__).with_name("reaper.py"))
 DIR_PREFIX = "ar-ray-eval-"
 OUTPUT_MAX_BYTES = 1 << 20  # what is kept of the evaluation's output (its last MiB)
 INTEGRITY = re.compile(r"^INTEGRITY:\s*(.+)$", re.MULTILINE)

@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 
 from trainers import compile_cache
+from trainers.cleanup import remove_tree
+from trainers.sandbox import REAPER
 
 WARM_CHILD = str(Path(__file__).with_name("warm_child.py"))
 PER_RUN = ("AR_SEED", "AR_EXPERIMENT_ID", "AR_TIMEOUT_SECONDS")  # a run's own values: given at "go"
@@ -148,7 +150,6 @@ class Prestarter:
             print(f"ar-ray {t.name}: {self.problem}; runs start cold", file=sys.stderr, flush=True)
 
     def _start(self, plan) -> None:
-        from trainers.trainer import remove_tree
         t = self.trainer
         if self._n == 0:  # slots left by an earlier life of this trainer (killed: its children went with it)
             for old in t.work_root.glob(f"{SLOT}{t.name}-*"):
@@ -165,7 +166,6 @@ class Prestarter:
             self.discard()
 
     def _spawn(self, slot: Path, plan) -> None:
-        from trainers.trainer import REAPER
         t = self.trainer
         for rel in t.target.readonly:  # the harness; the editable files come with the candidate
             (slot / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +233,6 @@ class Prestarter:
             os.close(warm.verdict_fd)
             warm.verdict_fd = None
         publish(self.trainer.target, files, warm.slot)
-        from trainers.trainer import remove_tree
         try:
             if os.path.lexists(run_dir):
                 remove_tree(str(run_dir))
@@ -253,7 +252,6 @@ class Prestarter:
     def _end(self, warm: Warm) -> None:
         warm.end(self.trainer.grace)
         self.discarded += 1
-        from trainers.trainer import remove_tree
         remove_tree(str(warm.slot))
 
 

@@ -33,6 +33,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+REAPER = str(Path(__file__).with_name("reaper.py"))  # the supervisor every run and child starts under
+
 MODES = ("auto", "bwrap", "none")
 # Credentials a candidate must never read, relative to $HOME: hidden behind an empty tmpfs or /dev/null.
 SECRET_DIRS = (".ray", ".aws", ".ssh", ".gnupg", ".azure", ".kube", ".docker", ".config/gcloud", ".config/gh",

@@ -16,7 +16,6 @@ import select
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -28,12 +27,12 @@ from ar_ray.target import Target, format_command, materialize, tampered_files
 from ar_ray.timeouts import Limits, Stall, Timeouts, token_budgeted
 from ar_ray.types import Candidate, Result
 from trainers import compile_cache, outcome, prestart, sandbox
-from trainers.sandbox import Sandbox
+from trainers.cleanup import owner_rwx, remove_tree
+from trainers.sandbox import REAPER, Sandbox
 from trainers import watch as watch_mod
 from trainers.watch import CurveWatch
 from trainers import evaluate as trusted_eval  # the trusted evaluation step of targets that declare `evaluate`
 
-REAPER = str(Path(__file__).with_name("reaper.py"))
 UNTRUSTED_METRIC = ("metric_mismatch", "tampered", "integrity")  # statuses whose printed metric is not believed
 KEEP_AFTER_RUN = ("log.txt", "result.json")
 # The environment a candidate's child gets is an ALLOWLIST (child_env): candidate code is written by an LLM, and
@@ -167,55 +166,6 @@ def phases(start: float, end: float, watch: CurveWatch | None) -> dict[str, floa
 def _records(verdict: bytes) -> list[dict]:
     """The reaper's JSON lines on the verdict pipe: {"limit": why} and {"exited": code}."""
     return [json.loads(line) for line in verdict.decode(errors="replace").splitlines() if line.strip()]
-
-
-ONEXC = "onexc" if sys.version_info >= (3, 12) else "onerror"  # rmtree's error handler (onerror: deprecated in 3.12)
-
-
-def _owner_rwx(path: str) -> None:
-    """Give a directory (never a link's target) u+rwx back: a run may have made its own folders read-only."""
-    try:
-        mode = os.lstat(path).st_mode
-        if stat.S_ISDIR(mode) and mode & stat.S_IRWXU != stat.S_IRWXU:
-            os.chmod(path, stat.S_IMODE(mode) | stat.S_IRWXU)
-    except OSError:
-        pass
-
-
-def remove_tree(path: str) -> list[str]:
-    """Remove a file, link or folder tree that a run left, also from folders it made read-only (chmod 500 stops
-    a non-root trainer): on an error the entry's folder, and the entry when it is one, get u+rwx and it is tried
-    once more. Never raises; returns the paths that could not be removed."""
-    stuck: list[str] = []
-    tried: set[str] = set()
-
-    def remove(p: str) -> None:
-        if stat.S_ISDIR(os.lstat(p).st_mode):
-            shutil.rmtree(p, **{ONEXC: retry})
-        else:
-            os.unlink(p)  # (never rmtree on a FIFO: it would open it)
-
-    def retry(_func, p: str, _exc) -> None:
-        if p in tried:
-            stuck.append(p)
-            return
-        tried.add(p)
-        _owner_rwx(os.path.dirname(p))
-        _owner_rwx(p)
-        try:
-            remove(p)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            stuck.append(p)
-
-    try:
-        remove(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        retry(None, path, e)
-    return stuck
 
 
 class Trainer:
@@ -478,7 +428,7 @@ class Trainer:
         Never raises; returns the paths that could not be removed."""
         if os.path.islink(run_dir):  # (only an unconfined run can swap its folder for a link: never follow it)
             return remove_tree(str(run_dir))
-        _owner_rwx(str(run_dir))  # a run may have made its own folder read-only too
+        owner_rwx(str(run_dir))  # a run may have made its own folder read-only too
         try:
             entries = list(os.scandir(run_dir))
         except OSError:

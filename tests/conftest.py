@@ -11,13 +11,10 @@ WINGS = [str(d) for d in sorted(TESTS.iterdir()) if d.is_dir() and d.name not in
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), *WINGS, os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(TESTS))
 
+from helpers_targets import local_ray  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def ray_local():
     """A real local Ray with fake GPUs: 8 CPUs, 4 GPUs, whatever this machine really has."""
-    import ray
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init("local", num_cpus=8, num_gpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
+    yield from local_ray(num_cpus=8, num_gpus=4)

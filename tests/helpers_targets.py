@@ -39,6 +39,30 @@ def candidate(target: Target, train: str | None = None, eid: str | None = None, 
     return Candidate(experiment_id=eid or f"exp-{uuid.uuid4().hex[:8]}", base_version=0, files=files, **kw)
 
 
+def local_ray(**resources):
+    """A real local Ray of the given (fake) resources, shut down after: the body of a module-scoped fixture."""
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init("local", include_dashboard=False, log_to_driver=False, configure_logging=False, **resources)
+    yield ray
+    ray.shutdown()
+
+
+def scoped_environ(values: dict[str, str], drop: tuple[str, ...] = ()):
+    """os.environ with `values` set and `drop` removed, restored after: the body of a module-scoped fixture."""
+    saved = {k: os.environ.get(k) for k in [*values, *drop]}
+    for k in drop:
+        os.environ.pop(k, None)
+    os.environ.update(values)
+    yield values
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def new_mark() -> str:
     return f"ar-test-{uuid.uuid4().hex}"
 

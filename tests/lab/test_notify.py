@@ -7,10 +7,10 @@ import json
 import re
 import socket
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from helpers_targets import local_ray
 
 from ar_ray.lab import notify
 from ar_ray.lab.notify import Alerts, Message, Notifier, Webhook
@@ -202,13 +202,7 @@ SCRIPT = "toys:ScriptedProposer"
 @pytest.fixture(scope="module")
 def h100_ray():
     """A real local Ray whose one (fake) GPU is an H100, as Ray's accelerator_type resource says."""
-    import ray
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init("local", num_cpus=2, num_gpus=1, resources={"accelerator_type:H100": 1}, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
+    yield from local_ray(num_cpus=2, num_gpus=1, resources={"accelerator_type:H100": 1})
 
 
 def test_a_run_whose_baseline_fails_says_why_it_stopped(h100_ray, tmp_path):

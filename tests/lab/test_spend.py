@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from helpers_targets import local_ray
 
 from ar_ray.lab import spend
 from ar_ray.lab.spend import Budget, Meter, Prices
@@ -106,13 +107,7 @@ def test_a_ledger_written_before_gpu_cost_usd_still_loads(tmp_path):
 
 @pytest.fixture(scope="module")
 def a100_ray():
-    import ray
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init("local", num_cpus=4, num_gpus=2, resources={"accelerator_type:A100": 1}, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
+    yield from local_ray(num_cpus=4, num_gpus=2, resources={"accelerator_type:A100": 1})
 
 
 def test_run_prices_each_row_stops_at_its_gpu_hours_and_resumes_with_its_spend(a100_ray, tmp_path):

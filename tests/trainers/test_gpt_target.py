@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers_targets import scoped_environ  # noqa: E402
+
 TARGET = Path(__file__).resolve().parents[2] / "trainers" / "gpt"
 SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
 VOCAB = 512
@@ -30,16 +32,7 @@ def env(tmp_path_factory):
     """Environment shared by every test: tmp cache, small vocab, CPU preset."""
     values = {"AR_CACHE_DIR": str(tmp_path_factory.mktemp("cache")), "AR_VOCAB_SIZE": str(VOCAB),
               "AR_PRESET": "cpu", "AR_THREADS": "1"}  # 1 thread: robust on a busy machine
-    saved = {k: os.environ.get(k) for k in list(values) + ["AR_DATA", "AR_RESULT_FILE", "AR_BUDGET_TOKENS"]}
-    for k in ("AR_DATA", "AR_RESULT_FILE", "AR_BUDGET_TOKENS"):
-        os.environ.pop(k, None)
-    os.environ.update(values)
-    yield values
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    yield from scoped_environ(values, ("AR_DATA", "AR_RESULT_FILE", "AR_BUDGET_TOKENS"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers_targets import candidate, marked_pids, new_mark, ppid_of, wait_for  # noqa: E402
+from helpers_targets import candidate, marked_pids, new_mark, ppid_of, scoped_environ, wait_for  # noqa: E402
 
 from ar_ray.target import TargetError, load_target  # noqa: E402
 from trainers import evaluate  # noqa: E402
@@ -35,16 +35,7 @@ def env(tmp_path_factory):
     mark = new_mark()
     values = {"AR_CACHE_DIR": str(tmp_path_factory.mktemp("cache")), "AR_VOCAB_SIZE": "512", "AR_PRESET": "cpu",
               "AR_THREADS": "1", "AR_BUDGET_TOKENS": str(TOKENS), "AR_TEST_MARK": mark}  # (by hand)
-    saved = {k: os.environ.get(k) for k in [*values, "AR_DATA", "AR_RESULT_FILE", "AR_TRUSTED_EVAL"]}
-    for k in ("AR_DATA", "AR_RESULT_FILE", "AR_TRUSTED_EVAL"):
-        os.environ.pop(k, None)
-    os.environ.update(values)
-    yield values
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    yield from scoped_environ(values, ("AR_DATA", "AR_RESULT_FILE", "AR_TRUSTED_EVAL"))
 
 
 @pytest.fixture(scope="module")

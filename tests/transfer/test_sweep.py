@@ -39,9 +39,14 @@ C = 6 * params_M * 1e6 * tokens_M * 1e6
 C0 = 6 * 0.1e6 * 1e5
 rng = random.Random(f"{os.environ['AR_SEED']}-{depth}-{tokens}-{OFFSET}")
 loss = E - OFFSET + B * (C / C0) ** -ALPHA + rng.gauss(0, NOISE)
-if os.environ.get("TOY_DIE_ONCE") and not os.path.exists(os.environ["TOY_DIE_ONCE"]):
+def first_anywhere(marker):  # O_EXCL: of two runs that start at once, one only (both killed their trainers)
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+if os.environ.get("TOY_DIE_ONCE") and first_anywhere(os.environ["TOY_DIE_ONCE"]):
     # the first run anywhere kills its trainer actor (the first ray:: process above it): a node lost mid-run
-    open(os.environ["TOY_DIE_ONCE"], "w").close()
     pid = os.getppid()
     while pid > 1:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -320,8 +325,8 @@ def test_a_lost_trainer_reruns_the_run(ray_local, tmp_path):
     spec = S.SweepSpec([S.resolve_variant("baseline", load_target(target))], S.grid({"depth": ["1", "2"]}), 1)
     events = []
     out = S.run_sweep(config(target, tmp_path / "run", trainers=2, sandbox="none"), spec,
-                      on_event=lambda kind, data: events.append(kind))
-    assert marker.exists() and out["retries"] == 1 and events.count("retry") == 1
+                      on_event=lambda kind, data: events.append((kind, data)))
+    assert marker.exists() and out["retries"] == 1 and [k for k, _ in events].count("retry") == 1, events
     df = sweep_rows(tmp_path / "run")
     assert len(df) == 2 and set(df.status) == {"ok"} and df.experiment_id.is_unique
 

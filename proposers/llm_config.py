@@ -39,7 +39,8 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
+
+from ar_ray.errors import read_config_toml
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
@@ -120,14 +121,7 @@ def build_options(model: str | None = None, base_url: str | None = None, api_key
     where = "the flags"
     if config_file:
         where = str(config_file)
-        try:
-            with open(config_file, "rb") as f:
-                doc = tomllib.load(f)
-        except OSError as e:
-            raise LLMConfigError(f"cannot read the config file {config_file}: {e.strerror or e}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise LLMConfigError(f"{config_file} is not valid TOML: {e}") from None
-        table = doc.get("llm", {})
+        table = read_config_toml(config_file, LLMConfigError).get("llm", {})
         if not isinstance(table, dict):
             raise LLMConfigError(f"{config_file}: 'llm' must be a table ([llm]), not {type(table).__name__}")
     unknown = set(table) - LLM_KEYS

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
+
+from ar_ray.errors import read_config_toml
 
 # USD per GPU-hour: ESTIMATES of on-demand cloud prices (late 2025, one GPU of a multi-GPU instance, rounded),
 # for a first idea of a run's cost. Your provider's price is what counts: set it with --gpu-price MODEL=USD/h or
@@ -89,14 +90,7 @@ def parse_gpu_price(text: str) -> tuple[str, float]:
 
 def read_prices(path: str) -> tuple[dict[str, float], float | None]:
     """The [prices] table of a run config: `cpu_core_hour = 0.04` and a [prices.gpu] table of MODEL = USD/h."""
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as e:
-        raise SpendError(f"cannot read the config file {path}: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpendError(f"{path} is not valid TOML: {e}") from None
-    table = doc.get("prices", {})
+    table = read_config_toml(path, SpendError).get("prices", {})
     example = "[prices]\ncpu_core_hour = 0.04\n[prices.gpu]\nH100 = 2.49\n\"A100-80GB\" = 1.79"
     if not isinstance(table, dict) or set(table) - {"gpu", "cpu_core_hour"}:
         raise SpendError(f"{path}: [prices] takes cpu_core_hour and a [prices.gpu] table, e.g.\n{example}")

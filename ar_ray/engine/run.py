@@ -260,7 +260,7 @@ def execute(config: RunConfig, on_event=None) -> dict:
         meter = config.spend_meter(p.gpus, p.cpus, target.direction)
         meter.default_model = _node_gpu_model(nodes, p.gpus)  # prices runs in flight before a trainer reports its own
         if on_event:
-            on_event("note", None, {"text": spend_estimate(config, target, p, nodes, meter)})
+            on_event("note", None, {"text": spend_estimate(config, target, p, meter)})
         work_root = str(run_dir / "experiments")
         os.makedirs(work_root, exist_ok=True)
         trainers = cluster.start_trainers(p, target, work_root, run_id, config.keep_files, config.box())
@@ -329,7 +329,7 @@ def _both(first, second):
     return on_event
 
 
-def spend_estimate(config: RunConfig, target, p, nodes: list[dict], meter) -> str:
+def spend_estimate(config: RunConfig, target, p, meter) -> str:
     """The start message: what an hour of the trainers costs, and when the budget is reached."""
     from ar_ray.lab.spend import estimate
     seconds = None if target.budget_tokens else (config.budget_seconds or target.budget_for(int(p.gpus > 0)))

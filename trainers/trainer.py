@@ -274,7 +274,7 @@ class Trainer:
         try:
             return self._run(cand, t0)
         finally:
-            self._warm.after_run(lambda d: self._plan(cand, d)[3:])  # (and the next run's child, if not yet)
+            self._warm.after_run(self._launch(cand))  # (and the next run's child, if not yet)
             with self._lock:
                 self._current = None
             self.completed += 1
@@ -292,7 +292,7 @@ class Trainer:
         final_dir = run_dir
         # the child pre-started during the previous run, when it fits this one (trainers/prestart.py): the run
         # goes on in its run dir, which gets the experiment's name afterwards
-        if warm := self._warm.claim(lambda d: self._plan(cand, d)[3:]):
+        if warm := self._warm.claim(self._launch(cand)):
             run_dir = warm.slot
             self._warm.write_editable(warm, cand.files)
         else:
@@ -315,7 +315,7 @@ class Trainer:
         trusted = trusted_eval.start(self, run_dir, env) if self.target.evaluate else None
         code, timed_out, child_seconds, broken, (c0, c1) = self._spawn(
             argv, run_dir, env, log, limits, confine=True, writable=(writable_cache,) if writable_cache else (),
-            watch=watch, warm=warm, on_tick=lambda w: self._warm.tick(lambda d: self._plan(cand, d)[3:], w))
+            watch=watch, warm=warm, on_tick=lambda w: self._warm.tick(self._launch(cand), w))
         curve = watch.finish(now=c1) if self.target.progress_pattern else ()
         spent = phases(c0, c1, watch)
         text, log_problem = "", None
@@ -392,6 +392,11 @@ class Trainer:
             child_seconds=child_seconds, overhead_seconds=(m1 - m0) - child_seconds - ((trusted and verdict.seconds) or 0.0), budget_seconds=budget,
             curve=curve, phases=spent,
         )
+
+    def _launch(self, cand: Candidate):
+        """run_dir -> (argv, env) of a run like `cand`'s there: what a pre-started child is started for and checked
+        against (trainers/prestart.py)."""
+        return lambda run_dir: self._plan(cand, run_dir)[3:]
 
     def _plan(self, cand: Candidate, run_dir: Path) -> tuple:
         """What a run of `cand` in `run_dir` gets: (budget, timeout, limits, argv, env), env without the compile

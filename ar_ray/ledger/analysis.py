@@ -119,8 +119,9 @@ def origin(df: pd.DataFrame, mask=None) -> pd.DataFrame:
     wanted = (df["role"] == "screen") & df["experiment_id"].isin(gid.unique())
     screens = _rows(df, wanted, ["experiment_id", "proposer", "description"]).drop_duplicates("experiment_id")
     screens = screens.set_index("experiment_id")
-    proposer = gid.map(screens["proposer"].astype(object)).fillna(sub["proposer"].astype(object))
-    description = gid.map(screens["description"].astype(object)).fillna(sub["description"].astype(object))
+    # (astype(object) after map too: with no screening row at all, map gives float NaNs, which fillna with text warns about)
+    proposer = gid.map(screens["proposer"].astype(object)).astype(object).fillna(sub["proposer"].astype(object))
+    description = gid.map(screens["description"].astype(object)).astype(object).fillna(sub["description"].astype(object))
     return pd.DataFrame({"group": gid, "proposer": proposer, "description": description}, index=sub.index)
 
 

@@ -19,6 +19,7 @@ Readers need nothing but pyarrow, pandas, polars or duckdb:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -327,36 +328,53 @@ class Ledger:
         return read_table(self.dir.parent)
 
 
-def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+def _read_part(path: Path, columns: list[str] | None = None, categories: tuple[str, ...] = ()) -> pa.Table:
     """One part as a table of SCHEMA (or of `columns`), read with ParquetFile (half the fixed cost of
     pq.read_table's dataset machinery, which counts at hundreds of parts). A part of an older schema lacks the
-    newer columns: they are added as nulls (through pq.read_table(schema=SCHEMA) if a column's type differs)."""
-    f = pq.ParquetFile(path)
-    if f.schema_arrow.equals(SCHEMA, check_metadata=False):
+    newer columns: they are added as nulls (through pq.read_table(schema=SCHEMA) if a column's type differs).
+    `categories`: string columns read as dictionary arrays (int32 indices) straight from Parquet's own
+    dictionary pages, never decoded into strings (load()'s categoricals: 1M rows' six took ~0.4 s of CPU)."""
+    f = pq.ParquetFile(path, read_dictionary=categories or None)
+    if f.schema_arrow.equals(_dictionary_schema(categories), check_metadata=False):
         return f.read(columns=columns).replace_schema_metadata(SCHEMA.metadata)
     want = list(columns) if columns is not None else SCHEMA.names
-    have = {field.name: field.type for field in f.schema_arrow}
+    have = {field.name: field.type for field in pq.read_schema(path)}
     if any(name in have and have[name] != SCHEMA.field(name).type for name in want):
-        return pq.read_table(path, schema=SCHEMA, columns=columns)
-    t = f.read(columns=[name for name in want if name in have])
+        t = pq.read_table(path, schema=SCHEMA, columns=columns)
+    else:
+        t = f.read(columns=[name for name in want if name in have])
     fields = [SCHEMA.field(name) for name in want]
-    return pa.table([t.column(fd.name) if fd.name in have else pa.nulls(t.num_rows, fd.type) for fd in fields],
-                    schema=pa.schema(fields, metadata=SCHEMA.metadata))
+    cols = [t.column(fd.name) if fd.name in t.column_names else pa.nulls(t.num_rows, fd.type) for fd in fields]
+    cols = [c.dictionary_encode() if fd.name in categories and not pa.types.is_dictionary(c.type) else c
+            for c, fd in zip(cols, fields)]
+    schema = _dictionary_schema(categories)
+    return pa.table(cols, schema=pa.schema([schema.field(n) for n in want], metadata=SCHEMA.metadata))
+
+
+@functools.cache
+def _dictionary_schema(categories: tuple[str, ...]) -> pa.Schema:
+    """SCHEMA with `categories` as dictionary<int32, string>, as ParquetFile(read_dictionary=...) reads them."""
+    schema = SCHEMA
+    for name in categories:
+        i = schema.get_field_index(name)
+        schema = schema.set(i, schema.field(i).with_type(pa.dictionary(pa.int32(), pa.string())))
+    return schema
 
 
 READERS = min(8, os.cpu_count() or 1)  # parts read at once (pyarrow decodes each part's columns in its own pool)
 
 
-def _read_parts(parts: list[_Part], columns: list[str] | None, read: dict[str, pa.Table]) -> None:
+def _read_parts(parts: list[_Part], columns: list[str] | None, read: dict[str, pa.Table],
+                categories: tuple[str, ...] = ()) -> None:
     """Read the parts not in `read` yet into it, the biggest first, READERS at a time: Parquet decoding releases
     the GIL, and a ledger's time goes into a few big merged parts (a 1M-row ledger: 8 parts of 131k rows)."""
     todo = sorted((q for q in parts if q.path.name not in read), key=lambda q: q.first - q.last)
     if len(todo) < 2 or READERS < 2:
         for q in todo:
-            read[q.path.name] = _read_part(q.path, columns)
+            read[q.path.name] = _read_part(q.path, columns, categories)
         return
     with ThreadPoolExecutor(min(READERS, len(todo)), thread_name_prefix="ledger-read") as pool:
-        futures = {q.path.name: pool.submit(_read_part, q.path, columns) for q in todo}
+        futures = {q.path.name: pool.submit(_read_part, q.path, columns, categories) for q in todo}
         try:
             for name, fut in futures.items():
                 read[name] = fut.result()
@@ -369,8 +387,10 @@ def _read_parts(parts: list[_Part], columns: list[str] | None, read: dict[str, p
             raise
 
 
-def read_table(run_dir: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-    """The whole ledger as one table, in seq order; `columns`: only these (in this order)."""
+def read_table(run_dir: str | os.PathLike, columns: list[str] | None = None, *,
+               categories: tuple[str, ...] = ()) -> pa.Table:
+    """The whole ledger as one table, in seq order; `columns`: only these (in this order); `categories`: these
+    string columns as dictionary arrays (what load() makes categoricals of)."""
     ledger_dir = Path(run_dir) / "ledger"
     if not ledger_dir.is_dir():
         raise LedgerError(f"{run_dir} holds no ledger (no ledger/ folder); pass the folder given to `ar-ray run --run-dir`")
@@ -387,11 +407,11 @@ def read_table(run_dir: str | os.PathLike, columns: list[str] | None = None) -> 
             seen = names
             continue
         try:
-            _read_parts(parts, columns, read)
+            _read_parts(parts, columns, read, categories)
         except FileNotFoundError:
             seen = None
             continue
-        empty = SCHEMA.empty_table()
+        empty = _dictionary_schema(categories).empty_table()
         return pa.concat_tables([read[n] for n in names]) if parts else empty.select(columns) if columns else empty
     raise LedgerError(f"the ledger in {ledger_dir} kept changing while it was read; try again")
 
@@ -410,6 +430,9 @@ def _pandas_type(t: pa.DataType):
     return None
 
 
+CATEGORIES = ("status", "decision", "proposer", "trainer", "node", "gpu_model")  # load()'s categoricals
+
+
 def load(run_dir: str | os.PathLike, columns: list[str] | None = None) -> "pd.DataFrame":
     """The ledger as a pandas DataFrame: one row per attempt, in order, with categorical status/decision.
     `extra`, `knobs` and `files` are dicts; `curve` is Arrow-backed (a row's value is a list of
@@ -418,8 +441,9 @@ def load(run_dir: str | os.PathLike, columns: list[str] | None = None) -> "pd.Da
     files, curve, extra) is what keeps a load fast (docs/BENCHMARKS.md, bench/ledger_million.py)."""
     if columns is not None and "seq" not in columns:
         columns = ["seq", *columns]
-    df = read_table(run_dir, columns).to_pandas(maps_as_pydicts="strict", types_mapper=_pandas_type)
-    for col in ("status", "decision", "proposer", "trainer", "node", "gpu_model"):
-        if col in df:
-            df[col] = df[col].astype("category")
+    categories = tuple(c for c in CATEGORIES if columns is None or c in columns)
+    df = read_table(run_dir, columns, categories=categories).to_pandas(maps_as_pydicts="strict",
+                                                                       types_mapper=_pandas_type)
+    for col in categories:  # the categories sorted, as astype("category") gave them (Arrow's come in order of appearance)
+        df[col] = df[col].cat.reorder_categories(sorted(df[col].cat.categories))
     return df.set_index("seq", drop=False).rename_axis(None)

@@ -448,6 +448,31 @@ def test_a_ledger_written_before_the_time_breakdown_reads_as_it_is_and_upgrades_
     assert STATUSES[3] != "ok" and pd.isna(df.startup_seconds[3]) and make_row(4)["startup_seconds"] == 2.7
 
 
+def test_categoricals_are_read_as_dictionaries_and_come_sorted_from_old_and_new_parts_alike(tmp_path):
+    """load() reads status, decision, proposer, trainer, node and gpu_model as Parquet dictionaries (never as 1M
+    strings) and gives the categoricals astype("category") gave: sorted categories, NaN for a null. Parts of an
+    older schema (read through another path) and of this one meet in one column."""
+    led = Ledger(tmp_path)
+    rows = [make_row(i) for i in range(7)]
+    rows[5]["node"] = None
+    led.append(rows[:3])  # a part that becomes version 2 below: read without read_dictionary's fast path
+    led.append(rows[3:])
+    old = min((tmp_path / "ledger").glob("part-*.parquet"))
+    v2 = pa.schema([f for f in SCHEMA if f.name != "train_seconds"], metadata={"ar_ray_schema_version": "2"})
+    pq.write_table(pq.read_table(old).select(v2.names).cast(v2), old)
+    for columns in (None, ["status", "node", "metric"]):
+        df = load(tmp_path, columns)
+        for col in ("status", "decision", "proposer", "trainer", "node", "gpu_model"):
+            if columns is not None and col not in columns:
+                assert col not in df
+                continue
+            want = [r[col] for r in rows]
+            assert isinstance(df[col].dtype, pd.CategoricalDtype), col
+            assert list(df[col].cat.categories) == sorted({w for w in want if w is not None}), col
+            assert [None if pd.isna(v) else v for v in df[col]] == want, col
+    assert read_table(tmp_path).schema.field("status").type == pa.string()  # read_table's own types are unchanged
+
+
 def test_load_of_selected_columns_reads_only_those(tmp_path):
     led = Ledger(tmp_path, fanout=4)
     for i in range(9):  # parts of two levels

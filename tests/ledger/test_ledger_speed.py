@@ -60,9 +60,9 @@ def test_parts_read_by_the_pool_give_every_value_in_seq_order(tmp_path, monkeypa
     monkeypatch.setattr(store, "READERS", 4)
     threads, inner = set(), store._read_part
 
-    def spy(path, columns=None):
+    def spy(path, *args):
         threads.add(threading.current_thread().name)
-        return inner(path, columns)
+        return inner(path, *args)
 
     monkeypatch.setattr(store, "_read_part", spy)
     df = load(tmp_path)
@@ -128,11 +128,11 @@ def test_a_part_that_vanishes_mid_read_is_listed_again_and_what_was_read_is_kept
     names = sorted(p.name for p in (tmp_path / "ledger").glob("*.parquet"))
     victim, reads, inner = names[len(names) // 2], [], store._read_part
 
-    def flaky(path, columns=None):
+    def flaky(path, *args):
         reads.append(path.name)
         if path.name == victim and reads.count(victim) == 1:
             raise FileNotFoundError(path)
-        return inner(path, columns)
+        return inner(path, *args)
 
     monkeypatch.setattr(store, "_read_part", flaky)
     df = load(tmp_path)

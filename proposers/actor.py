@@ -49,6 +49,10 @@ class ProposerActor:
     def baseline_version(self) -> int:
         return self.proposer.baseline_version()
 
+    def prime(self, history) -> int:
+        prime = getattr(self.proposer, "prime", None)  # a proposer of the user's own need not have it
+        return prime(list(history)) if prime is not None else 0
+
     async def propose(self, history=(), in_flight=(), baseline=None):
         await self._take_keys()
         apropose = getattr(self.proposer, "apropose", None)

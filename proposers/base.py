@@ -5,6 +5,7 @@ and a compact history into the next experiment:
 
     update(baseline)                                    # broadcast: the new best
     propose(history, in_flight, baseline) -> Proposal   # the full new editable files, or a failure status
+    prime(history) -> int                               # a resumed run: what it tried before, before any propose
 
 `ProposerBase` does the shared bookkeeping (current baseline, diff, hash,
 syntax check); a concrete proposer implements `make_edit`. Subclasses are
@@ -50,6 +51,13 @@ class ProposerBase:
 
     def baseline_version(self) -> int:
         return -1 if self.baseline is None else self.baseline.version
+
+    def prime(self, history: list[Attempt]) -> int:
+        """A resumed run's earlier attempts, oldest first (its newest ledger rows: `PRIME_ROWS` in
+        ar_ray/engine/driver.py), given once before the first `propose`. A proposer that remembers what it was
+        shown folds them in as if it had been shown them live; this one remembers nothing. Returns how many
+        attempts it took in."""
+        return 0
 
     def propose(self, history: list[Attempt] = (), in_flight: list[str] = (), baseline: Baseline | None = None) -> Proposal:
         """The next experiment. `baseline`, when given, is the newest best the caller knows (a missed broadcast

@@ -30,6 +30,7 @@ import dataclasses
 import email.utils
 import os
 import random
+import re
 import socket
 import time
 import weakref
@@ -61,6 +62,7 @@ DEFAULT_COMPLETION_ESTIMATE = 2000  # tokens booked (and kept free in the contex
 ROUTE_VALUE = {"keep": 1.0, "screened": 0.5, "promoted": 0.5, "confirming": 0.5}
 PRIOR_PROPOSALS = 2.0  # the weights' prior is worth this many proposals of an endpoint
 PRIOR_RATE = 0.5  # the prior rate of the heaviest endpoint; the others' in proportion to their weights
+_COMBINED = re.compile(r"^combine (e\d+(?: \+ e\d+)+):")  # the description of a combination's proposal
 
 
 @dataclass
@@ -98,6 +100,18 @@ class LLMProposer(ProposerBase):
 
     def __repr__(self) -> str:
         return f"LLMProposer({self.name!r}, models={[e['model'] for e in self.endpoints]})"
+
+    def prime(self, history: list[Attempt]) -> int:
+        """A resumed run's earlier attempts: the memory (summary, near-misses), what each endpoint earned, and the
+        combinations already proposed (a row whose description starts "combine e.. + e..:", whoever made it) come
+        back as if this proposer had been shown every one of them live."""
+        history = list(history)
+        self._learn(history)
+        self.memory.ingest(history)
+        for a in history:
+            if (m := _COMBINED.match(a.description or "")):
+                self._combine_asked.add(frozenset(m.group(1).split(" + ")))
+        return len(history)
 
     # ---- the two ways in: async (the actor) and sync (anything else) ----
 

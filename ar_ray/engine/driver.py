@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from ar_ray.code import edits
 from ar_ray.code.codehash import code_hash
@@ -32,6 +32,7 @@ from ar_ray.types import Attempt, Baseline, Candidate, Proposal, Result
 
 TICK = 0.5  # seconds between status refreshes when nothing lands
 HISTORY = 30  # attempts shown to proposers
+PRIME_ROWS = 10_000  # on a resume, each proposer's memory is primed with the newest this many ledger rows
 _FOLLOWUP = re.compile(r"^((baseline|confirm|rebase|promote) of \S+: )+")  # a follow-up's own prefix, said once
 DETERMINISTIC = ("deterministic target: the unmodified target's repeats with different seeds gave the very same "
                  "metric (it ignores AR_SEED), so each candidate runs once and any strict gain is kept; no "
@@ -531,10 +532,23 @@ class Driver:
         self.unwritten.append(row)
         if self.meter is not None:
             self.meter.observe(row)
-        self.history.append(Attempt(row["experiment_id"], row["description"] or "", row["status"], row["decision"],
-                                    row.get("metric"), row.get("diff") or "", row.get("error") or "",
-                                    row.get("proposer") or "", row.get("group_id") or "", row.get("cost_usd") or 0.0,
-                                    row.get("gain"), row.get("threshold")))
+        self.history.append(attempt(row))
+
+    def remember(self, attempts: list[Attempt]) -> None:
+        """A resume: the run's earlier attempts (oldest first, rows read back from the ledger) refill the history
+        and prime every proposer's memory, as if the proposers had been shown them live. One copy goes to the
+        object store for all of them; a proposer that cannot take it (lost, or raising) proposes without."""
+        self.history.extend(attempts[-HISTORY:])
+        if not attempts or not self.proposers:
+            return
+        ref = ray.put(attempts)
+        calls = [p.prime.remote(ref) for p in self.proposers]
+        for i, call in enumerate(calls):
+            try:
+                ray.get(call, timeout=120)
+            except (RayActorError, RayTaskError, GetTimeoutError) as e:
+                self.on_event("note", self, {"text": f"proposer {i} starts without the run's earlier attempts in "
+                                                     f"its memory: {_reason(e)}"})
 
     def _flush(self) -> None:
         """Write the rows of one round in one durable append, then report them."""
@@ -548,6 +562,17 @@ class Driver:
     def _new_id(self) -> str:
         self.next_id += 1
         return f"e{self.next_id - 1:05d}"
+
+
+ATTEMPT_COLUMNS = ("experiment_id", "description", "status", "decision", "metric", "diff", "error", "proposer",
+                   "group_id", "cost_usd", "gain", "threshold")  # the ledger columns an Attempt is made of
+
+
+def attempt(row: dict) -> Attempt:
+    """What proposers are shown of a ledger row: a row as `_record` gets it, or one read back from the ledger."""
+    return Attempt(row["experiment_id"], row["description"] or "", row["status"], row["decision"], row.get("metric"),
+                   row.get("diff") or "", row.get("error") or "", row.get("proposer") or "", row.get("group_id") or "",
+                   row.get("cost_usd") or 0.0, row.get("gain"), row.get("threshold"))
 
 
 def _get(ref) -> Result | Exception:

@@ -18,7 +18,7 @@ from ar_ray.code import merge
 from ar_ray.code.codehash import code_hash
 from ar_ray.engine import cluster
 from ar_ray.engine.config import RunConfig
-from ar_ray.engine.driver import Counters, Driver
+from ar_ray.engine.driver import ATTEMPT_COLUMNS, PRIME_ROWS, Counters, Driver, attempt
 from ar_ray.engine.journal import Journal
 from ar_ray.errors import ConfigError
 from ar_ray.ledger import store as ledger_mod
@@ -63,7 +63,9 @@ def restore(driver: Driver, run_dir: str) -> None:
     Completed experiments are not re-run; the best, its runs and the noise pool come back; new candidates
     that were in flight are re-queued from the journal. Confirmations that were open (runs in flight or queued)
     go back into the policy with the runs they have, and their missing runs are queued (`restore_open_groups`).
+    The proposers remember what was tried (`restore_history`).
     """
+    restore_history(driver, run_dir)
     table = read_table(run_dir)
     if table.num_rows == 0:
         return
@@ -141,6 +143,18 @@ def restore(driver: Driver, run_dir: str) -> None:
     driver.followups.extend(driver._job(spec) for spec in driver.policy.missing_repeats())
     restore_open_groups(driver, ran, versions)
     requeue_unused(driver, rows)
+
+
+def restore_history(driver: Driver, run_dir: str) -> int:
+    """The run's earlier attempts back in the driver's history (its last HISTORY) and in every proposer's memory
+    (its newest PRIME_ROWS rows, oldest first), so the first prompt after a resume shows what was tried. Proposals
+    the stop left unused are no attempts: they are queued again (`requeue_unused`). Only the columns an Attempt is
+    made of are read; the rows before the newest PRIME_ROWS are never turned into Python objects."""
+    table = read_table(run_dir, columns=list(ATTEMPT_COLUMNS))
+    rows = table.slice(max(0, table.num_rows - PRIME_ROWS)).to_pylist()
+    attempts = [attempt(r) for r in rows if r["status"] != "unused"]
+    driver.remember(attempts)
+    return len(attempts)
 
 
 CONCLUDED = ("keep", "reject", "conflict", "discard")  # a confirmation group's last word

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ar_ray.cli.durations import parse_duration
+from ar_ray.cli.price_flags import price_options
 from ar_ray.cli.progress import STATUS_FILE, fmt_metric, fmt_seconds, render
 from ar_ray.engine.config import RunConfig, default_target
 from ar_ray.engine.driver import RunAborted
@@ -73,11 +74,7 @@ def _fractions(flag: str, text: str) -> tuple[float, ...]:
               help="What --max-cost counts: llm, gpu or gpu,llm (GPU spend is priced by --gpu-price).")
 @click.option("--max-gpu-hours", type=float, default=None,
               help="Start no new candidate once the runs used this many GPU-hours (a trainer's GPUs x run time).")
-@click.option("--gpu-price", multiple=True, metavar="MODEL=USD/h",
-              help="USD per GPU-hour of a GPU model, e.g. H100=2.49 (repeatable; '*=2' for any other model). "
-                   "Default: a built-in table of estimates.")
-@click.option("--cpu-price", type=float, default=None, help="USD per CPU core-hour for trainers without a GPU "
-              "(default: an estimate of 0.04).")
+@price_options
 @click.option("--notify", multiple=True, metavar="URL",
               help="Webhook for alerts (Slack, Discord or any URL taking JSON; env:NAME reads it from a variable): "
                    "new best, failure streaks, spend at 50, 80 and 100 percent of a budget, the run's end. Repeatable.")
@@ -166,8 +163,7 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
     from ar_ray.lab import spend
     try:
         counts = spend.parse_counts(cost_counts)
-        gpu_prices, cpu_default = spend.read_prices(config_file) if config_file else ({}, None)
-        gpu_prices.update(spend.parse_gpu_price(t) for t in gpu_price)  # the flags win over the config
+        gpu_prices, cpu_price = spend.prices_from(config_file, gpu_price, cpu_price)
     except spend.SpendError as e:
         raise click.UsageError(str(e)) from None
     if proposer == "llm":
@@ -194,7 +190,7 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
                        sandbox=sandbox, sandbox_limits=limits, ladder=ladder, promote_fraction=promote_fraction,
                        rescreen=rescreen, prune=prune, prune_at=_fractions("--prune-at", prune_at),
                        prune_margin=prune_margin, cost_counts=counts, max_gpu_hours=max_gpu_hours,
-                       gpu_prices=gpu_prices, cpu_price=cpu_price if cpu_price is not None else cpu_default,
+                       gpu_prices=gpu_prices, cpu_price=cpu_price,
                        notify=tuple(notify), notify_interval=parse_duration(notify_interval),
                        notify_failures=notify_failures, track=tuple(track), track_flush=parse_duration(track_flush))
     console = Console()

@@ -14,9 +14,11 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from ar_ray.cli.price_flags import price_options
 from ar_ray.cli.progress import fmt_metric, fmt_seconds
 from ar_ray.engine.config import RunConfig, default_target
 from ar_ray.errors import ConfigError
+from ar_ray.lab import spend
 from ar_ray.ledger.store import LedgerError
 from ar_ray.target import TargetError, load_target
 from ar_ray.transfer import sweep as S
@@ -117,9 +119,12 @@ def build_knobs(depths: str | None, budget_tokens: str | None, knob: tuple[str, 
 @click.option("--sandbox", type=click.Choice(["auto", "bwrap", "none"]), default="auto", show_default=True,
               help="Confine the runs with bubblewrap (auto: where the node can).")
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap replicates for the fits' intervals.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Run config TOML whose [prices] price the runs (as for ar-ray run; other tables are not read here).")
+@price_options
 def sweep(target, run_dir, resume_dir, rerun_failed, analyze_dir, variants, depths, budget_tokens, budgets, knob, paired,
           repeats, timeout,
-          address, trainers, gpus_per_trainer, cpus_per_trainer, sandbox, bootstrap):
+          address, trainers, gpus_per_trainer, cpus_per_trainer, sandbox, bootstrap, config_file, gpu_price, cpu_price):
     """Scaling sweep: run variants over a grid of scales with repeats, fit L = E + A*C^-alpha, compare the variants.
 
     \b
@@ -132,7 +137,7 @@ def sweep(target, run_dir, resume_dir, rerun_failed, analyze_dir, variants, dept
     console = Console(highlight=False, soft_wrap=True)
     if analyze_dir:
         given = [resume_dir, run_dir, rerun_failed or None, paired or None, depths, budget_tokens, budgets, repeats, timeout,
-                 *variants, *knob]
+                 config_file, cpu_price, *variants, *knob, *gpu_price]
         if any(v is not None and v != () for v in given):
             raise click.UsageError("--analyze only reads a finished sweep; leave out the other sweep flags")
         try:
@@ -157,9 +162,13 @@ def sweep(target, run_dir, resume_dir, rerun_failed, analyze_dir, variants, dept
         target = target or meta.get("target")
         if timeout is None:
             timeout = meta.get("config", {}).get("target_overrides", {}).get("timeout_seconds")
+    try:
+        gpu_prices, cpu_price = spend.prices_from(config_file, gpu_price, cpu_price)
+    except spend.SpendError as e:
+        raise click.UsageError(str(e)) from None
     config = RunConfig(target=target or str(default_target()), run_dir=run_dir, resume=bool(resume_dir),
                        address=address, trainers=trainers, gpus_per_trainer=gpus_per_trainer,
-                       cpus_per_trainer=cpus_per_trainer, sandbox=sandbox,
+                       cpus_per_trainer=cpus_per_trainer, sandbox=sandbox, gpu_prices=gpu_prices, cpu_price=cpu_price,
                        target_overrides={"timeout_seconds": timeout})
     try:
         spec = _spec(config, resume_dir, variants, knobs, seconds, repeats, paired)
@@ -181,6 +190,7 @@ def sweep(target, run_dir, resume_dir, rerun_failed, analyze_dir, variants, dept
     console.print(f"\n[bold]{head}[/bold] after {fmt_seconds(time.time() - t0)}: {summary['ran']} runs now "
                   f"({summary['failed']} failed, {summary['retries']} retried after a lost trainer), "
                   f"{summary['already_done']} already done, {summary['total']} in the sweep")
+    console.print(spend.describe(summary["spend"]) + " (the whole sweep; priced by --gpu-price / --cpu-price, or estimates)")
     result = A.analyze_run(run_dir, bootstrap=bootstrap)
     _print_analysis(console, result, Path(run_dir))
     if summary["interrupted"]:

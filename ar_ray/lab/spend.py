@@ -74,6 +74,15 @@ class Prices:
         return self.gpu_price(gpu_model) if gpus > 0 and (gpu_model or "") != "cpu" else self.cpu_price()
 
 
+def prices_from(config_file: str | None, gpu_price: tuple[str, ...] | list[str], cpu_price: float | None
+                ) -> tuple[dict[str, float], float | None]:
+    """(GPU prices, CPU core-hour price) of `ar-ray run` / `ar-ray sweep`: a run config's [prices], then the
+    --gpu-price MODEL=USD/h and --cpu-price flags, which win over it."""
+    gpu_prices, cpu_default = read_prices(config_file) if config_file else ({}, None)
+    gpu_prices.update(parse_gpu_price(t) for t in gpu_price)
+    return gpu_prices, cpu_price if cpu_price is not None else cpu_default
+
+
 def parse_gpu_price(text: str) -> tuple[str, float]:
     """'H100=2.49' (USD per GPU-hour; '/h' allowed) -> ('H100', 2.49). '*=2' prices every model not named."""
     model, eq, value = text.partition("=")

@@ -33,7 +33,7 @@ import pandas as pd
 
 from ar_ray.code.codehash import code_hash
 from ar_ray.engine.config import RunConfig
-from ar_ray.ledger.store import RUN_FILE, Ledger
+from ar_ray.ledger.store import RUN_FILE, Ledger, load
 from ar_ray.search.scale import Scale, ScaleError, _slug, reserved_knob
 from ar_ray.search.scale import as_scale as _as_scale
 from ar_ray.target import Target, load_target
@@ -174,7 +174,7 @@ def _label_of(experiment: str, variant: str) -> str:
 def _run_files(run_dir: Path, experiment: str | None, target: Target) -> dict[str, str]:
     from ar_ray.code import answers, edits
     from ar_ray.ledger import analysis
-    from ar_ray.ledger.store import LedgerError, load
+    from ar_ray.ledger.store import LedgerError
 
     try:
         df = load(run_dir)
@@ -315,10 +315,10 @@ class _Flight:
 
 
 def _row(run_id: str, cand: Candidate, r: Result, variant: str, scale: Scale, proposal: Proposal,
-         dispatched_at: float, budget: float | None) -> dict:
+         dispatched_at: float, budget: float | None, gpu_cost_usd: float | None = None) -> dict:
     from ar_ray.engine import rows
     p = dataclasses.replace(proposal, description=f"sweep {variant} at {scale.describe()} (repeat {cand.seed})")
-    row = rows.result_row(run_id, None, p, cand, r, DECISION, 0, None, dispatched_at, budget)
+    row = rows.result_row(run_id, None, p, cand, r, DECISION, 0, None, dispatched_at, budget, gpu_cost_usd=gpu_cost_usd)
     return rows.with_policy(row, ROLE, variant, {})
 
 
@@ -335,7 +335,7 @@ def run_sweep(config: RunConfig, spec: SweepSpec | None, on_row=None, on_event=N
 
     from ar_ray.code import edits
     from ar_ray.engine import cluster
-    from ar_ray.engine.run import check_sandbox, stop_trainers
+    from ar_ray.engine.run import _node_gpu_model, check_sandbox, stop_trainers
     from trainers.trainer import SetupError
 
     config.check()
@@ -359,12 +359,16 @@ def run_sweep(config: RunConfig, spec: SweepSpec | None, on_row=None, on_event=N
     result = {"run_id": run_id, "run_dir": str(run_dir), "total": len(plan_), "already_done": len(plan_) - len(todo),
               "interrupted": False, "sandbox": []}
     if not todo:
-        return {**result, "ran": 0, "failed": 0, "retries": 0, "by_status": {}, "elapsed_seconds": 0.0}
+        return {**result, "ran": 0, "failed": 0, "retries": 0, "by_status": {}, "elapsed_seconds": 0.0,
+                "spend": _spend(run_dir)}
     ledger = Ledger(run_dir)
     started = cluster.connect(config.address)
     trainers = []
     try:
-        p = cluster.plan(config, cluster.cluster_resources())
+        nodes = cluster.cluster_resources()
+        p = cluster.plan(config, nodes)
+        meter = config.spend_meter(p.gpus, p.cpus, target.direction)  # prices each run as the driver does
+        meter.default_model = _node_gpu_model(nodes, p.gpus)
         work_root = str(run_dir / "experiments")
         os.makedirs(work_root, exist_ok=True)
         trainers = cluster.start_trainers(p, target, work_root, run_id, config.keep_files, config.box())
@@ -408,8 +412,9 @@ def run_sweep(config: RunConfig, spec: SweepSpec | None, on_row=None, on_event=N
                         todo.appendleft((f.cand, f.tries + 1))  # same id, same seed, the next free trainer
                         continue
                     name, scale = scale_of[f.cand.experiment_id]
+                    usd = meter.charge(r.gpu_model, r.started_at, r.ended_at, r.child_seconds)
                     batch.append(_row(run_id, f.cand, r, name, scale, proposals[name], f.dispatched_at,
-                                      f.cand.budget_seconds or config.budget_seconds or target.budget_seconds))
+                                      f.cand.budget_seconds or config.budget_seconds or target.budget_seconds, usd))
                 dispatch()  # freed trainers start before the ledger write
                 if batch:
                     ledger.append(batch)
@@ -431,4 +436,12 @@ def run_sweep(config: RunConfig, spec: SweepSpec | None, on_row=None, on_event=N
         if started:
             ray.shutdown()
     return {**result, "ran": count["ran"], "failed": count["failed"], "retries": count["retries"],
-            "by_status": dict(count["by_status"]), "elapsed_seconds": time.time() - started_at}
+            "by_status": dict(count["by_status"]), "elapsed_seconds": time.time() - started_at,
+            "spend": _spend(run_dir)}
+
+
+def _spend(run_dir: Path) -> dict:
+    """The sweep's spend from its ledger (every invocation's runs; rows of a sweep before prices count $0)."""
+    from ar_ray.lab import spend
+    return spend.from_ledger(load(run_dir, columns=["gpu_cost_usd", "cost_usd", "decision", "best_version",
+                                                    "best_metric", "gpu_model"]))

@@ -20,6 +20,7 @@ from toys import make_toy
 from ar_ray.cli.main import main
 from ar_ray.engine.config import RunConfig
 from ar_ray.errors import ConfigError
+from ar_ray.lab import spend
 from ar_ray.ledger import store as ledger
 from ar_ray.target import load_target
 from ar_ray.transfer import sweep as S
@@ -307,14 +308,21 @@ def test_cli_sweep_runs_and_explains_a_missing_fit(ray_local, tmp_path):
     run_dir = tmp_path / "run"
     r = CliRunner().invoke(main, ["sweep", "--target", str(target), "--run-dir", str(run_dir), "--depths", "1,2",
                                   "--repeats", "1", "--trainers", "2", "--gpus-per-trainer", "0",
-                                  "--cpus-per-trainer", "1"])
+                                  "--cpus-per-trainer", "1", "--cpu-price", "36"])
     assert r.exit_code == 0, r.output
     assert "[2/2] baseline-d2-r0" in r.output or "[2/2] baseline-d1-r0" in r.output
     assert "no fit: only 2 scale(s)" in r.output
-    assert len(sweep_rows(run_dir)) == 2
-    # the same sweep again, resumed: nothing runs
+    df = sweep_rows(run_dir)
+    assert len(df) == 2
+    # each run priced as `ar-ray run` prices it: its wall time on its trainer x 1 core x $36 per core-hour
+    seconds = (df.ended_at - df.started_at).dt.total_seconds()
+    assert list(df.gpu_cost_usd) == pytest.approx(list(seconds * 36 / 3600), rel=1e-4) and (df.gpu_cost_usd > 0).all()
+    total = spend.usd(float(df.gpu_cost_usd.sum()))
+    assert f"spend {total} (CPU {total} + LLM $0.00)" in r.output, r.output
+    # the same sweep again, resumed: nothing runs, and the spend is still the sweep's
     r = CliRunner().invoke(main, ["sweep", "--resume", str(run_dir)])
     assert r.exit_code == 0 and "0 runs now" in r.output and "2 already done" in r.output, r.output
+    assert f"spend {total} (CPU {total}" in r.output, r.output
     r = CliRunner().invoke(main, ["sweep", "--target", str(target), "--run-dir", str(run_dir), "--depths", "1"])
     assert r.exit_code != 0 and "--resume" in r.output
 
@@ -342,6 +350,8 @@ def test_a_lost_trainer_reruns_the_run(ray_local, tmp_path):
     (["--depths", "1", "--repeats", "0"], "at least 1"),
     (["--depths", "1", "--rerun-failed"], "goes with --resume"),
     (["--depths", "1,2", "--budget-tokens", "1000", "--paired"], "same number of values"),
+    (["--depths", "1", "--gpu-price", "H100"], "write MODEL=USD per GPU-hour"),
+    (["--depths", "1", "--cpu-price", "-1"], "not negative"),
 ])
 def test_cli_errors(tmp_path, args, message):
     target = power_target(tmp_path / "target")

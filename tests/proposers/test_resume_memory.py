@@ -25,7 +25,6 @@ from ar_ray.ledger.store import Ledger
 from ar_ray.search.policy import Policy
 from ar_ray.target import load_target
 from ar_ray.types import Attempt, Baseline
-from proposers import history as H
 from proposers.actor import make_proposer
 
 # the first run of any code (seed 0) is lucky by 0.05, its repeats are not: every candidate looks better than the
@@ -126,7 +125,7 @@ def test_the_first_prompt_after_a_resume_is_the_one_an_uninterrupted_run_would_s
 
 
 def test_priming_is_bounded_and_leaves_out_the_proposals_a_stop_left_unused(tmp_path, monkeypatch):
-    """A huge ledger primes with its newest PRIME_ROWS rows only; an `unused` row (queued again by the resume) is
+    """A long ledger primes with its newest PRIME_ROWS rows only; an `unused` row (queued again by the resume) is
     no attempt. Plain rows appended to a real ledger; a driver without proposers (no Ray needed)."""
     rows = [{"run_id": "r", "experiment_id": f"e{i:05d}", "description": f"set A to {i}", "status": "ok",
              "decision": "discard", "metric": 1.0 + i / 1000, "diff": f"-A = 0\n+A = {i}\n", "proposer": "llm-0",
@@ -144,7 +143,7 @@ def test_priming_is_bounded_and_leaves_out_the_proposals_a_stop_left_unused(tmp_
     assert d.history[-1] == attempt(rows[-2])  # the same Attempt `_record` made of the row
 
 
-def test_priming_restores_the_memory_and_the_combinations_already_asked(server):
+def test_priming_restores_the_memory_and_the_combinations_already_asked():
     """`prime` folds rows in as `propose` does; a combination a row's description names is not asked again."""
     diff = "--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-{0} = 0\n+{0} = {1}\n"
     rows = [Attempt(f"e0000{i}", f"set {k} to {i}", "ok", "discard", 1.0, diff=diff.format(k, i), proposer="llm-0",
@@ -152,7 +151,7 @@ def test_priming_restores_the_memory_and_the_combinations_already_asked(server):
     rows.append(Attempt("e00004", "combine e00001 + e00002 + e00003: the three together", "ok", "discard", 1.0,
                         diff="--- a/train.py\n+++ b/train.py\n@@\n-A = 0\n+A = 1\n", proposer="llm-0",
                         gain=-0.01, threshold=0.02))
-    opts = {**OPTIONS, "base_url": server.url, "combine_rate": 1.0}
+    opts = {**OPTIONS, "base_url": "http://127.0.0.1:9/v1", "combine_rate": 1.0}  # no request is made
     live, primed = (make_proposer("llm", "llm-0", ("train.py",), "", 0, opts) for _ in range(2))
     live.memory.ingest(rows)
     assert primed.prime(rows) == 4

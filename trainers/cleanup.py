@@ -54,3 +54,45 @@ def remove_tree(path: str) -> list[str]:
     except OSError as e:
         retry(None, path, e)
     return stuck
+
+
+# -- folders owned by a process: named after it, removed by whoever finds them after it died (a SIGKILL runs no
+# cleanup handler). The owner's identity is the reaper's: `<pid namespace>-<pid>-<start time>` (a pid alone is
+# reused, and means nothing in another pid namespace).
+
+def owned_prefix(prefix: str, pid: int | None = None) -> str:
+    """`prefix` + the identity of process `pid` (default: this one) + '-': the prefix of a temporary folder that
+    `sweep_orphans` removes once that process is gone."""
+    from trainers.reaper import _identity
+    return f"{prefix}{_identity(pid or os.getpid())}-"
+
+
+def owner_gone(name: str, prefix: str) -> bool:
+    """Whether the process named by a folder `prefix<ns>-<pid>-<start>-<anything>` is gone. Names of another pid
+    namespace, or not made by owned_prefix, are never judged gone."""
+    from trainers.reaper import _identity
+    parts = name[len(prefix):].split("-", 3)
+    if not name.startswith(prefix) or len(parts) != 4 or not all(p.isdigit() for p in parts[:3]):
+        return False
+    here = _identity(os.getpid())
+    if not here or here.split("-")[0] != parts[0]:
+        return False
+    return _identity(int(parts[1])) != "-".join(parts[:3])
+
+
+def sweep_orphans(parent: str, prefix: str) -> list[str]:
+    """Remove the folders in `parent` named `prefix<identity>-...` (owned_prefix) of this user whose process is
+    gone. Never raises; returns the folders removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for e in entries:
+        try:
+            mine = e.is_dir(follow_symlinks=False) and e.stat(follow_symlinks=False).st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine and owner_gone(e.name, prefix) and not remove_tree(e.path):
+            removed.append(e.path)
+    return removed

@@ -13,7 +13,11 @@ result file, or replace the harness's evaluation function in memory. So the trai
 - it runs from a copy of the target's read-only files that the trainer wrote (never the run dir's, which a
   candidate could change, nor the run dir on its path), and under bubblewrap it sees the run dir read-only,
   the held-out data read-only, no other experiment, no network, and no writable path at all;
-- it is under a reaper like the run (trainers/reaper.py): killed, discarded or orphaned, it leaves no process.
+- it is under a reaper like the run (trainers/reaper.py): killed, discarded or orphaned, it leaves no process;
+- its copy of the target's files (a folder `ar-ray-eval-<trainer's identity>-*` in the temp dir) goes with it,
+  even when the trainer is SIGKILLed: both of its reapers remove it once its tree is gone (the outer one, a child
+  of the trainer, may be SIGKILLed with the trainer by Ray; the inner one, out of Ray's reach, then does), and a
+  folder whose trainer died before either reaper started is removed by the next evaluation on the node.
 
 The target's `heldout` paths (its validation split) are hidden from training runs under bubblewrap
 (trainers/sandbox.py `cover`). With `--sandbox none` nothing is hidden and a hostile candidate, running as
@@ -39,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ar_ray.target import Target, format_command
-from trainers import outcome, sandbox
+from trainers import cleanup, outcome, sandbox
 from trainers.sandbox import REAPER
 
 DIR_PREFIX = "ar-ray-eval-"
@@ -81,7 +85,21 @@ class Evaluation:
                  grace: float, gpu: bool, cpu_share: float, hide: tuple[Path, ...]):
         self.target = target
         self.grace = grace
-        self.home = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))  # the trusted copy of the target's read-only files
+        cleanup.sweep_orphans(tempfile.gettempdir(), DIR_PREFIX)  # of trainers SIGKILLed before their reapers ran
+        # the trusted copy of the target's read-only files, named after this process (cleanup.owned_prefix)
+        self.home = Path(tempfile.mkdtemp(prefix=cleanup.owned_prefix(DIR_PREFIX)))
+        try:
+            self.proc = self._spawn(run_dir, env, mode, box, gpu, cpu_share, hide)
+        except BaseException:
+            shutil.rmtree(self.home, ignore_errors=True)
+            raise
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.started = time.monotonic()
+
+    def _spawn(self, run_dir: Path, env: dict[str, str], mode: str | None, box: sandbox.Sandbox, gpu: bool,
+               cpu_share: float, hide: tuple[Path, ...]) -> subprocess.Popen:
+        """Write the home and start the evaluation there, under two reapers that remove the home when it ends."""
+        target, grace = self.target, self.grace
         for rel in target.readonly:
             dst = self.home / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -89,21 +107,20 @@ class Evaluation:
         env = {k: v for k, v in env.items() if k != "AR_RESULT_FILE"}  # (nothing to write: the output is the pipe)
         argv = format_command(target.evaluate, run_dir=str(run_dir), seed=env.get("AR_SEED", 0), budget_seconds="",
                               budget_tokens="", result_file="")
-        flags = ["--grace", str(grace), "--max-procs", str(box.max_processes)]
+        remove = ["--remove", str(self.home)]  # (by whichever of the two reapers outlives the other)
+        flags = ["--grace", str(grace), "--max-procs", str(box.max_processes), *remove]
         for name, limit in sandbox.rlimits(box, gpu, cpu_share).items():
             flags += ["--rlimit", f"{name}={limit}"]
         if mode == "bwrap" and shutil.which(argv[0], path=env.get("PATH")):
             data = [sandbox.expand(d, env) for d in (*target.data, *target.heldout)]
-            inner = sandbox.bwrap_argv(argv, run_dir, (), hide, network=False, read_only=True, chdir=self.home,
-                                       keep=(*sandbox.python_paths(env), *filter(None, data), str(self.home)))
-        else:  # a second reaper out of Ray's reach holds the tree, as for the run itself (trainers/trainer.py)
-            inner = [sys.executable, "-I", "-S", REAPER, "--grace", str(grace), "--", *argv]
-        self.proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, "--parent", str(os.getpid()), *flags, "--", *inner],
-                                     cwd=self.home,
-                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        self.started = time.monotonic()
+            argv = sandbox.bwrap_argv(argv, run_dir, (), hide, network=False, read_only=True, chdir=self.home,
+                                      keep=(*sandbox.python_paths(env), *filter(None, data), str(self.home)))
+        # a second reaper out of Ray's reach holds the tree, as for an unconfined run (trainers/trainer.py), and
+        # removes the home when Ray SIGKILLs the first one with the trainer
+        inner = [sys.executable, "-I", "-S", REAPER, "--grace", str(grace), *remove, "--", *argv]
+        return subprocess.Popen([sys.executable, "-I", "-S", REAPER, "--parent", str(os.getpid()), *flags, "--", *inner],
+                                cwd=self.home, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
     def _read(self, out: bytearray) -> bool:
         """Append what the pipe holds now to `out` (its last OUTPUT_MAX_BYTES); False at end of file."""

@@ -1,7 +1,7 @@
 """A tiny supervisor between a trainer actor and the training child.
 
     python reaper.py [--parent PID] [--grace S] [--max-procs N] [--quota-dir DIR --quota-bytes B]
-                     [--rlimit NAME=VALUE]... [--verdict-fd FD] -- COMMAND...
+                     [--rlimit NAME=VALUE]... [--verdict-fd FD] [--remove DIR] -- COMMAND...
 
 It exists so that no process outlives an experiment, grandchildren included:
 - it marks itself a child subreaper, so anything the child forks and orphans
@@ -21,6 +21,9 @@ Resource limits (--rlimit) are set in the child before it starts. With
 many tasks, where the machine lets us make one (root on cgroup v1, or a
 delegated v2 subtree): the kernel then stops a fork bomb at once, even for root,
 whom RLIMIT_NPROC does not bind.
+With --remove PATH, it removes the folder PATH once the tree is gone, however it ends but by SIGKILL (also
+when its parent was gone before it started): a folder of the spawner's that must not outlive the child, such
+as the trusted evaluation's copy of the target (trainers/evaluate.py).
 Its exit status is the child's (128 + signal number when the child was killed).
 
 Standard library only, so it starts in a few milliseconds.
@@ -273,7 +276,7 @@ def _remove_cgroup(path: str, tries: int = 50) -> None:
 
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
     opts = {"grace": 5.0, "max_procs": 0, "quota_dir": None, "quota_bytes": 0, "rlimits": {}, "verdict_fd": None,
-            "max_tasks": 0, "share_verdict": False, "parent": None}
+            "max_tasks": 0, "share_verdict": False, "parent": None, "remove": None}
     while argv and argv[0] != "--":
         flag, value, argv = argv[0], argv[1], argv[2:]
         if flag == "--grace":
@@ -293,6 +296,8 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
             opts["max_tasks"] = int(value)
         elif flag == "--parent":  # the spawner's pid: a spawner that died before we armed the death signal is seen
             opts["parent"] = int(value)
+        elif flag == "--remove":
+            opts["remove"] = value
         elif flag == "--share-verdict":  # the command is a second reaper (trainers/trainer.py): it reports there too
             opts["share_verdict"] = value == "1"
         else:
@@ -314,6 +319,7 @@ def main(argv: list[str]) -> int:
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before the death signal was armed
+        _remove_folder(opts["remove"])
         return 128 + signal.SIGTERM
 
     def on_stop(signum, _frame):
@@ -352,6 +358,14 @@ def main(argv: list[str]) -> int:
     finally:
         if cgroup:
             _remove_cgroup(cgroup)
+        _remove_folder(opts["remove"])
+
+
+def _remove_folder(path: str | None) -> None:
+    """--remove: the tree is gone, so nothing writes there any more."""
+    if path:
+        import shutil  # (only here: the reaper starts in a few milliseconds)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _refused_forks(cgroup: str | None) -> int:

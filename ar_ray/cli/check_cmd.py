@@ -5,6 +5,11 @@ It reads the contract as `ar-ray run` would, runs the unmodified target a few ti
 deterministic target, whether the budget is a clock, what the proposers would see, and what a GPU-hour
 buys. The report is built as data (`Report`: sections of lines, and findings with a level), then printed.
 A finding of level `fix` makes the verdict "not ready" and the exit code 1.
+
+Its runs go to a temporary folder `ar-ray-check-<identity of the process>-*` that nothing outlives: removed at the
+end, also when the check is stopped with Ctrl-C, SIGTERM or SIGHUP (its runs are ended first, then the folder
+goes, then it exits with 128 + the signal's number); a check SIGKILLed cannot clean up, so each check starts by
+removing the folders of checks whose process is gone (their runs' reapers ended the processes already).
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ import math
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +39,9 @@ OUTPUT_DIRS = re.compile(r"^(out|outs|output|outputs|checkpoints?|ckpts?|wandb|l
 # defaults of `ar-ray run` the estimates use (its --k-confirm, --confirm-runs, --baseline-repeats)
 K_CONFIRM, CONFIRM_RUNS, BASELINE_REPEATS = 2.0, 2, 3
 LEVELS = ("ok", "info", "warn", "fix")
+SCRATCH_PREFIX = "ar-ray-check-"  # the check's temporary folder, in the temp dir
+GRACE_SECONDS = 5.0  # a run's children get this long after SIGTERM before SIGKILL (the trainer's default)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -158,11 +169,15 @@ def run_baseline(target: Target, work: Path, repeats: int, sandbox: str, gpus: l
     from ar_ray.types import Candidate
     from trainers.sandbox import Sandbox
     from trainers.trainer import Trainer
-    trainer = Trainer(target, str(work), name="check", gpu_ids=gpus, box=Sandbox(mode=sandbox), cpus=2.0)
+    trainer = Trainer(target, str(work), name="check", gpu_ids=gpus, box=Sandbox(mode=sandbox), cpus=2.0,
+                      grace_seconds=GRACE_SECONDS)
     files = target.read_editable()
-    return [trainer.run(Candidate(experiment_id=f"{tag}-{i}", base_version=0, files=files, seed=seed + i,
-                                  budget_seconds=budget_seconds, knobs=dict(knobs or {})))
-            for i in range(repeats)]
+    try:
+        return [trainer.run(Candidate(experiment_id=f"{tag}-{i}", base_version=0, files=files, seed=seed + i,
+                                      budget_seconds=budget_seconds, knobs=dict(knobs or {})))
+                for i in range(repeats)]
+    finally:
+        trainer.close()  # (the child a target with `prestart` has pre-started for a next run)
 
 
 def _spread(xs: list[float]) -> float:
@@ -379,9 +394,52 @@ def estimates_section(report: Report, hardware: str) -> None:
 
 # ---- the whole check ----
 
+class Interrupted(KeyboardInterrupt):
+    """The `ar-ray check` process got one of STOP_SIGNALS (a KeyboardInterrupt: no `except Exception` stops it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum, _frame):
+    _defer_signals()  # a second Ctrl-C must not cut the cleanup short
+    raise Interrupted(signum)
+
+
+def _defer_signals() -> None:
+    for s in STOP_SIGNALS:  # (a handler, not SIG_IGN: children started meanwhile get the default again at exec)
+        signal.signal(s, lambda *_: None)
+
+
+@contextmanager
+def scratch_folder(end_children: bool = False):
+    """A new temporary folder for the check's runs, named after this process; removed when the block ends,
+    however it ends. `end_children` (the `ar-ray check` process, where every descendant is the check's): when
+    the block ends by an exception (Interrupted), every descendant process is ended first (SIGTERM, SIGKILL after
+    GRACE_SECONDS), so that nothing writes in the folder while it goes. Folders of checks that were SIGKILLed
+    (their process is gone) are removed first."""
+    from trainers.cleanup import owned_prefix, remove_tree, sweep_orphans
+    sweep_orphans(tempfile.gettempdir(), SCRATCH_PREFIX)
+    path = Path(tempfile.mkdtemp(prefix=owned_prefix(SCRATCH_PREFIX)))
+    try:
+        yield path
+    except Interrupted:  # (only ever raised by a signal to the `ar-ray check` process)
+        if end_children:
+            from trainers.reaper import kill_tree
+            _defer_signals()
+            kill_tree(GRACE_SECONDS)
+        raise
+    finally:
+        if stuck := remove_tree(str(path)):
+            click.echo(f"ar-ray check: could not remove {', '.join(stuck[:3])}", err=True)
+
+
 def check_target(target_dir: str, repeats: int = 3, sandbox: str = "auto", budget_check: bool = False,
-                 overrides: dict | None = None, gpus: list[int] | None = None, seed: int = 0) -> Report:
-    """Run every check on the target folder and return the Report (nothing printed)."""
+                 overrides: dict | None = None, gpus: list[int] | None = None, seed: int = 0,
+                 end_children: bool = False) -> Report:
+    """Run every check on the target folder and return the Report (nothing printed). `end_children`: see
+    scratch_folder (the `ar-ray check` command)."""
     report = Report(target=str(target_dir))
     try:
         target = load_target(target_dir, **(overrides or {}))
@@ -394,8 +452,8 @@ def check_target(target_dir: str, repeats: int = 3, sandbox: str = "auto", budge
     report.facts["budget_seconds"] = target.budget_for(len(gpus))
     report.section("Contract", contract_lines(target))
     contract_problems(target, report)
-    with tempfile.TemporaryDirectory(prefix="ar-ray-check-") as tmp:
-        work = Path(tmp) / "work"
+    with scratch_folder(end_children) as tmp:
+        work = tmp / "work"
         work.mkdir()
         try:
             if (took := run_setup(target, work)) is not None:
@@ -457,8 +515,18 @@ def check(target, repeats, sandbox, budget_check, budget, budget_tokens, timeout
     overrides = {"budget_seconds": budget, "cpu_budget_seconds": budget, "budget_tokens": budget_tokens,
                  "timeout_seconds": timeout}
     t0 = time.monotonic()
-    report = check_target(target or str(default_target()), repeats=repeats, sandbox=sandbox,
-                          budget_check=budget_check, overrides=overrides, seed=seed)
+    # on a stop signal the runs end and the folder goes, then it exits (signal handlers: main thread only)
+    main = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS} if main else {}
+    try:
+        report = check_target(target or str(default_target()), repeats=repeats, sandbox=sandbox,
+                              budget_check=budget_check, overrides=overrides, seed=seed, end_children=True)
+    except Interrupted as e:
+        click.echo(f"ar-ray check: stopped by {e}; its runs were ended and its temporary folder removed", err=True)
+        raise SystemExit(128 + e.signum) from None
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
     click.echo(render(report, time.monotonic() - t0))
     raise SystemExit(report.exit_code)
 

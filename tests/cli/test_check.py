@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from ar_ray.cli.check_cmd import check_target, render
+from ar_ray.cli.check_cmd import SCRATCH_PREFIX, check_target, render
 from ar_ray.cli.main import main
+from helpers_targets import marked_pids, new_mark, wait_for
+from trainers.sandbox import bwrap_problem
 
 pytestmark = pytest.mark.timeout(60)
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -117,3 +124,65 @@ def test_cli_on_nanogpt_fixture_names_its_lowercase_knobs_and_determinism(tmp_pa
     assert "deterministic: ignores AR_SEED" in r.output
     assert "the budget is not a clock" in r.output  # nanoGPT trains max_iters, whatever the budget
     assert "verdict: ready, with warnings" in r.output
+
+
+# -- nothing a check makes outlives it: a real `ar-ray check` process, stopped while its run sleeps ------------
+
+SLEEPS = """
+import time
+LEARNING_RATE = 0.01
+open("started", "w").close()
+time.sleep(600)
+"""
+
+
+def start_check(tmp_path: Path, sandbox: str = "none"):
+    """An `ar-ray check` process (its own session, as a shell runs it) whose first run sleeps: (process, the mark
+    in its runs' environment, the check's temporary folder), once the run is going."""
+    mark = new_mark()
+    root = toy(tmp_path, SLEEPS)
+    with open(root / "ar-ray.toml", "a") as f:
+        f.write(f'env = {{ AR_TEST_MARK = "{mark}" }}\n')
+    proc = subprocess.Popen([sys.executable, "-m", "ar_ray.cli.main", "check", str(root), "--repeats", "2",
+                             "--sandbox", sandbox], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    pattern = f"{SCRATCH_PREFIX}*-{proc.pid}-*/work/check-0/started"  # (named after the check's process)
+    started = wait_for(lambda: list(Path(tempfile.gettempdir()).glob(pattern)), 30, "the check's first run")
+    assert marked_pids(mark)
+    return proc, mark, started[0].parents[2]
+
+
+@pytest.mark.parametrize("how, sandbox", [("Ctrl-C", "none"), ("SIGTERM", "none"), ("SIGHUP", "none"),
+                                          ("SIGTERM", "bwrap")])
+def test_a_stopped_check_ends_its_run_and_removes_its_folder(tmp_path, how, sandbox):
+    if sandbox == "bwrap" and bwrap_problem():
+        pytest.fail(f"bubblewrap is needed here: {bwrap_problem()}")
+    proc, mark, scratch = start_check(tmp_path, sandbox)
+    try:
+        if how == "Ctrl-C":  # a terminal sends SIGINT to the whole foreground process group
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, getattr(signal, how))
+        out, err = proc.communicate(timeout=30)
+        sig = signal.SIGINT if how == "Ctrl-C" else getattr(signal, how)
+        assert proc.returncode == 128 + sig, (proc.returncode, out, err)
+        assert f"stopped by {signal.Signals(sig).name}" in err.decode()
+        assert not marked_pids(mark), "the check's run outlived it"
+        assert not scratch.exists(), f"{scratch} outlived the check"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_folder_of_a_sigkilled_check_goes_at_the_next_check(tmp_path):
+    """SIGKILL runs no handler: the run's reaper ends the run, and the next check, whatever its target, removes
+    the folder of the check that is gone."""
+    proc, mark, scratch = start_check(tmp_path)
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: not marked_pids(mark), 15, "the run to end with its check")
+    assert scratch.is_dir()
+    (tmp_path / "next").mkdir()
+    report = check_target(str(toy(tmp_path / "next", NOISY)), repeats=1, sandbox="none", gpus=[])
+    assert report.facts["metrics"], render(report)
+    assert not scratch.exists(), f"{scratch} of a SIGKILLed check is still there"

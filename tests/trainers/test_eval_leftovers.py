@@ -15,7 +15,7 @@ from helpers_targets import candidate, make_target, marked_pids, new_mark, ppid_
 
 from trainers import evaluate  # noqa: E402
 from trainers.sandbox import Sandbox, bwrap_problem  # noqa: E402
-from trainers.trainer import Trainer  # noqa: E402
+from trainers.trainer import Trainer, child_env  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -132,7 +132,7 @@ def test_a_folder_whose_trainer_died_before_its_reaper_started_goes_at_the_next_
     target = make_target(tmp_path / "t2", QUICK, toml=TOML, env={"AR_TEST_MARK": mark})
     trainer = Trainer(target, str(tmp_path / "work2"), box=Sandbox(mode=mode), grace_seconds=0.5)
     trainer.sandbox_note()
-    live = evaluate.start(trainer, tmp_path, {**os.environ, "AR_TEST_MARK": mark})  # this process's: it stays
+    live = evaluate.start(trainer, tmp_path, child_env(target, {}))  # this process's: it stays
     try:
         res = trainer.run(candidate(target))
         assert res.status == "ok" and res.metric == 1.5, (res.status, res.error_tail)

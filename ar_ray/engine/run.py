@@ -66,13 +66,13 @@ def restore(driver: Driver, run_dir: str) -> None:
     The proposers remember what was tried (`restore_history`).
     """
     restore_history(driver, run_dir)
-    table = read_table(run_dir)
+    table = read_table(run_dir, ["experiment_id", "decision", "status", "role", "edit_hash", "best_version", "metric",
+                                 "files", "cost_usd", "budget_seconds", "knobs", "gpu_model", "gain", "group_mean",
+                                 "group_n", "run_seconds", "seed", "curve", "group_id", "parent_id", "base_version",
+                                 "proposer", "description", "diff", "lines_added", "lines_removed"])  # only what is used
     if table.num_rows == 0:
         return
-    rows = table.select(["experiment_id", "decision", "status", "role", "edit_hash", "best_version", "metric",
-                         "files", "cost_usd", "budget_seconds", "knobs", "gpu_model", "gain", "group_mean", "group_n",
-                         "run_seconds", "seed", "curve", "group_id", "parent_id", "base_version", "proposer", "description",
-                         "diff", "lines_added", "lines_removed"]).to_pylist()
+    rows = table.to_pylist()
     journal = [e["experiment_id"] for e in Journal(run_dir).entries()]
     ids = [int(x[1:]) for x in [r["experiment_id"] for r in rows] + journal if x[1:].isdigit()]
     driver.next_id = max(ids) + 1 if ids else 0
@@ -150,8 +150,7 @@ def restore_history(driver: Driver, run_dir: str) -> int:
     (its newest PRIME_ROWS rows, oldest first), so the first prompt after a resume shows what was tried. Proposals
     the stop left unused are no attempts: they are queued again (`requeue_unused`). Only the columns an Attempt is
     made of are read; the rows before the newest PRIME_ROWS are never turned into Python objects."""
-    table = read_table(run_dir, columns=list(ATTEMPT_COLUMNS))
-    rows = table.slice(max(0, table.num_rows - PRIME_ROWS)).to_pylist()
+    rows = read_table(run_dir, columns=list(ATTEMPT_COLUMNS), last=PRIME_ROWS).to_pylist()  # only the parts holding them
     attempts = [attempt(r) for r in rows if r["status"] != "unused"]
     driver.remember(attempts)
     return len(attempts)
@@ -279,7 +278,7 @@ def execute(config: RunConfig, on_event=None) -> dict:
         os.makedirs(work_root, exist_ok=True)
         trainers = cluster.start_trainers(p, target, work_root, run_id, config.keep_files, config.box())
         proposers = cluster.start_proposers(config, target, run_id, gpus=p.gpus > 0,  # a resume: new proposer seeds
-                                            resumed_rows=read_table(str(run_dir)).num_rows if previous else 0)
+                                            resumed_rows=read_table(str(run_dir), ["seq"]).num_rows if previous else 0)
         cluster.wait_started(trainers, proposers, p=p)  # placed and constructed, or a StartupError naming who is not
         confinement = check_sandbox(trainers, on_event)
         driver = Driver(target, ledger, run_id, trainers, proposers, Policy(config.policy(), target.direction),

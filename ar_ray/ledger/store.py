@@ -388,9 +388,10 @@ def _read_parts(parts: list[_Part], columns: list[str] | None, read: dict[str, p
 
 
 def read_table(run_dir: str | os.PathLike, columns: list[str] | None = None, *,
-               categories: tuple[str, ...] = ()) -> pa.Table:
+               categories: tuple[str, ...] = (), last: int | None = None) -> pa.Table:
     """The whole ledger as one table, in seq order; `columns`: only these (in this order); `categories`: these
-    string columns as dictionary arrays (what load() makes categoricals of)."""
+    string columns as dictionary arrays (what load() makes categoricals of); `last`: only the newest `last` rows,
+    reading only the parts that hold them (a resume's memory of a 1M-row ledger needs 10,000, not every diff)."""
     ledger_dir = Path(run_dir) / "ledger"
     if not ledger_dir.is_dir():
         raise LedgerError(f"{run_dir} holds no ledger (no ledger/ folder); pass the folder given to `ar-ray run --run-dir`")
@@ -406,14 +407,27 @@ def read_table(run_dir: str | os.PathLike, columns: list[str] | None = None, *,
         if gap and names != seen:
             seen = names
             continue
+        if last is not None:
+            parts = _tail(parts, last)
+            names = [q.path.name for q in parts]
         try:
             _read_parts(parts, columns, read, categories)
         except FileNotFoundError:
             seen = None
             continue
         empty = _dictionary_schema(categories).empty_table()
-        return pa.concat_tables([read[n] for n in names]) if parts else empty.select(columns) if columns else empty
+        table = pa.concat_tables([read[n] for n in names]) if parts else empty.select(columns) if columns else empty
+        return table if last is None else table.slice(max(0, table.num_rows - last))
     raise LedgerError(f"the ledger in {ledger_dir} kept changing while it was read; try again")
+
+
+def _tail(parts: list[_Part], rows: int) -> list[_Part]:
+    """The newest parts that hold at least `rows` rows (all of them if the ledger is smaller)."""
+    held, i = 0, len(parts)
+    while i > 0 and held < rows:
+        i -= 1
+        held += parts[i].last - parts[i].first + 1
+    return parts[i:]
 
 
 def _pandas_type(t: pa.DataType):

@@ -484,6 +484,24 @@ def test_load_of_selected_columns_reads_only_those(tmp_path):
     assert read_table(tmp_path, ["seq"]).num_rows == 9 and load(tmp_path, ["seq"]).shape == (9, 1)
 
 
+def test_read_table_last_reads_only_the_parts_holding_the_newest_rows(tmp_path, monkeypatch):
+    """read_table(last=N): the newest N rows, in order, read from the newest parts only (a resume's memory of a big
+    ledger); N past the ledger's size gives every row."""
+    import ar_ray.ledger.store as store
+    led = Ledger(tmp_path, fanout=4)
+    for i in range(23):  # parts of levels 1 and 0: 0-15 in one L2, 16-19 in L1, then 20, 21, 22
+        led.append(make_row(i))
+    opened = []
+    inner = store._read_part
+    monkeypatch.setattr(store, "_read_part", lambda path, *a: opened.append(path.name) or inner(path, *a))
+    t = read_table(tmp_path, ["seq", "experiment_id"], last=5)
+    assert t.column("seq").to_pylist() == [18, 19, 20, 21, 22]
+    assert sorted(opened) == sorted(p.name for p in (tmp_path / "ledger").glob("*.parquet")
+                                    if int(PART.match(p.name)["first"]) >= 16), opened
+    assert read_table(tmp_path, ["seq"], last=100).column("seq").to_pylist() == list(range(23))
+    assert read_table(tmp_path, ["seq"], last=0).num_rows == 0
+
+
 def test_a_merge_streams_its_inputs_into_row_groups_of_bounded_size(tmp_path, monkeypatch):
     """A merged part is written input by input (never one concatenated table of all its rows), in row groups of
     about MERGE_ROW_GROUP rows (gathered whole inputs: at least that many, at most one input more), and reads back the same."""

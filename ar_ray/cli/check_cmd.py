@@ -287,12 +287,12 @@ def budget_section(target: Target, report: Report, half=None) -> None:
     if honoured:
         report.add("ok", f"the budget ({kind}) is read by the target")
     else:
-        report.add("warn", f"the budget is not a clock: results depend on the compute you allow. "
+        report.add("warn", "the budget is not a clock: results depend on the compute you allow. "
                            + (f"The target never reads AR_BUDGET_{kind.upper()}" if not where else
                               "The runs do not stop at the budget")
-                           + f", so a candidate can win by training longer or a bigger model; "
-                           f"make the training loop stop at the budget (read AR_BUDGET_SECONDS or AR_BUDGET_TOKENS "
-                           f"from the environment)")
+                           + ", so a candidate can win by training longer or a bigger model; "
+                           "make the training loop stop at the budget (read AR_BUDGET_SECONDS or AR_BUDGET_TOKENS "
+                           "from the environment)")
 
 
 # ---- what the proposers see ----

@@ -144,7 +144,7 @@ def render_toml(root: Path, d: Detected) -> str:
     out = [f"# ar-ray target contract for {root.name}, written by `ar-ray init`: edit it, then run `ar-ray check`.",
            "# Every key is documented in the README (Bring your own target).", "", "[target]",
            f"name = {json.dumps(root.name)}"]
-    why = (f"the config file mutate tunes" if d.configs else
+    why = ("the config file mutate tunes" if d.configs else
            "the script itself (no config file with tunable values was found)")
     out.append(f"editable = {_list(editable)}   # what proposers change: {why}")
     if len(d.configs) > 1:

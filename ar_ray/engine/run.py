@@ -134,7 +134,8 @@ def restore(driver: Driver, run_dir: str) -> None:
         driver.policy.previous_runs.update({rung: runs for rung, runs in best_runs.items() if rung not in fresh})
         driver.policy.best_runs = fresh
     driver.versions.update({v: e for v, (_, e) in versions.items()})
-    driver.best = Baseline(best["best_version"], files, best_id, driver.policy.best_mean)
+    # the target as shipped has no experiment behind it (a live driver's version 0 names none; the prompt says so)
+    driver.best = Baseline(best["best_version"], files, best_id if best["best_version"] else None, driver.policy.best_mean)
     for r in ran:  # the best's curves: what --prune compares new candidates with
         if r["status"] == "ok" and r["edit_hash"] == code and r["curve"]:
             rung = rung_of(driver.scales, r["budget_seconds"], dict(r["knobs"] or []), default_budget)

@@ -283,8 +283,43 @@ def ledger_rows(run_dir) -> int:
         return 0
 
 
+def check_the_kill(run_dir, output: str, first: bool) -> dict:
+    """What a SIGKILLed driver left: every completed row intact and readable with no project code, whatever it
+    reported already on disk, what was in flight in the journal with no row. Returns it for the resume's checks."""
+    import pandas as pd
+    before = ledger.load(run_dir)
+    assert before.experiment_id.is_unique
+    assert len(pd.read_parquet(run_dir / "ledger")) == len(before)
+    printed = {line.split()[0] for line in output.splitlines() if line.startswith("e0")}
+    assert printed <= set(before.experiment_id)  # whatever the driver reported was already on disk
+    assert printed or not first  # (a resumed driver may be killed before it prints the row that triggered it)
+    in_flight = {p.stem for p in (run_dir / "inflight").glob("e*.json")}  # new candidates (not confirmations)
+    assert not in_flight & set(before.experiment_id)
+    return {"before": before, "in_flight": in_flight}
+
+
+def check_the_resume(kill: dict, after) -> None:
+    """The ledger after the driver that resumed from `kill` finished or was killed in turn: nothing rewritten;
+    after a late kill (6 rows in, a child in flight), the baseline was not re-run and the resume went on from the
+    restored best and noise estimate, not from the target as shipped (the confirmations left open by the kill are
+    finished first, and the candidates in flight re-run, on the code they were made from)."""
+    before, in_flight = kill["before"], kill["in_flight"]
+    assert after.iloc[: len(before)].experiment_id.tolist() == before.experiment_id.tolist()  # nothing rewritten
+    if not kill["late"]:
+        return
+    assert first_baselines(after) == first_baselines(before) == 3  # the baseline was not re-run
+    new = after.iloc[len(before):]
+    reopened = (new.group_id.isin(set(before.group_id)) & new.role.isin(["confirm", "rebase"])) | \
+        new.experiment_id.isin(in_flight)
+    assert (new[(new.decision != "skip") & ~reopened].base_version >= before.best_version.max()).all()
+    assert new[new.decision != "skip"].noise.notna().all() and new.best_version.min() >= before.best_version.max()
+
+
 @pytest.mark.timeout(240)
 def test_driver_killed_at_random_moments_and_resumed_loses_and_repeats_nothing(tmp_path):
+    """SIGKILL of the driver, 2 or 3 times at random moments, each followed by --resume: no completed row lost,
+    none repeated, no training child orphaned. The last kill always comes once 6 rows are in and a training child
+    is in flight, so the resume's checks that need a finished baseline run on every seed."""
     seed = int(os.environ.get("AR_TEST_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     mark = f"toy-{uuid.uuid4().hex}"
@@ -293,18 +328,29 @@ def test_driver_killed_at_random_moments_and_resumed_loses_and_repeats_nothing(t
     n = 10
     common = ["--max-experiments", str(n), "--trainers", "2", "--cpus-per-trainer", "1"]
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own embedded Ray
-    kills, log = rng.choice([2, 3]), []
+    kills, log, killed = rng.choice([2, 3]), [], []
     print(f"AR_TEST_SEED={seed}: {kills} kills")  # shown on failure; set it to replay the same moments
     for attempt in range(kills + 1):
         where = ["--target", str(target), "--run-dir", str(run_dir)] if attempt == 0 else ["--resume", str(run_dir)]
         proc = subprocess.Popen([sys.executable, "-m", "ar_ray.cli.main", "run", *where, *common], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        at, out = None, ""
+        at, out, moment = None, "", None
         try:
             if attempt < kills:
-                # the first kill after the 3 baseline rows (see the partial-baseline test), then 1-4 rows later
+                # the first kill after the 3 baseline rows (see the partial-baseline test), then 1-4 rows later;
+                # the last one after 6 rows at least, with a training child in flight
+                last = attempt == kills - 1
                 at = ledger_rows(run_dir) + (rng.randint(3, 6) if attempt == 0 else rng.randint(1, 4))
-                wait_for(lambda: ledger_rows(run_dir) >= at or proc.poll() is not None, 120, f"{at} rows")
+                at = max(at, 6) if last else at
+
+                def kill_now():
+                    if proc.poll() is not None:
+                        return "exited"
+                    if ledger_rows(run_dir) < at:
+                        return None
+                    return "child in flight" if marker_processes(mark) else (None if last else "rows")
+
+                moment = wait_for(kill_now, 120, f"{at} rows" + (" and a child in flight" if last else ""))
                 proc.send_signal(signal.SIGKILL)
             out = proc.communicate(timeout=120)[0]
         finally:
@@ -314,16 +360,26 @@ def test_driver_killed_at_random_moments_and_resumed_loses_and_repeats_nothing(t
             print(f"--- attempt {attempt}: kill at {at} rows, rc {proc.returncode}, {ledger_rows(run_dir)} rows\n"
                   f"{out[-2500:]}")
         log.append((at, ledger_rows(run_dir), proc.returncode))
+        why = f"seed {seed}, kills (rows wanted, rows, rc): {log}"
+        if killed:  # this attempt resumed after a kill
+            check_the_resume(killed[-1], ledger.load(run_dir))
         if attempt < kills:
+            assert proc.returncode == -signal.SIGKILL, why
+            killed.append(check_the_kill(run_dir, out, first=attempt == 0))
+            killed[-1]["late"] = len(killed[-1]["before"]) >= 6 and moment == "child in flight"
             no_orphans(mark, 60)  # the killed driver's training children die with its embedded Ray
         else:
             assert proc.returncode == 0, out
     df = ledger.load(run_dir)
     why = f"seed {seed}, kills (rows wanted, rows, rc): {log}"
     assert all(rc == -signal.SIGKILL for _, _, rc in log[:-1]), why
+    assert killed[-1]["late"], why
     assert df.experiment_id.is_unique, why
     assert df.seq.tolist() == list(range(len(df))), why
     assert screens(df) == n, why
     assert first_baselines(df) == 3, why
     assert df[(df.role == "screen") & (df.decision != "skip")].edit_hash.is_unique, why  # no candidate ran twice
+    for kill in killed:  # what was in flight at a kill re-ran under its own id, and the journal is empty
+        assert kill["in_flight"] <= set(df.experiment_id), why
+    assert not list((run_dir / "inflight").glob("e*.json")), why
     no_orphans(mark)

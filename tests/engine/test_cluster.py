@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 import ray
-from helpers_targets import wait_for
+from helpers_targets import pids_with_env, wait_for
 from ray.cluster_utils import Cluster
 from toys import make_toy, marker_processes
 
@@ -283,6 +283,18 @@ def ledger_rows(run_dir) -> int:
         return 0
 
 
+def end_the_killed_rays(driver_mark: str) -> None:
+    """What is left of the embedded Rays of SIGKILLed drivers (whose training children are checked gone first):
+    their dashboard and runtime-env agents outlive them by about a minute and hold the agent port, 52365, which
+    the next Ray started here would retry for ~3 s before it gives up on it."""
+    for pid in pids_with_env(driver_mark):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: not pids_with_env(driver_mark), 30, "the killed drivers' Ray processes to exit")
+
+
 def check_the_kill(run_dir, output: str, first: bool) -> dict:
     """What a SIGKILLed driver left: every completed row intact and readable with no project code, whatever it
     reported already on disk, what was in flight in the journal with no row. Returns it for the resume's checks."""
@@ -327,7 +339,8 @@ def test_driver_killed_at_random_moments_and_resumed_loses_and_repeats_nothing(t
     run_dir = tmp_path / "run"
     n = 10
     common = ["--max-experiments", str(n), "--trainers", "2", "--cpus-per-trainer", "1"]
-    env = {**os.environ, "RAY_ADDRESS": ""}  # its own embedded Ray
+    driver_mark = uuid.uuid4().hex  # carried by each driver and every process of its Ray
+    env = {**os.environ, "RAY_ADDRESS": "", "AR_TEST_DRIVER": driver_mark}  # its own embedded Ray
     kills, log, killed = rng.choice([2, 3]), [], []
     print(f"AR_TEST_SEED={seed}: {kills} kills")  # shown on failure; set it to replay the same moments
     for attempt in range(kills + 1):
@@ -368,6 +381,7 @@ def test_driver_killed_at_random_moments_and_resumed_loses_and_repeats_nothing(t
             killed.append(check_the_kill(run_dir, out, first=attempt == 0))
             killed[-1]["late"] = len(killed[-1]["before"]) >= 6 and moment == "child in flight"
             no_orphans(mark, 60)  # the killed driver's training children die with its embedded Ray
+            end_the_killed_rays(f"AR_TEST_DRIVER={driver_mark}\0")
         else:
             assert proc.returncode == 0, out
     df = ledger.load(run_dir)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from helpers_targets import wait_for
@@ -20,6 +21,7 @@ from trainers import sandbox
 pytestmark = pytest.mark.timeout(300)
 
 # The training child double-forks a grandchild into its own session that ignores SIGTERM, then trains forever.
+# The grandchild says so with a file in the run dir, which the test reads to know it is there.
 IMMUNE_TRAIN = '''\
 import os, signal, time
 LR = 0.5
@@ -28,6 +30,7 @@ if os.fork() == 0:
     if os.fork() == 0:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        open("immune-grandchild", "w").close()
         while True:
             time.sleep(3600)
     os._exit(0)
@@ -47,6 +50,24 @@ def start_run(tmp_path, mode: str):
     return mark, driver
 
 
+def run_dirs(mark: str) -> dict[str, set[Path]]:
+    """AR_SEED -> the run dirs (AR_RUN_DIR) of the live processes carrying `mark` (the trainer sets both)."""
+    out: dict[str, set[Path]] = {}
+    for pid in marker_processes(mark):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if b"AR_SEED" in env and b"AR_RUN_DIR" in env:
+            out.setdefault(env[b"AR_SEED"].decode(), set()).add(Path(env[b"AR_RUN_DIR"].decode()))
+    return out
+
+
+def seeds_with_immune_grandchild(mark: str) -> set[str]:
+    return {seed for seed, dirs in run_dirs(mark).items() if any((d / "immune-grandchild").exists() for d in dirs)}
+
+
 @pytest.mark.parametrize("mode", ["none", "bwrap"])
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_a_stopped_run_leaves_no_process_even_a_sigterm_immune_grandchild(tmp_path, mode, how):
@@ -55,7 +76,7 @@ def test_a_stopped_run_leaves_no_process_even_a_sigterm_immune_grandchild(tmp_pa
     mark, driver = start_run(tmp_path, mode)
     try:
         # the baseline's child and its double-forked grandchild
-        wait_for(lambda: len(marker_processes(mark)) >= 2, 180, "the training child and its grandchild")
+        wait_for(lambda: seeds_with_immune_grandchild(mark), 180, "the training child and its grandchild")
         if how == "ctrl-c":
             os.killpg(driver.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
         else:
@@ -70,12 +91,15 @@ def test_a_stopped_run_leaves_no_process_even_a_sigterm_immune_grandchild(tmp_pa
             os.kill(pid, signal.SIGKILL)
 
 
-# The first baseline repeat fails at once; the others train with a SIGTERM-immune grandchild until the run aborts.
+# The first baseline repeat fails once the test has seen the others in flight, each with its SIGTERM-immune
+# grandchild (the test then writes `go` into its run dir); the others train until the run aborts.
 ABORT_TRAIN = '''\
 import os, signal, sys, time
 LR = 0.5
 if os.environ["AR_SEED"] == "0":
-    time.sleep(8)  # the other repeats are in flight with their grandchildren by now
+    deadline = time.monotonic() + 120
+    while not os.path.exists("go") and time.monotonic() < deadline:
+        time.sleep(0.05)
     sys.exit("the unmodified target fails on this seed")
 ''' + IMMUNE_TRAIN.split("LR = 0.5\n", 1)[1]
 
@@ -92,11 +116,16 @@ def test_an_aborted_run_leaves_no_process_of_the_runs_still_in_flight(tmp_path, 
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "RAY_ADDRESS": ""})
     try:
-        seen = 0
+        seen, released = 0, False
         while driver.poll() is None:  # how many of the run's processes lived at once before the abort
             seen = max(seen, len(marker_processes(mark)))
-            time.sleep(0.2)
+            if not released and len(seeds_with_immune_grandchild(mark) - {"0"}) >= 2:
+                for run_dir in run_dirs(mark).get("0", ()):  # two other repeats in flight: seed 0 may fail now
+                    (run_dir / "go").touch()
+                    released = True
+            time.sleep(0.05)
         output = driver.stdout.read()
+        assert released, output[-2000:]  # the abort came with two other repeats' immune grandchildren alive
         assert driver.returncode != 0 and "the unmodified target failed" in output, output[-2000:]
         assert seen >= 4, seen  # two repeats in flight, each with its immune grandchild
         wait_for(lambda: not marker_processes(mark), 30, "no process of the aborted run left")

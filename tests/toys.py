@@ -9,6 +9,18 @@ from pathlib import Path
 from helpers_targets import pids_with_env
 from proposers.base import ProposalFailed, ProposerBase
 
+# A target whose first run of any code (seed 0) is lucky by 0.05 and whose repeats (seeds 1, 2, ...) are not: the
+# unmodified target's three runs give a noise of ~0.03, so every small change is a near-miss (a close call at the
+# screen, or screened and then rejected by its confirmation runs): what the prompt's memory must show.
+LUCKY = """import os
+A = 0
+B = 0
+C = 0
+D = 0
+luck = -0.05 if os.environ.get("AR_SEED", "0") == "0" else 0.0
+print(f"val_bpb: {1.0 - 0.001 * (A + B + C + D) + luck:.6f}")
+"""
+
 TOY_TRAIN = '''\
 import json, os, sys, time
 LR = 0.5

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from llm_server import LLMServer, reply
+from toys import LUCKY
 
 from ar_ray.types import Attempt, Baseline
 from proposers import history as H
@@ -218,17 +219,6 @@ def test_a_combine_request_goes_out_at_the_configured_rate_and_its_answer_is_app
 # ---------------------------------------------------------------------------------------- ar-ray run
 
 
-LUCKY = """import os
-A = 0
-B = 0
-C = 0
-D = 0
-# the first run of any code (seed 0) is lucky by 0.05, its repeats (seeds 1, 2, ...) are not: the unmodified
-# target's three runs give a noise of ~0.03, so every small change is a near-miss (a close call at the screen,
-# or screened and then rejected by its confirmation runs)
-luck = -0.05 if os.environ.get("AR_SEED", "0") == "0" else 0.0
-print(f"val_bpb: {1.0 - 0.001 * (A + B + C + D) + luck:.6f}")
-"""
 
 
 def test_ar_ray_run_trains_a_combination_of_near_misses_and_no_key_reaches_a_prompt_or_row(server, tmp_path):

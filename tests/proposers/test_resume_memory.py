@@ -13,7 +13,7 @@ import threading
 
 import pytest
 from llm_server import LLMServer, reply
-from toys import make_toy
+from toys import LUCKY, make_toy
 
 from ar_ray.engine import driver as driver_mod
 from ar_ray.engine import run as run_mod
@@ -27,17 +27,6 @@ from ar_ray.target import load_target
 from ar_ray.types import Attempt, Baseline
 from proposers.actor import make_proposer
 
-# the first run of any code (seed 0) is lucky by 0.05, its repeats are not: every candidate looks better than the
-# best at its screen without being proven (a near-miss the prompt must still show after the resume)
-LUCKY = """import os
-A = 0
-B = 0
-C = 0
-D = 0
-luck = -0.05 if os.environ.get("AR_SEED", "0") == "0" else 0.0
-print("---")
-print(f"val_bpb: {1.0 - 0.001 * (A + B + C + D) + luck:.6f}")
-"""
 OPTIONS = {"model": "m", "max_tries": 1, "combine_rate": 0}
 
 

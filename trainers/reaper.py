@@ -40,6 +40,7 @@ import sys
 import time
 
 PR_SET_PDEATHSIG = 1
+PARENT_ENV = "AR_REAPER_PARENT"  # a reaper's pid, handed to the second reaper it starts (--share-verdict)
 PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -315,7 +316,11 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("reaper.py: no command after --", file=sys.stderr)
         return 2
-    parent = opts["parent"] or os.getppid()  # (getppid alone misses a spawner that died before this line)
+    # (getppid alone misses a spawner that died before this line. A second reaper learns its spawner, the first
+    # reaper, from PARENT_ENV: the trainer cannot know that pid when it writes the command. Popped, so the run's own
+    # environment stays what the trainer gave it.)
+    handed = os.environ.pop(PARENT_ENV, None)
+    parent = opts["parent"] or (int(handed) if handed and handed.isdigit() else None) or os.getppid()
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before the death signal was armed
@@ -390,7 +395,8 @@ def _report(broken: str, verdict_fd: int | None) -> None:
 def _supervise(argv, child_setup, opts, verdict_fd, grace, cgroup) -> int:
     try:
         shared = (verdict_fd,) if opts["share_verdict"] and verdict_fd is not None else ()
-        child = subprocess.Popen(argv, preexec_fn=child_setup, start_new_session=True, pass_fds=shared)
+        env = {**os.environ, PARENT_ENV: str(os.getpid())} if shared else None  # the second reaper's spawner: us
+        child = subprocess.Popen(argv, preexec_fn=child_setup, start_new_session=True, pass_fds=shared, env=env)
     except OSError as e:
         print(f"ar-ray: cannot start {argv[0]!r}: {e.strerror}", flush=True)
         return 127

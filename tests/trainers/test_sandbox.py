@@ -615,3 +615,30 @@ def test_a_reaper_whose_spawner_died_before_it_armed_the_death_signal_runs_nothi
         r = subprocess.run([sys.executable, "-I", "-S", reaper, "--parent", str(parent), "--", "touch", str(ran)],
                            timeout=30)
         assert (r.returncode, ran.exists()) == (code, exists)
+
+
+def test_a_second_reaper_whose_first_died_before_it_armed_runs_nothing(tmp_path):
+    """Unconfined runs sit under two reapers (trainers/trainer.py): the first hands its pid to the second, which the
+    trainer starts without --parent (it cannot know that pid). A second reaper whose first one died before it armed
+    its death signal (Ray SIGKILLs a worker's direct children, the first reaper among them) runs nothing; the run
+    itself never sees the handed pid."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    reaper = str(Path(__file__).parents[2] / "trainers" / "reaper.py")
+    ran, env_file = tmp_path / "ran", tmp_path / "env"
+    r = subprocess.run([sys.executable, "-I", "-S", reaper, "--", "touch", str(ran)], timeout=30,
+                       env={**os.environ, "AR_REAPER_PARENT": str(gone.pid)})
+    assert (r.returncode, ran.exists()) == (128 + signal.SIGTERM, False)
+    # the live pair, as the trainer starts it: the second reaper runs the child, which sees no AR_REAPER_PARENT
+    show = f"import os; open({str(env_file)!r}, 'w').write(repr(os.environ.get('AR_REAPER_PARENT')))"
+    r_fd, w_fd = os.pipe()
+    try:
+        r = subprocess.run([sys.executable, "-I", "-S", reaper, "--verdict-fd", str(w_fd), "--share-verdict", "1", "--",
+                            sys.executable, "-I", "-S", reaper, "--verdict-fd", str(w_fd), "--",
+                            sys.executable, "-c", show], timeout=30, pass_fds=(w_fd,))
+    finally:
+        os.close(w_fd)
+        verdicts = os.read(r_fd, 4096).decode()
+        os.close(r_fd)
+    assert r.returncode == 0 and env_file.read_text() == "None", (r.returncode, verdicts)
+    assert verdicts.count('"exited": 0') == 2, verdicts

@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -276,11 +277,11 @@ class TestCluster:
 
 # ---- the driver itself killed (a subprocess with its own embedded Ray) ----
 
-def ledger_rows(run_dir) -> int:
+def ledger_ids(run_dir) -> list[str]:
     try:
-        return ledger.read_table(run_dir).num_rows
+        return ledger.read_table(run_dir).column("experiment_id").to_pylist()
     except (ledger.LedgerError, OSError):
-        return 0
+        return []
 
 
 def end_the_killed_rays(driver_mark: str) -> None:
@@ -295,24 +296,36 @@ def end_the_killed_rays(driver_mark: str) -> None:
     wait_for(lambda: not pids_with_env(driver_mark), 30, "the killed drivers' Ray processes to exit")
 
 
-def check_the_kill(run_dir, output: str, first: bool) -> dict:
+def read_lines(stream, lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
+
+
+def printed_ids(lines: list[str]) -> set[str]:
+    """The experiments a driver reported (a row is reported once it is in the ledger and out of the journal)."""
+    return {line.split()[0] for line in list(lines) if line.startswith("e0")}
+
+
+def check_the_kill(run_dir, output: list[str], first: bool, late: bool) -> dict:
     """What a SIGKILLed driver left: every completed row intact and readable with no project code, whatever it
-    reported already on disk, what was in flight in the journal with no row. Returns it for the resume's checks."""
+    reported already on disk; after a late kill, what was in flight is in the journal with no row. Returns it for
+    the resume's checks."""
     import pandas as pd
     before = ledger.load(run_dir)
     assert before.experiment_id.is_unique
     assert len(pd.read_parquet(run_dir / "ledger")) == len(before)
-    printed = {line.split()[0] for line in output.splitlines() if line.startswith("e0")}
+    printed = printed_ids(output)
     assert printed <= set(before.experiment_id)  # whatever the driver reported was already on disk
-    assert printed or not first  # (a resumed driver may be killed before it prints the row that triggered it)
+    assert printed or not first  # (a resumed driver may be killed before it reports the row that triggered it)
     in_flight = {p.stem for p in (run_dir / "inflight").glob("e*.json")}  # new candidates (not confirmations)
-    assert not in_flight & set(before.experiment_id)
-    return {"before": before, "in_flight": in_flight}
+    if late:  # (a kill between the ledger's append and the journal's removal leaves both: a resume drops those)
+        assert not in_flight & set(before.experiment_id)
+    return {"before": before, "in_flight": in_flight, "late": late}
 
 
 def check_the_resume(kill: dict, after) -> None:
     """The ledger after the driver that resumed from `kill` finished or was killed in turn: nothing rewritten;
-    after a late kill (6 rows in, a child in flight), the baseline was not re-run and the resume went on from the
+    after the late kill (6 rows in, a child in flight), the baseline was not re-run and the resume went on from the
     restored best and noise estimate, not from the target as shipped (the confirmations left open by the kill are
     finished first, and the candidates in flight re-run, on the code they were made from)."""
     before, in_flight = kill["before"], kill["in_flight"]
@@ -330,8 +343,8 @@ def check_the_resume(kill: dict, after) -> None:
 @pytest.mark.timeout(240)
 def test_driver_killed_at_random_moments_and_resumed_loses_and_repeats_nothing(tmp_path):
     """SIGKILL of the driver, 2 or 3 times at random moments, each followed by --resume: no completed row lost,
-    none repeated, no training child orphaned. The last kill always comes once 6 rows are in and a training child
-    is in flight, so the resume's checks that need a finished baseline run on every seed."""
+    none repeated, no training child orphaned. The last kill is a late one: 6 rows in at least, every row on disk
+    reported (so out of the journal), a training child in flight."""
     seed = int(os.environ.get("AR_TEST_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     mark = f"toy-{uuid.uuid4().hex}"
@@ -345,41 +358,50 @@ def test_driver_killed_at_random_moments_and_resumed_loses_and_repeats_nothing(t
     print(f"AR_TEST_SEED={seed}: {kills} kills")  # shown on failure; set it to replay the same moments
     for attempt in range(kills + 1):
         where = ["--target", str(target), "--run-dir", str(run_dir)] if attempt == 0 else ["--resume", str(run_dir)]
+        earlier = set(ledger_ids(run_dir))
         proc = subprocess.Popen([sys.executable, "-m", "ar_ray.cli.main", "run", *where, *common], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        at, out, moment = None, "", None
+        lines: list[str] = []
+        reader = threading.Thread(target=read_lines, args=(proc.stdout, lines), daemon=True)
+        reader.start()
+        at, moment, last = None, None, attempt == kills - 1
         try:
             if attempt < kills:
                 # the first kill after the 3 baseline rows (see the partial-baseline test), then 1-4 rows later;
-                # the last one after 6 rows at least, with a training child in flight
-                last = attempt == kills - 1
-                at = ledger_rows(run_dir) + (rng.randint(3, 6) if attempt == 0 else rng.randint(1, 4))
+                # the last one after 6 rows at least
+                at = len(earlier) + (rng.randint(3, 6) if attempt == 0 else rng.randint(1, 4))
                 at = max(at, 6) if last else at
 
                 def kill_now():
                     if proc.poll() is not None:
                         return "exited"
-                    if ledger_rows(run_dir) < at:
+                    ids = ledger_ids(run_dir)
+                    if len(ids) < at:
                         return None
-                    return "child in flight" if marker_processes(mark) else (None if last else "rows")
+                    if not last:
+                        return "rows"
+                    if not set(ids) <= earlier | printed_ids(lines):
+                        return None  # a row just written, maybe still in the journal too
+                    return "late" if marker_processes(mark) else None
 
-                moment = wait_for(kill_now, 120, f"{at} rows" + (" and a child in flight" if last else ""))
+                moment = wait_for(kill_now, 120, f"{at} rows" + (", all reported, a child in flight" if last else ""))
                 proc.send_signal(signal.SIGKILL)
-            out = proc.communicate(timeout=120)[0]
+            proc.wait(timeout=120)
         finally:
             if proc.poll() is None:
                 proc.kill()
-                out = proc.communicate()[0]
-            print(f"--- attempt {attempt}: kill at {at} rows, rc {proc.returncode}, {ledger_rows(run_dir)} rows\n"
+                proc.wait()
+            reader.join(30)
+            out = "".join(lines)
+            print(f"--- attempt {attempt}: kill at {at} rows, rc {proc.returncode}, {len(ledger_ids(run_dir))} rows\n"
                   f"{out[-2500:]}")
-        log.append((at, ledger_rows(run_dir), proc.returncode))
+        log.append((at, len(ledger_ids(run_dir)), proc.returncode))
         why = f"seed {seed}, kills (rows wanted, rows, rc): {log}"
         if killed:  # this attempt resumed after a kill
             check_the_resume(killed[-1], ledger.load(run_dir))
         if attempt < kills:
             assert proc.returncode == -signal.SIGKILL, why
-            killed.append(check_the_kill(run_dir, out, first=attempt == 0))
-            killed[-1]["late"] = len(killed[-1]["before"]) >= 6 and moment == "child in flight"
+            killed.append(check_the_kill(run_dir, lines, first=attempt == 0, late=moment == "late"))
             no_orphans(mark, 60)  # the killed driver's training children die with its embedded Ray
             end_the_killed_rays(f"AR_TEST_DRIVER={driver_mark}\0")
         else:

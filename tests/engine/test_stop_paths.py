@@ -123,7 +123,7 @@ def test_an_aborted_run_leaves_no_process_of_the_runs_still_in_flight(tmp_path, 
                 for run_dir in run_dirs(mark).get("0", ()):  # two other repeats in flight: seed 0 may fail now
                     (run_dir / "go").touch()
                     released = True
-            time.sleep(0.05)
+            time.sleep(0.1)
         output = driver.stdout.read()
         assert released, output[-2000:]  # the abort came with two other repeats' immune grandchildren alive
         assert driver.returncode != 0 and "the unmodified target failed" in output, output[-2000:]

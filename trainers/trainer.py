@@ -457,7 +457,10 @@ class Trainer:
         if self._box_mode == "bwrap" and shutil.which(argv[0], path=env.get("PATH")):
             data = [sandbox.expand(d, env) for d in self.target.data]
             argv = sandbox.bwrap_argv(argv, run_dir, self.target.readonly, (self.work_root.parent, self.work_root),
-                                      self.target.network, keep=(*sandbox.python_paths(env), *filter(None, data)),
+                                      self.target.network,
+                                      # (the pre-starter's harness too: ar-ray itself may live under /tmp, which
+                                      # the sandbox replaces, and an editable install puts no checkout on sys.path)
+                                      keep=(*sandbox.python_paths(env), prestart.WARM_CHILD, *filter(None, data)),
                                       writable=writable, cover=trusted_eval.heldout_paths(self.target, env))
         else:
             # Unconfined, nothing kills the tree for us if the reaper dies: and Ray SIGKILLs a worker's direct

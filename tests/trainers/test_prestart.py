@@ -124,6 +124,29 @@ def test_the_next_run_goes_in_a_child_that_imported_the_harness_before_the_candi
     assert marked_pids(mark) == []
 
 
+@pytest.mark.skipif(sandbox.bwrap_problem() is not None, reason=str(sandbox.bwrap_problem()))
+def test_prestart_works_when_ar_ray_itself_lives_under_tmp(tmp_path, tmp_path_factory, monkeypatch):
+    """bubblewrap gives each run a private empty /tmp: a checkout under /tmp (installed editable: no checkout on
+    sys.path) had its warm_child.py hidden, so every pre-started child exited with code 2 and every run started
+    cold, silently (or, when the run came before the child had failed, crashed with "can't open file"). The harness
+    is bound back into the sandbox."""
+    checkout = tmp_path_factory.mktemp("checkout") / "trainers"  # under /tmp, beside (not in) the run's folders
+    checkout.mkdir()
+    harness = checkout / "warm_child.py"
+    harness.write_text(Path(prestart.WARM_CHILD).read_text())
+    assert str(harness).startswith("/tmp/")
+    monkeypatch.setattr(prestart, "WARM_CHILD", str(harness))
+    target, trainer, mark = toy(tmp_path, "bwrap")
+    try:
+        assert trainer.run(candidate(target, eid="e1", seed=11)).status == "ok"
+        second = trainer.run(candidate(target, eid="e2", seed=22))
+        assert second.status == "ok" and "ar-ray: pre-started child: harness imported" in Path(second.log_path).read_text()
+        assert trainer._warm.used == 1
+    finally:
+        trainer.close()
+    assert marked_pids(mark) == []
+
+
 def test_a_run_whose_environment_differs_from_the_guess_starts_cold(tmp_path):
     target, trainer, mark = toy(tmp_path)
     try:

@@ -296,13 +296,31 @@ def check_command(key: str, command: str) -> None:
                 raise TargetError(f"{key} {command!r} uses unknown placeholder {{{name}}}; {hint}")
 
 
+def pattern_for_new_metric(declared: dict, metric: str) -> str | None:
+    """The metric_pattern when the metric's name is overridden (--metric) and the pattern is not (None: the default
+    pattern for the new name). A declared pattern that names the declared metric reads the new name's lines the
+    same way (its name swapped); one that does not name it is refused: nothing tells whether it reads the new name."""
+    old, pattern = declared.get("metric", "val_bpb"), declared.get("metric_pattern")
+    if not isinstance(pattern, str) or not pattern or metric == old or not isinstance(old, str):
+        return pattern
+    for spelled in dict.fromkeys((re.escape(old), old)):
+        if spelled in pattern:
+            return pattern.replace(spelled, re.escape(metric))
+    raise TargetError(f"the metric is set to {metric!r} (--metric), but the target's metric_pattern '{pattern}' in "
+                      f"{CONFIG_NAME} is for its metric {old!r} and does not name it, so it cannot be adapted to "
+                      f"{metric!r}; pass --metric-pattern too, a regex with one group around the number on "
+                      f"{metric}'s line, e.g. --metric-pattern '^{metric}:\\s*(\\S+)'")
+
+
 def load_target(path: str | os.PathLike, **overrides) -> Target:
     """Read a target folder; `overrides` (from CLI flags) win over the TOML file. None values are ignored."""
     root = Path(path).resolve()
     if not root.is_dir():
         raise TargetError(f"target folder {root} does not exist; pass --target with a folder holding train.py (or ar-ray.toml)")
-    decl = _read_declaration(root / CONFIG_NAME)
-    decl.update({k: v for k, v in overrides.items() if v is not None})
+    declared = _read_declaration(root / CONFIG_NAME)
+    decl = {**declared, **{k: v for k, v in overrides.items() if v is not None}}
+    if overrides.get("metric") is not None and overrides.get("metric_pattern") is None and "metric_pattern" in declared:
+        decl["metric_pattern"] = pattern_for_new_metric(declared, overrides["metric"])
     if "knobs" in decl:
         decl["knobs"], decl["knobs_off"] = parse_knobs(decl["knobs"])
     for key, value in decl.items():

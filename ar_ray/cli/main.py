@@ -102,7 +102,7 @@ def _fractions(flag: str, text: str) -> tuple[float, ...]:
               help="Train for this many tokens instead of a wall-clock budget (results independent of hardware speed).")
 @click.option("--timeout", type=float, default=None, help="Hard timeout per experiment in seconds (default: 2 x budget + 60; for token budgets, 3 x the best's slowest run + 60).")
 @click.option("--command", "run_command", default=None, help="Override the target's run command.")
-@click.option("--metric", default=None, help="Override the target's metric name.")
+@click.option("--metric", default=None, help="Override the target's metric name; without --metric-pattern, the target's pattern is moved to this name.")
 @click.option("--metric-pattern", default=None, help="Regex with one group; the last matching line wins.")
 @click.option("--direction", type=click.Choice(["min", "max"]), default=None,
               help="Is a lower or a higher metric better (default: the target's, min for val_bpb).")

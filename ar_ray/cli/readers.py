@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import socket
+import subprocess
 from collections import deque
 from pathlib import Path
 
@@ -198,6 +200,48 @@ def show(run_dir, experiment_id, lines):
     click.echo(show_text(df, run_dir, experiment_id, lines, color=True))
 
 
+def _git_destination(run_dir, df: pd.DataFrame, repo) -> tuple[Path | None, str, Path | None]:
+    """(the repository a git export writes to, the target's folder in it ("" for its root), the target folder)."""
+    from ar_ray.ledger.lineage import find_repo
+    info = A.run_info(run_dir, df)
+    target = Path(info["target"]).expanduser().resolve() if info.get("target") else None
+    top = find_repo(Path(repo).expanduser()) if repo else (find_repo(target) if target is not None else None)
+    if top is None or target is None:
+        return top, "", target
+    try:
+        rel = target.relative_to(top).as_posix()
+    except ValueError:
+        return top, "", target
+    return top, "" if rel == "." else rel, target
+
+
+def _export_git(run_dir, branch, repo, force, base, df):
+    """export_git, refusing a repository the user cannot have meant, and a line saying where the branch went.
+
+    A target folder that is no repository of its own is exported into the repository around it (paths relative to
+    that repository's root), which is right for a project's subfolder; when that repository tracks none of the
+    target's files (a copy dropped into some other checkout), it is refused unless --repo names it."""
+    from ar_ray.ledger.lineage import GitExportError, export_git
+    top, prefix, target = _git_destination(run_dir, df, repo)
+    if top is not None and prefix and repo is None:
+        tracked = subprocess.run(["git", "-C", str(top), "ls-files", "--", prefix], capture_output=True, text=True)
+        if tracked.returncode == 0 and not tracked.stdout.strip():
+            raise click.ClickException(
+                f"the run's target {target} is not a git repository of its own, and the repository around it, {top}, "
+                f"tracks none of its files: the branch would land there, with paths under {prefix}/. Pass --repo "
+                f"{top} to write there anyway, or make the target a repository (git -C {target} init && git -C "
+                f"{target} add -A && git -C {target} commit -m target) and run this again")
+    try:
+        commits = export_git(run_dir, branch, repo=repo, force=force, base=base, df=df)
+    except GitExportError as e:
+        raise click.ClickException(str(e)) from None
+    where = f"in the git repository {top}"
+    if prefix:
+        where += (f", with the target's files under {prefix}/ (the target folder is not a repository of its own: "
+                  "the repository around it received the branch)")
+    return commits, where + f"; see it with: git -C {shlex.quote(str(top))} log {shlex.quote(branch)}"
+
+
 @click.command()
 @click.argument("run_dir", type=RUN_DIR)
 @click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None, help="Write the best files here.")
@@ -230,12 +274,9 @@ def best(run_dir, export_dir, git_branch, repo, force):
             (out / rel).write_text(text)
         click.echo(f"wrote {', '.join(sorted(top.files))} to {out}")
     if git_branch:
-        from ar_ray.ledger.lineage import GitExportError, export_git
-        try:
-            commits = export_git(run_dir, git_branch, repo=repo, force=force, df=df)
-        except GitExportError as e:
-            raise click.ClickException(str(e)) from None
+        commits, where = _export_git(run_dir, git_branch, repo, force, None, df)
         click.echo(f"branch {git_branch}: {len(commits)} commit(s), one per kept change")
+        click.echo(where)
 
 
 @click.command("export-git")
@@ -249,15 +290,11 @@ def export_git_cmd(run_dir, branch, repo, base, force):
     """Write the best's lineage as commits on a new git branch: one commit per kept change.
 
     The working tree, index and current branch of the repository are left alone."""
-    from ar_ray.ledger.lineage import GitExportError, export_git
-
-    try:
-        commits = export_git(run_dir, branch, repo=repo, force=force, base=base, df=_load(run_dir))
-    except GitExportError as e:
-        raise click.ClickException(str(e)) from None
+    commits, where = _export_git(run_dir, branch, repo, force, base, _load(run_dir))
     for c in commits:
         click.echo(f"{c.sha[:12]}  v{c.version}  {c.node}  {c.subject}")
     click.echo(f"branch {branch}: {len(commits)} commit(s)")
+    click.echo(where)
 
 
 COMMANDS = (report, show, best, export_git_cmd)

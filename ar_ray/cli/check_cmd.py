@@ -10,11 +10,16 @@ Its runs go to a temporary folder `ar-ray-check-<identity of the process>-*` tha
 end, also when the check is stopped with Ctrl-C, SIGTERM or SIGHUP (its runs are ended first, then the folder
 goes, then it exits with 128 + the signal's number); a check SIGKILLed cannot clean up, so each check starts by
 removing the folders of checks whose process is gone (their runs' reapers ended the processes already).
+The log of a run the report says must be fixed (a failed run, a metric pattern that matches nothing) is copied
+first to `runs/check-<time>/<run>.log` in the current folder (--log-dir), which the report names: `runs` is where
+`ar-ray run` writes too, and neither a target's files nor what is shipped to a cluster include it.
 """
 
 from __future__ import annotations
 
+import ast
 import math
+import os
 import random
 import re
 import shutil
@@ -30,7 +35,7 @@ from pathlib import Path
 
 import click
 
-from ar_ray.target import Target, TargetError, load_target
+from ar_ray.target import CONFIG_NAME, Target, TargetError, load_target
 
 LARGE_BYTES = 2**20  # a read-only file above this is copied into every run: it is data
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".pt.tar", ".pkl", ".npz")
@@ -42,6 +47,8 @@ LEVELS = ("ok", "info", "warn", "fix")
 SCRATCH_PREFIX = "ar-ray-check-"  # the check's temporary folder, in the temp dir
 GRACE_SECONDS = 5.0  # a run's children get this long after SIGTERM before SIGKILL (the trainer's default)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+LOGS_HOME = "runs"  # failing runs' logs are kept under ./runs/check-<time>/ (as `ar-ray run` writes under ./runs/)
+NOT_CODE = (".md", ".rst", ".txt", ".html", ".csv")  # prose and data: naming a variable there reads nothing
 
 
 @dataclass
@@ -136,7 +143,53 @@ def detect_gpus() -> list[int]:
 
 
 class SetupFailed(RuntimeError):
-    pass
+    def __init__(self, message: str, output: str = ""):
+        super().__init__(message)
+        self.output = output  # what the setup printed
+
+
+class LogKeeper:
+    """Copies the logs the report points to out of the check's temporary folder (which goes when the check ends)
+    into `folder`, made at the first copy. `keep` returns the copy's path, or None and `problem` says why not."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.made: Path | None = None
+        self.problem = ""
+
+    def keep(self, name: str, source: str | None = None, text: str | None = None) -> str | None:
+        try:
+            if self.made is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self.made = self.folder.resolve()
+            dst = self.made / f"{name}.log"
+            if text is not None:
+                dst.write_text(text)
+            else:
+                shutil.copyfile(source, dst)
+            return str(dst)
+        except OSError as e:
+            self.problem = f"could not keep the log in {self.folder}: {e.strerror or e}"
+            return None
+
+
+def default_log_dir() -> Path:
+    """runs/check-<time> in the current folder, with a suffix if a check of the same second has it."""
+    base = Path(LOGS_HOME) / f"check-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _kept(keeper: LogKeeper | None, name: str, source: str) -> str:
+    """The words that end a finding about a run's log: where the copy is, or why there is none (never the path in the
+    temporary folder, which is gone when the check ends)."""
+    where = keeper.keep(name, source) if keeper else None
+    if where:
+        return f"full log kept in {where}"
+    return f"its log was not kept ({keeper.problem})" if keeper and keeper.problem else "its log was not kept"
 
 
 def run_setup(target: Target, work: Path) -> float | None:
@@ -159,7 +212,7 @@ def run_setup(target: Target, work: Path) -> float | None:
         raise SetupFailed(f"setup {target.setup!r} ran past {target.hard_timeout:.0f} s") from None
     if done.returncode != 0:
         tail = " / ".join((done.stdout + done.stderr).strip().splitlines()[-4:])
-        raise SetupFailed(f"setup {target.setup!r} failed (exit {done.returncode}): {tail}")
+        raise SetupFailed(f"setup {target.setup!r} failed (exit {done.returncode}): {tail}", done.stdout + done.stderr)
     return time.monotonic() - t0
 
 
@@ -193,7 +246,16 @@ def metric_values(log_path: str, pattern: str) -> list[str]:
     return [m.group(1) for m in re.finditer(pattern, text, re.MULTILINE)]
 
 
-def baseline_section(target: Target, results, report: Report) -> None:
+def _last_lines(log_path: str, n: int = 15) -> list[str]:
+    try:
+        lines = Path(log_path).read_text(errors="replace").rstrip().splitlines()
+    except OSError as e:
+        return [f"(the log could not be read: {e.strerror or e})"]
+    return lines[-n:] or ["(the run printed nothing)"]
+
+
+def baseline_section(target: Target, results, report: Report, keeper: LogKeeper | None = None) -> None:
+    """`keeper`: where the logs the findings point to are kept (None: they are not)."""
     lines = []
     for r in results:
         wall = r.child_seconds + r.overhead_seconds
@@ -206,19 +268,27 @@ def baseline_section(target: Target, results, report: Report) -> None:
     for r in bad[:1]:
         tail = (r.error_tail or "").strip().splitlines()
         report.add("fix", f"the unmodified target does not run: {r.experiment_id} ended {r.status}"
-                          + (f" ({' / '.join(tail[-4:])})" if tail else "") + f"; log: {r.log_path}")
+                          + (f" ({' / '.join(tail[-4:])})" if tail else "") + f"; {_kept(keeper, r.experiment_id, r.log_path)}")
+        if tail:
+            report.section(f"Log of {r.experiment_id} ({r.status}), its last lines", tail)
     for r in results[:1]:
         values = metric_values(r.log_path, target.metric_pattern)
         if not values:
-            report.add("fix", f"the metric pattern {target.metric_pattern!r} matches no line of the log "
-                              f"({r.log_path}); print a line such as '{target.metric}: 1.234' at the end of the run "
-                              f"or set metric_pattern in ar-ray.toml")
+            shown = bool(bad) and r is bad[0]  # its log is kept and shown already
+            where = "its log is named above" if shown else _kept(keeper, r.experiment_id, r.log_path)
+            report.add("fix", f"the metric pattern {target.metric_pattern!r} matches no line of the log of "
+                              f"{r.experiment_id} ({where}); print a line such as '{target.metric}: 1.234' at the "
+                              f"end of the run or set metric_pattern in ar-ray.toml")
+            if not shown:
+                report.section(f"Log of {r.experiment_id}, its last lines (none matches the metric pattern)",
+                               _last_lines(r.log_path))
         elif len(set(values)) > 1:
             report.add("warn", f"the metric pattern matches {len(values)} lines with {len(set(values))} different "
                                f"values ({', '.join(values[:4])}{' ...' if len(values) > 4 else ''}); the last one "
                                f"counts. Make it match only the final metric line (e.g. anchor it with ^ and a name "
                                f"printed once)")
     walls = [r.child_seconds + r.overhead_seconds for r in results]
+    report.facts["all_ok"] = not bad
     report.facts["wall_mean"] = statistics.mean(walls) if walls else None
     report.facts["wall_spread"] = _spread(walls)
     metrics = [r.metric for r in results if r.status == "ok" and r.metric is not None]
@@ -250,11 +320,49 @@ def budget_kind(target: Target) -> str:
     return "tokens" if target.budget_tokens else "seconds"
 
 
+def _strip_hash_comments(text: str) -> str:
+    """Text without its '#' comments: from a '#' that starts a line or follows a blank to the end of the line (shell,
+    YAML, TOML, INI; a '#' inside a quoted string that follows a blank is taken for a comment too: rare, and it can
+    only make a file look as if it did not name something)."""
+    return "\n".join(re.sub(r"(^|\s)#.*", r"\1", line) for line in text.splitlines())
+
+
+def _python_names(text: str, name: str) -> bool | None:
+    """Whether Python source names `name` in its code: in a string constant (an environment variable is read by
+    its name as a string) that is not a docstring or another string statement on its own, which reads nothing;
+    comments are not in the syntax tree. None if the source does not parse."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+    inert = {id(node.value) for node in ast.walk(tree)
+             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
+    for node in ast.walk(tree):
+        if id(node) in inert:
+            continue
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and name in node.value:
+            return True
+    return False
+
+
+def names_in_code(rel: str, data: bytes, name: str) -> bool:
+    """Whether a target file names `name` where a program reads it. The target's own ar-ray.toml, prose and data
+    (.md, .txt, ...) never count, nor do comments: Python is read through its syntax tree (string constants,
+    docstrings excluded), other files (shell, YAML, ...) with their '#' comments dropped."""
+    if Path(rel).name == CONFIG_NAME or rel.lower().endswith(NOT_CODE) or name.encode() not in data:
+        return False
+    text = data.decode(errors="replace")
+    if rel.endswith(".py") and (found := _python_names(text, name)) is not None:
+        return found
+    return name in _strip_hash_comments(text)
+
+
 def reads_budget(target: Target) -> list[str]:
-    """Where the target reads its budget: files that name AR_BUDGET_<KIND>, or the command's {budget_<kind>}."""
+    """Where the target reads its budget: code that names AR_BUDGET_<KIND> (names_in_code), or the command's
+    {budget_<kind>}."""
     kind = budget_kind(target)
     name = f"AR_BUDGET_{kind.upper()}"
-    where = [rel for rel, data in target.contents.items() if name.encode() in data]
+    where = [rel for rel, data in target.contents.items() if names_in_code(rel, data, name)]
     if f"{{budget_{kind}}}" in target.command:
         where.append("command")
     return where
@@ -265,7 +373,7 @@ def budget_section(target: Target, report: Report, half=None) -> None:
     kind = budget_kind(target)
     where = reads_budget(target)
     lines = [f"budget in {kind}: " + (f"read in {', '.join(where)}" if where else
-                                      f"AR_BUDGET_{kind.upper()} is named in no editable or read-only file")]
+                                      f"AR_BUDGET_{kind.upper()} is named in no editable or read-only file's code")]
     measured = None
     mean, spread = report.facts.get("wall_mean"), report.facts.get("wall_spread") or 0.0
     if half and mean:
@@ -277,7 +385,8 @@ def budget_section(target: Target, report: Report, half=None) -> None:
                          f"budget: {'clearly shorter' if measured else 'not clearly shorter'}")
         else:
             lines.append(f"the run at half the budget ended {half[0].status}")
-    if not target.budget_tokens and mean and where and (budget := report.facts.get("budget_seconds")):
+    ran = report.facts.get("all_ok")  # (runs that crashed say nothing of where a run stops)
+    if not target.budget_tokens and mean and where and ran and (budget := report.facts.get("budget_seconds")):
         if mean < 0.5 * budget:
             lines.append(f"the runs end after {mean:.1f} s of a {budget:g} s budget: something else stops them first")
             measured = False if measured is None else measured
@@ -437,9 +546,10 @@ def scratch_folder(end_children: bool = False):
 
 def check_target(target_dir: str, repeats: int = 3, sandbox: str = "auto", budget_check: bool = False,
                  overrides: dict | None = None, gpus: list[int] | None = None, seed: int = 0,
-                 end_children: bool = False) -> Report:
+                 end_children: bool = False, log_dir: str | os.PathLike | None = None) -> Report:
     """Run every check on the target folder and return the Report (nothing printed). `end_children`: see
-    scratch_folder (the `ar-ray check` command)."""
+    scratch_folder (the `ar-ray check` command). `log_dir`: where the logs of failing runs are kept (default
+    runs/check-<time> in the current folder; made only when one is kept)."""
     report = Report(target=str(target_dir))
     try:
         target = load_target(target_dir, **(overrides or {}))
@@ -452,6 +562,7 @@ def check_target(target_dir: str, repeats: int = 3, sandbox: str = "auto", budge
     report.facts["budget_seconds"] = target.budget_for(len(gpus))
     report.section("Contract", contract_lines(target))
     contract_problems(target, report)
+    keeper = LogKeeper(log_dir if log_dir is not None else default_log_dir())
     with scratch_folder(end_children) as tmp:
         work = tmp / "work"
         work.mkdir()
@@ -459,11 +570,16 @@ def check_target(target_dir: str, repeats: int = 3, sandbox: str = "auto", budge
             if (took := run_setup(target, work)) is not None:
                 report.facts["setup_seconds"] = took
             results = run_baseline(target, work, repeats, sandbox, gpus, seed=seed)
-        except Exception as e:  # the target's setup, or a sandbox that cannot work here
+        except SetupFailed as e:
+            where = keeper.keep("setup", text=e.output)
+            report.add("fix", f"could not run the target: {e}; "
+                              + (f"its output kept in {where}" if where else keeper.problem or "its output was not kept"))
+            results = []
+        except Exception as e:  # a sandbox that cannot work here
             report.add("fix", f"could not run the target: {e}")
             results = []
         if results:
-            baseline_section(target, results, report)
+            baseline_section(target, results, report, keeper)
         half = None
         if budget_check and results and all(r.status == "ok" for r in results):
             half = _half_budget_run(target, work, sandbox, gpus, seed)
@@ -509,7 +625,9 @@ def render(report: Report, seconds: float | None = None) -> str:
 @click.option("--budget-tokens", type=int, default=None, help="Train for this many tokens (overrides the target).")
 @click.option("--timeout", type=float, default=None, help="Hard timeout per run in seconds.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The first run's AR_SEED; each repeat adds 1.")
-def check(target, repeats, sandbox, budget_check, budget, budget_tokens, timeout, seed):
+@click.option("--log-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the logs of failing runs are kept (default: runs/check-<time>, made only if a run fails).")
+def check(target, repeats, sandbox, budget_check, budget, budget_tokens, timeout, seed, log_dir):
     """Check a target before a run: its contract, noise floor, budget, knobs and throughput (no Ray)."""
     from ar_ray.engine.config import default_target
     overrides = {"budget_seconds": budget, "cpu_budget_seconds": budget, "budget_tokens": budget_tokens,
@@ -520,7 +638,8 @@ def check(target, repeats, sandbox, budget_check, budget, budget_tokens, timeout
     saved = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS} if main else {}
     try:
         report = check_target(target or str(default_target()), repeats=repeats, sandbox=sandbox,
-                              budget_check=budget_check, overrides=overrides, seed=seed, end_children=True)
+                              budget_check=budget_check, overrides=overrides, seed=seed, end_children=True,
+                              log_dir=log_dir)
     except Interrupted as e:
         click.echo(f"ar-ray check: stopped by {e}; its runs were ended and its temporary folder removed", err=True)
         raise SystemExit(128 + e.signum) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ar_ray.cli.check_cmd import SCRATCH_PREFIX, check_target, render
+from ar_ray.cli.check_cmd import SCRATCH_PREFIX, check_target, names_in_code, reads_budget, render
 from ar_ray.cli.main import main
+from ar_ray.target import load_target
 from helpers_targets import marked_pids, new_mark, wait_for
 from trainers.sandbox import bwrap_problem
 
@@ -97,11 +99,78 @@ def test_target_ignoring_its_budget_is_not_a_clock(tmp_path):
     assert "AR_BUDGET_SECONDS is named in no editable or read-only file" in render(report)
 
 
-def test_metric_pattern_matching_nothing_must_be_fixed_and_exits_1(tmp_path):
+def test_metric_pattern_matching_nothing_must_be_fixed_and_exits_1(tmp_path, monkeypatch):
     root = toy(tmp_path, 'import os\nos.environ["AR_BUDGET_SECONDS"]\nLR = 0.1\nprint("loss 1.0")\n')
+    monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(main, ["check", str(root), "--repeats", "1", "--sandbox", "none"])
     assert r.exit_code == 1, r.output
     assert "FIX" in r.output and "matches no line" in r.output and "verdict: not ready" in r.output
+    # the log named is one that outlives the check: under runs/check-<time>/ here, with what the run printed
+    kept = [Path(p) for p in re.findall(r"full log kept in (\S+?\.log)", r.output)]
+    assert kept and all(p.is_file() for p in kept), r.output
+    assert kept[0].parent.parent == tmp_path / "runs" and kept[0].parent.name.startswith("check-")
+    assert "loss 1.0" in kept[0].read_text() and "loss 1.0" in r.output.split("its last lines")[1]
+    assert SCRATCH_PREFIX not in r.output, "the report names a file in the check's temporary folder"
+
+
+CRASHES = """
+import os
+os.environ["AR_BUDGET_SECONDS"]
+LR = 0.1
+print("loading the data from ./nowhere")
+raise SystemExit("no data in ./nowhere")
+"""
+
+
+def test_a_failing_runs_log_is_kept_where_the_report_says(tmp_path):
+    logs = tmp_path / "kept"
+    r = CliRunner().invoke(main, ["check", str(toy(tmp_path, CRASHES)), "--repeats", "2", "--sandbox", "none",
+                                  "--log-dir", str(logs)])
+    assert r.exit_code == 1, r.output
+    fix = next(line for line in r.output.splitlines() if "does not run" in line)
+    kept = Path(re.search(r"full log kept in (\S+?\.log)", fix).group(1))
+    assert kept == (logs / "check-0.log").resolve() and kept.is_file()
+    assert "no data in ./nowhere" in kept.read_text() and "loading the data" in kept.read_text()
+    assert "no data in ./nowhere" in r.output.split("Log of check-0")[1]  # and its tail shown in the report
+    assert SCRATCH_PREFIX not in r.output and "log.txt" not in r.output
+
+
+def test_a_check_whose_runs_pass_keeps_no_log(tmp_path):
+    logs = tmp_path / "kept"
+    report = check_target(str(toy(tmp_path, NOISY)), repeats=1, sandbox="none", gpus=[], log_dir=logs)
+    assert report.exit_code == 0, render(report)
+    assert not logs.exists()
+
+
+def test_budget_named_only_in_comments_docs_or_ar_ray_toml_is_not_read(tmp_path):
+    """ar-ray.toml (read-only by default) says 'passed as AR_BUDGET_SECONDS' in a comment, as `ar-ray init` writes it;
+    the script names it in a comment and a docstring only: the budget is not read."""
+    train = '"""Trains. TODO: stop at AR_BUDGET_SECONDS."""\n# AR_BUDGET_SECONDS: not yet\n' + NO_BUDGET
+    root = toy(tmp_path, train, {"run.sh": b"# exports AR_BUDGET_SECONDS?\npython train.py\n",
+                                 "NOTES.md": b"read AR_BUDGET_SECONDS some day\n"})
+    (root / "ar-ray.toml").write_text('[target]\neditable = ["train.py"]\n'
+                                      "budget_seconds = 30   # passed as AR_BUDGET_SECONDS: stop there\n")
+    target = load_target(root)
+    assert "ar-ray.toml" in target.readonly and reads_budget(target) == []
+    report = check_target(str(root), repeats=1, sandbox="none", gpus=[])
+    text = render(report)
+    assert "budget in seconds: AR_BUDGET_SECONDS is named in no editable or read-only file" in text
+    assert "read in" not in text and "The target never reads AR_BUDGET_SECONDS" in levels(report, "warn")
+    assert report.facts["budget_honoured"] is False
+
+
+def test_budget_read_in_code_is_found_whatever_the_language():
+    py = b'import os\n"""docstring"""\nbudget = float(os.environ.get("AR_BUDGET_SECONDS", 60))  # the clock\n'
+    assert names_in_code("train.py", py, "AR_BUDGET_SECONDS")
+    assert names_in_code("train.py", b'b = os.environ[f"AR_BUDGET_{kind}"] if 0 else os.getenv("AR_BUDGET_SECONDS")\n',
+                         "AR_BUDGET_SECONDS")
+    assert names_in_code("run.sh", b'#!/bin/sh\ntimeout "$AR_BUDGET_SECONDS" python train.py # go\n',
+                         "AR_BUDGET_SECONDS")
+    assert names_in_code("conf.yaml", b"budget: ${oc.env:AR_BUDGET_SECONDS}\n", "AR_BUDGET_SECONDS")
+    assert not names_in_code("conf.yaml", b"budget: 60  # AR_BUDGET_SECONDS\n", "AR_BUDGET_SECONDS")
+    assert not names_in_code("old.py", b"print 'py2'  # AR_BUDGET_SECONDS\n", "AR_BUDGET_SECONDS")  # no parse
+    assert not names_in_code("sub/ar-ray.toml", b'command = "x {budget_seconds}"  # AR_BUDGET_SECONDS\n'
+                             b'env = { B = "AR_BUDGET_SECONDS" }\n', "AR_BUDGET_SECONDS")
 
 
 def test_metric_pattern_matching_several_values_is_warned_about(tmp_path):

@@ -151,7 +151,7 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
         cost_counts, max_gpu_hours, gpu_price, cpu_price, notify, notify_interval, notify_failures, track, track_flush):
     """Run the research loop: propose, train, keep what improves."""
     from ar_ray.cli.progress import Progress
-    from ar_ray.engine.run import execute
+    from ar_ray.engine.run import check_run_dir, execute
     from trainers.trainer import SetupError
 
     if resume_dir and run_dir and Path(resume_dir).resolve() != Path(run_dir).resolve():
@@ -208,6 +208,10 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     preflight(config.target, config.target_overrides, config.proposer)  # before Ray: the contract, the proposer
+    try:
+        check_run_dir(config)  # a folder holding another run's ledger, a --resume of no run: before "run dir:"
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
     console.print(f"run dir: {socket.gethostname()}:{Path(run_dir).resolve()}", soft_wrap=True)  # where it is, seen from a job's logs too
     try:
         with Progress(Path(run_dir), console) as progress:

@@ -31,6 +31,20 @@ from ar_ray.types import Baseline, Proposal
 
 def prepare_run_dir(config: RunConfig) -> tuple[str, dict | None]:
     """Create or reopen the run dir. Returns (run id, previous run.json when resuming)."""
+    resumed = check_run_dir(config)
+    if resumed is not None:
+        return resumed
+    run_dir = Path(config.run_dir)
+    # a run that failed before its first row left run.json (and maybe an in-flight journal): start afresh
+    shutil.rmtree(run_dir / "inflight", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    return run_id, None
+
+
+def check_run_dir(config: RunConfig) -> tuple[str, dict] | None:
+    """What prepare_run_dir refuses (ConfigError), found without writing anything: a --resume of a folder that holds
+    no run, a new run in a folder that holds a ledger. Returns (run id, run.json) when resuming."""
     run_dir = Path(config.run_dir)
     meta_path = run_dir / RUN_FILE
     has_ledger = (run_dir / "ledger").is_dir() and any((run_dir / "ledger").glob("part-*.parquet"))
@@ -50,11 +64,41 @@ def prepare_run_dir(config: RunConfig) -> tuple[str, dict | None]:
     if has_ledger:
         raise ConfigError(f"{run_dir} already holds a run's ledger; pass --resume to continue it, "
                           "or choose a new --run-dir")
-    # a run that failed before its first row left run.json (and maybe an in-flight journal): start afresh
-    shutil.rmtree(run_dir / "inflight", ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    return run_id, None
+    return None
+
+
+def _unmade(run_dir: Path):
+    """What a new run is about to create, and a function that removes it again when the run has written no ledger
+    row: the run dir (and the folders above it it creates), or, in a folder that existed, the entries it adds."""
+    run_dir = run_dir.absolute()
+    top = run_dir
+    while not top.parent.exists():
+        top = top.parent
+    before = set(os.listdir(run_dir)) if run_dir.is_dir() else None
+
+    def undo() -> None:
+        ledger_dir = run_dir / "ledger"
+        if ledger_dir.is_dir() and any(ledger_dir.iterdir()):
+            return  # rows (or a part on its way): the run dir is the record of them
+        if before is None:
+            shutil.rmtree(top if top.exists() else run_dir, ignore_errors=True)
+            return
+        for name in set(os.listdir(run_dir)) - before:
+            path = run_dir / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+    return undo
+
+
+def execute(config: RunConfig, on_event=None) -> dict:
+    """Run (or resume) one research run to its end; returns the summary. A new run that ends in an error before its
+    first ledger row leaves nothing behind: no run dir it created, nothing added to a folder that existed."""
+    undo = None if config.resume else _unmade(Path(config.run_dir))
+    try:
+        return _execute(config, on_event)
+    except BaseException:
+        if undo is not None:
+            undo()
+        raise
 
 
 def restore(driver: Driver, run_dir: str) -> None:
@@ -243,8 +287,7 @@ def requeue_unused(driver: Driver, rows: list[dict]) -> None:
             driver.seen.add(r["edit_hash"])
 
 
-def execute(config: RunConfig, on_event=None) -> dict:
-    """Run (or resume) one research run to its end; returns the summary."""
+def _execute(config: RunConfig, on_event=None) -> dict:
     config.check()
     target = load_target(config.target, **config.target_overrides)
     if config.prune and not target.progress_pattern:

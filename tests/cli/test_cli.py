@@ -90,7 +90,9 @@ def test_too_many_trainers_for_the_cluster(ray_local, tmp_path, toy):
 
 def test_a_run_that_failed_before_its_first_row_can_be_started_again(ray_local, tmp_path, toy):
     r = invoke("run", "--target", toy, "--run-dir", tmp_path / "run", "--trainers", "9", "--gpus-per-trainer", "0.5")
-    assert r.exit_code == 1 and (tmp_path / "run" / "run.json").exists()  # it failed after writing run.json
+    assert r.exit_code == 1 and not (tmp_path / "run").exists()  # refused after Ray started, before any row: gone
+    (tmp_path / "run").mkdir()  # a run killed before its first row leaves run.json (and maybe a journal)
+    (tmp_path / "run" / "run.json").write_text('{"run_id": "old"}')
     r = invoke("run", "--target", toy, "--run-dir", tmp_path / "run", "--max-experiments", "1", "--trainers", "1",
                "--acceptance", "greedy")
     assert r.exit_code == 0, r.output

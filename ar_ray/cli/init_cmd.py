@@ -25,11 +25,32 @@ NOT_CONFIGS = {"pyproject.toml", "package.json", "setup.cfg", CONFIG_NAME, "envi
 CONFIG_DIRS = ("config", "configs", "conf", "cfg")
 LARGE_BYTES = 2**20
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-# a metric in a log line: a name with val/valid/test/eval in it, then : or = or a space, then a number
-METRIC_LINE = re.compile(r"(?P<name>\b(?:val|valid|validation|test|eval)[_ /-]?(?:loss|bpb|acc(?:uracy)?|ppl|"
-                         r"perplexity|error|err|f1|bleu|score|nll)\b)\s*[:=]?\s*(?P<value>" + NUMBER + ")",
-                         re.IGNORECASE)
-HIGHER_IS_BETTER = re.compile(r"acc|f1|bleu|score", re.IGNORECASE)
+# metric names, lower is better (losses, errors) and higher is better; "r2 score", "f1_score" are names too
+LOWER_METRICS = ("loss", "nll", "bpb", "bpc", "ppl", "perplexity", "rmse", "rmsle", "mse", "mae", "mape", "smape",
+                 "logloss", "log_loss", "error", "err", "wer", "cer")
+HIGHER_METRICS = ("accuracy", "acc", "roc_auc", "auroc", "auc", "r2", "f1", "bleu", "rouge", "precision", "recall",
+                  "map", "score")
+# printed without a validation prefix, these still name an evaluation (a final `rmse: 0.63`, `R2 score = 0.87`);
+# a bare loss, perplexity or error is far more often the training loop's
+BARE_METRICS = ("rmse", "rmsle", "mse", "mae", "mape", "smape", "wer", "cer", "accuracy", "acc", "roc_auc", "auroc",
+                "auc", "r2", "f1", "bleu", "rouge", "precision", "recall")
+SPLIT = r"(?:validation|valid|val|evaluation|eval|test|dev|holdout)"
+_SEP = r"\s*[\"']?\s*[:=]?\s*"  # `name: v`, `name=v`, `name v`, `name = v`, `'name': v` (a printed dict)
+
+
+def _metric_re(split: str | None, names: tuple[str, ...]) -> re.Pattern:
+    metric = "(?P<metric>" + "|".join(sorted(names, key=len, reverse=True)) + r")(?:[_ ]score)?"
+    name = (split + r"[_ /.-]?" + metric) if split else metric
+    return re.compile(r"(?<![\w/.-])(?P<name>" + name + r")(?![\w/.-])" + _SEP + "(?P<value>" + NUMBER + r")(?![\w.])",
+                      re.IGNORECASE)
+
+
+# a metric in a log line: a split (val, valid, validation, test, eval, dev) and a metric name, then : or = or a space,
+# then a number; else, on a line that does not say train, an evaluation metric without a split
+METRIC_LINE = _metric_re(SPLIT, LOWER_METRICS + HIGHER_METRICS)
+BARE_METRIC_LINE = _metric_re(None, BARE_METRICS)
+TRAINING = re.compile(r"train", re.IGNORECASE)
+SEED_FLAG = re.compile(r"""(?:add_argument|option)\(\s*(?:["']-\w+["']\s*,\s*)*["'](?P<flag>--(?:random[-_]?)?seed)["']""")
 
 
 @dataclass
@@ -43,7 +64,9 @@ class Detected:
     metric_pattern: str | None = None
     metric_line: str | None = None
     direction: str = "min"
+    other_metrics: list[str] = field(default_factory=list)  # other metric names the log's lines show
     reads_seed: bool = False
+    seed_flag: str = ""  # the entry script's own seed option (argparse/click `--seed`), when it does not read AR_SEED
     reads_budget: bool = False
     files: list[str] = field(default_factory=list)
 
@@ -81,23 +104,58 @@ def config_arg(entry_source: str) -> str:
     return ""
 
 
-def metric_from_log(text: str) -> tuple[str, str, str, str] | None:
-    """(metric name, metric_pattern, direction, the line) for the last metric-like line of a log; None if none."""
-    found = None
-    for line in text.splitlines():
-        for m in METRIC_LINE.finditer(line):
-            found = (line, m)
+def metric_candidates(text: str) -> list[tuple[int, str, re.Match]]:
+    """(line number, line, match) for every metric printed in the log, in order: those with a split (val_loss,
+    Validation RMSE, val/rmse, test acc) when there is one, else the bare evaluation metrics on lines that do not
+    say train."""
+    lines = list(enumerate(text.splitlines()))
+    found = [(i, line, m) for i, line in lines for m in METRIC_LINE.finditer(line)]
     if not found:
-        return None
-    line, m = found
+        found = [(i, line, m) for i, line in lines if not TRAINING.search(line)
+                 for m in BARE_METRIC_LINE.finditer(line)]
+    return found
+
+
+def metric_name(raw: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", raw.lower()).strip("_")
+
+
+def pattern_for(line: str, m: re.Match) -> str:
+    """A metric_pattern reading this match's number on lines printed like this one."""
     raw = m.group("name")
-    name = re.sub(r"[ /-]", "_", raw).lower()
-    sep = line[m.end("name"):m.start("value")]
-    sep_re = re.escape(sep.strip()) if sep.strip() else ""
-    body = re.escape(raw).replace("\\ ", " ") + (r"\s*" + sep_re if sep_re else "") + r"\s*(" + NUMBER + ")"
-    anchored = line.lstrip().startswith(raw)
-    pattern = ("^" + body) if anchored else body
-    return name, pattern, "max" if HIGHER_IS_BETTER.search(raw) else "min", line.strip()
+    sep = line[m.end("name"):m.start("value")].strip()
+    body = re.escape(raw).replace("\\ ", " ") + (r"\s*" + re.escape(sep) if sep else "") + r"\s*(" + NUMBER + ")"
+    if m.start("name") == 0:
+        return "^" + body
+    if not line[:m.start("name")].strip():
+        return r"^\s*" + body
+    return r"(?<![\w/.-])" + body  # (not the end of a longer name: rmse in train_rmse, loss in val/loss)
+
+
+def metric_from_log(text: str) -> tuple[str, str, str, str] | None:
+    """(metric name, metric_pattern, direction, the line) for the metric of the last line that prints one
+    (metric_candidates), the first on that line (`val_loss 1.2 val_acc 0.6`: val_loss); None if none."""
+    found = metric_candidates(text)
+    last = [c for c in found if c[0] == found[-1][0]] if found else []
+    for _, line, m in last + found[::-1]:
+        pattern = pattern_for(line, m)
+        check = re.search(pattern, line)
+        if not check or float(check.group(1)) != float(m.group("value")):  # (never: the pattern reads its own line)
+            continue
+        higher = m.group("metric").lower() in HIGHER_METRICS
+        return metric_name(m.group("name")), pattern, "max" if higher else "min", line.strip()
+    return None
+
+
+def seed_flag(entry_source: str) -> str:
+    """The entry script's own seed option (`parser.add_argument('--seed', ...)`, click's `option`), or ""."""
+    m = SEED_FLAG.search(entry_source)
+    return m.group("flag") if m else ""
+
+
+def names_in_code(rel: str, data: bytes, name: str) -> bool:
+    from ar_ray.cli.check_cmd import names_in_code as in_code  # (what `ar-ray check` counts as reading it)
+    return in_code(rel, data, name)
 
 
 def leftover(rel: str) -> bool:
@@ -114,12 +172,16 @@ def detect(root: Path, log: str | None = None) -> Detected:
     d.config_arg = config_arg(source) if d.configs else ""
     d.leftovers = [f for f in files if leftover(f)]
     d.large = [f for f in files if f not in d.leftovers and (root / f).stat().st_size > LARGE_BYTES]
-    texts = "\n".join((root / f).read_text(errors="replace") for f in files if f.endswith((".py", ".sh")))
-    d.reads_seed = "AR_SEED" in texts
-    d.reads_budget = "AR_BUDGET_SECONDS" in texts or "AR_BUDGET_TOKENS" in texts
+    code = {f: (root / f).read_bytes() for f in files if f.endswith((".py", ".sh"))}
+    d.reads_seed = any(names_in_code(f, data, "AR_SEED") for f, data in code.items())
+    d.seed_flag = "" if d.reads_seed else seed_flag(source)
+    d.reads_budget = any(names_in_code(f, data, name) for f, data in code.items()
+                         for name in ("AR_BUDGET_SECONDS", "AR_BUDGET_TOKENS"))
     if log:
         if found := metric_from_log(log):
             d.metric, d.metric_pattern, d.direction, d.metric_line = found
+            names = dict.fromkeys(metric_name(m.group("name")) for _, _, m in metric_candidates(log))
+            d.other_metrics = [n for n in names if n != d.metric]
     return d
 
 
@@ -140,6 +202,8 @@ def render_toml(root: Path, d: Detected) -> str:
         command += f" {editable[0]}"
     elif d.configs and d.config_arg:
         command += f" {d.config_arg} {editable[0]}"
+    if d.seed_flag:
+        command += f" {d.seed_flag} {{seed}}"
     readonly = [f for f in d.files if f not in editable and f not in d.leftovers and f not in d.large]
     out = [f"# ar-ray target contract for {root.name}, written by `ar-ray init`: edit it, then run `ar-ray check`.",
            "# Every key is documented in the README (Bring your own target).", "", "[target]",
@@ -165,7 +229,11 @@ def render_toml(root: Path, d: Detected) -> str:
     if d.metric:
         out.append(f"metric = {json.dumps(d.metric)}")
         out.append(f"metric_pattern = {_toml_str(d.metric_pattern)}   # from the log line: {d.metric_line[:80]}")
-        out.append(f"direction = {json.dumps(d.direction)}")
+        out.append(f"direction = {json.dumps(d.direction)}   # "
+                   + ("higher is better" if d.direction == "max" else "lower is better"))
+        if d.other_metrics:
+            out.append(f"# other metrics in the log: {', '.join(d.other_metrics[:8])} (set metric and "
+                       "metric_pattern to one of them instead if it is the one to improve)")
     else:
         out.append('metric = "val_loss"   # print a line "val_loss: 1.234" at the end of a run (or give --log to '
                    "`ar-ray init` and it proposes a pattern)")
@@ -176,7 +244,9 @@ def render_toml(root: Path, d: Detected) -> str:
     out.append("cpu_budget_seconds = 30   # per run on a trainer without a GPU")
     out.append("# budget_tokens = 1_000_000   # or a budget in tokens (AR_BUDGET_TOKENS), the same whatever the hardware")
     out.append("# timeout_seconds = 660   # hard limit per run (default: 2 x budget + 60 s)")
-    if not d.reads_seed:
+    if d.seed_flag:
+        out.append(f"# the seed: the command passes each run's seed to the script's own {d.seed_flag} option")
+    elif not d.reads_seed:
         out.append("# this repo does not read AR_SEED: its runs may all give the same metric (ar-ray check tells)")
     out += ["", "# [knobs]   # optional: the search space mutate tunes (else it detects literal values in the editable files)",
             "# learning_rate = [1e-4, 1e-2]   # a range", "# n_layer = [2, 4, 6]   # the values to try",
@@ -204,7 +274,13 @@ def init(directory, log_file, force):
                + (f" (config files found: {', '.join(d.configs)})" if d.configs else ""))
     if log_file:
         click.echo(f"  metric: {d.metric} ({d.direction}), pattern {d.metric_pattern}" if d.metric else
-                   f"  no metric line (val_loss: 1.23, val loss 1.23, ...) found in {log_file}: set metric_pattern")
+                   f"  no metric line (val_loss: 1.23, val rmse 0.63, Validation accuracy = 0.9, ...) found in "
+                   f"{log_file}: set metric and metric_pattern")
+    if d.seed_flag:
+        click.echo(f"  seed: passed as {d.seed_flag} {{seed}} (the script's own option; it does not read AR_SEED)")
+    elif not d.reads_seed:
+        click.echo("  seed: the script neither reads AR_SEED nor has a --seed option; its runs may all give the same "
+                   "metric")
     for f in d.leftovers:
         click.echo(f"  left out of readonly: {f} (an output of an earlier run; remove it)")
     click.echo(f"next: edit {path.name}, then `ar-ray check {directory}`")

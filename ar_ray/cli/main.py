@@ -150,10 +150,12 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
         max_processes, disk_quota_gb, max_memory_gb, ladder, promote_fraction, rescreen, prune, prune_at, prune_margin,
         cost_counts, max_gpu_hours, gpu_price, cpu_price, notify, notify_interval, notify_failures, track, track_flush):
     """Run the research loop: propose, train, keep what improves."""
+    from ar_ray.cli.pipe_guard import guard_console
     from ar_ray.cli.progress import Progress
     from ar_ray.engine.run import check_run_dir, execute
     from trainers.trainer import SetupError
 
+    guard_console()  # `ar-ray run ... | head`: a console that goes away silences the output, never ends the run
     if resume_dir and run_dir and Path(resume_dir).resolve() != Path(run_dir).resolve():
         raise click.UsageError("--resume names the run dir to continue; do not also pass a different --run-dir")
     run_dir = resume_dir or run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"

@@ -224,7 +224,8 @@ def _export_git(run_dir, branch, repo, force, base, df):
     from ar_ray.ledger.lineage import GitExportError, export_git
     top, prefix, target = _git_destination(run_dir, df, repo)
     if top is not None and prefix and repo is None:
-        tracked = subprocess.run(["git", "-C", str(top), "ls-files", "--", prefix], capture_output=True, text=True)
+        tracked = subprocess.run(["git", "-C", str(top), "--literal-pathspecs", "ls-files", "--", prefix],
+                                 capture_output=True, text=True)
         if tracked.returncode == 0 and not tracked.stdout.strip():
             raise click.ClickException(
                 f"the run's target {target} is not a git repository of its own, and the repository around it, {top}, "

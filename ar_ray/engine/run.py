@@ -70,7 +70,7 @@ def check_run_dir(config: RunConfig) -> tuple[str, dict] | None:
 def _unmade(run_dir: Path):
     """What a new run is about to create, and a function that removes it again when the run has written no ledger
     row: the run dir (and the folders above it it creates), or, in a folder that existed, the entries it adds."""
-    run_dir = run_dir.absolute()
+    run_dir = Path(os.path.abspath(run_dir))
     top = run_dir
     while not top.parent.exists():
         top = top.parent
@@ -81,11 +81,19 @@ def _unmade(run_dir: Path):
         if ledger_dir.is_dir() and any(ledger_dir.iterdir()):
             return  # rows (or a part on its way): the run dir is the record of them
         if before is None:
-            shutil.rmtree(top if top.exists() else run_dir, ignore_errors=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            for folder in [run_dir, *run_dir.parents][1:len(run_dir.relative_to(top).parts) + 1]:
+                try:
+                    folder.rmdir()  # only while empty: another run may have made its run dir beside this one
+                except OSError:
+                    break
             return
         for name in set(os.listdir(run_dir)) - before:
             path = run_dir / name
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
     return undo
 
 
@@ -97,7 +105,10 @@ def execute(config: RunConfig, on_event=None) -> dict:
         return _execute(config, on_event)
     except BaseException:
         if undo is not None:
-            undo()
+            try:
+                undo()
+            except OSError:
+                pass  # the error that ended the run is what to say
         raise
 
 

@@ -54,3 +54,17 @@ def test_a_folder_with_a_ledger_is_refused_before_run_dir_is_said(tmp_path, toy,
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before  # nothing touched
     r = run("--resume", tmp_path / "nothing-here")  # --resume of a folder with no run: also before "run dir:"
     assert r.exit_code == 1 and "holds no run" in r.output and "run dir:" not in r.output
+
+
+def test_the_undo_keeps_rows_and_what_another_run_made_beside_it(tmp_path):
+    from ar_ray.engine.run import _unmade
+    run_dir = tmp_path / "runs" / "a" / "mine"
+    undo = _unmade(run_dir)  # nothing exists yet: runs/, runs/a/ and the run dir are this run's to make
+    (run_dir / "ledger").mkdir(parents=True)
+    (tmp_path / "runs" / "other").mkdir()  # another run started beside it meanwhile
+    undo()
+    assert not (tmp_path / "runs" / "a").exists() and (tmp_path / "runs" / "other").is_dir()
+    undo = _unmade(run_dir)
+    write_run(run_dir, known_rows(tmp_path / "logs"))  # a run with rows is their record: never removed
+    undo()
+    assert len(os.listdir(run_dir / "ledger")) >= 1 and (run_dir / "run.json").exists()

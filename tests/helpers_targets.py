@@ -105,6 +105,15 @@ def pids_with_env(needle: str) -> list[int]:
     return out
 
 
+def process_env(pid: int) -> dict[bytes, bytes] | None:
+    """A process's environment as /proc shows it (None once it is gone or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+    except OSError:
+        return None
+
+
 def marked_pids(mark: str) -> list[int]:
     """Live processes whose environment holds AR_TEST_MARK=<mark>."""
     return pids_with_env(f"AR_TEST_MARK={mark}\0")

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 import ray
-from helpers_targets import pids_with_env, wait_for
+from helpers_targets import pids_with_env, process_env, wait_for
 from ray.cluster_utils import Cluster
 from toys import make_toy, marker_processes
 
@@ -43,11 +43,7 @@ def running_children(mark: str) -> dict[str, int]:
     """experiment id -> pid of a live process of that experiment (reaper or training child) carrying `mark`."""
     out = {}
     for pid in marker_processes(mark):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-        except OSError:
-            continue
+        env = process_env(pid) or {}
         if b"AR_EXPERIMENT_ID" in env:
             out[env[b"AR_EXPERIMENT_ID"].decode()] = pid
     return out

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers_targets import wait_for
+from helpers_targets import process_env, wait_for
 from toys import make_toy, marker_processes
 
 from trainers import sandbox
@@ -54,11 +54,7 @@ def run_dirs(mark: str) -> dict[str, set[Path]]:
     """AR_SEED -> the run dirs (AR_RUN_DIR) of the live processes carrying `mark` (the trainer sets both)."""
     out: dict[str, set[Path]] = {}
     for pid in marker_processes(mark):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-        except OSError:
-            continue
+        env = process_env(pid) or {}
         if b"AR_SEED" in env and b"AR_RUN_DIR" in env:
             out.setdefault(env[b"AR_SEED"].decode(), set()).add(Path(env[b"AR_RUN_DIR"].decode()))
     return out

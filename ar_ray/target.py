@@ -22,6 +22,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ar_ray.metric_names import direction_of
 from ar_ray.search.pruning import compile_pattern
 from ar_ray.timeouts import Timeouts
 
@@ -312,6 +313,19 @@ def pattern_for_new_metric(declared: dict, metric: str) -> str | None:
                       f"{metric}'s line, e.g. --metric-pattern '^{metric}:\\s*(\\S+)'")
 
 
+def check_new_metric_direction(metric: str, old: str, direction: str) -> None:
+    """--metric NAME without --direction keeps the target's direction; refused when NAME's words clearly say the
+    other way (val_auc on a target minimizing val_rmse would be optimized the wrong way). Unsure names pass."""
+    said = direction_of(metric)
+    if metric == old or said is None or said == direction:
+        return
+    way = {"min": "minimized (lower is better)", "max": "maximized (higher is better)"}
+    raise TargetError(f"the metric is set to {metric!r} (--metric), which reads like a metric to be {way[said]}, but "
+                      f"the target's metric {old!r} is {way[direction]} and that direction would be kept; pass "
+                      f"--direction {said} (or --direction {direction} if {metric} is indeed "
+                      f"{way[direction].split(' ')[0]}), or set direction in {CONFIG_NAME}")
+
+
 def load_target(path: str | os.PathLike, **overrides) -> Target:
     """Read a target folder; `overrides` (from CLI flags) win over the TOML file. None values are ignored."""
     root = Path(path).resolve()
@@ -356,6 +370,8 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
     direction = decl.pop("direction", "min")
     if direction not in ("min", "max"):
         raise TargetError(f"direction must be 'min' or 'max', got {direction!r}")
+    if overrides.get("metric") is not None and overrides.get("direction") is None:
+        check_new_metric_direction(overrides["metric"], declared.get("metric", "val_bpb"), direction)
     pattern = decl.pop("metric_pattern", None) or DEFAULT_PATTERN.replace("val_bpb", re.escape(decl.get("metric", "val_bpb")))
     try:
         compiled = re.compile(pattern, re.MULTILINE)

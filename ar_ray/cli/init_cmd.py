@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from ar_ray.metric_names import HIGHER_METRICS, LOWER_METRICS, direction_of
 from ar_ray.target import CONFIG_NAME, _list_files
 
 ENTRY_NAMES = ("train.py", "main.py", "run.py", "train_gpt.py")
@@ -25,11 +26,6 @@ NOT_CONFIGS = {"pyproject.toml", "package.json", "setup.cfg", CONFIG_NAME, "envi
 CONFIG_DIRS = ("config", "configs", "conf", "cfg")
 LARGE_BYTES = 2**20
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-# metric names, lower is better (losses, errors) and higher is better; "r2 score", "f1_score" are names too
-LOWER_METRICS = ("loss", "nll", "bpb", "bpc", "ppl", "perplexity", "rmse", "rmsle", "mse", "mae", "mape", "smape",
-                 "logloss", "log_loss", "error", "err", "wer", "cer")
-HIGHER_METRICS = ("accuracy", "acc", "roc_auc", "auroc", "auc", "r2", "f1", "bleu", "rouge", "precision", "recall",
-                  "map", "score")
 # printed without a validation prefix, these still name an evaluation (a final `rmse: 0.63`, `R2 score = 0.87`);
 # a bare loss, perplexity or error is far more often the training loop's
 BARE_METRICS = ("rmse", "rmsle", "mse", "mae", "mape", "smape", "wer", "cer", "accuracy", "acc", "roc_auc", "auroc",
@@ -142,8 +138,7 @@ def metric_from_log(text: str) -> tuple[str, str, str, str] | None:
         check = re.search(pattern, line)
         if not check or float(check.group(1)) != float(m.group("value")):  # (never: the pattern reads its own line)
             continue
-        higher = m.group("metric").lower() in HIGHER_METRICS
-        return metric_name(m.group("name")), pattern, "max" if higher else "min", line.strip()
+        return metric_name(m.group("name")), pattern, direction_of(m.group("metric")) or "min", line.strip()
     return None
 
 

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ar_ray.cli.durations import parse_duration
 from ar_ray.cli.price_flags import price_options
-from ar_ray.cli.progress import STATUS_FILE, fmt_metric, fmt_seconds, render
+from ar_ray.cli.progress import STATUS_FILE, best_label, fmt_metric, fmt_seconds, render
 from ar_ray.engine.config import RunConfig, default_target
 from ar_ray.engine.driver import RunAborted
 from ar_ray.errors import ConfigError
@@ -244,7 +244,7 @@ def print_summary(console: Console, s: dict) -> None:
                   f"{s['kept']} kept, {s['failed']} failed, " + (f"{s['pruned']} pruned, " if s.get('pruned') else "")
                   + f"{s['skipped']} skipped, {s['infra']} infrastructure retries")
     console.print(f"best {s['metric']}: [bold green]{fmt_metric(s['best_metric'])}[/bold green] "
-                  f"({s['best_experiment'] or 'baseline'}, version {s['best_version']})")
+                  f"({best_label(s['best_experiment'], s['best_version'])})")
     if s.get("transfer"):
         console.print(s["transfer"]["text"])
     if s.get("cost_usd"):

@@ -37,7 +37,7 @@ def snapshot(driver, state: str = "running") -> dict:
               "best_runs": len(pol.best_runs.get(i, []))} for i, scale in enumerate(driver.scales)]
     return {"state": state, "run_id": driver.run_id, "updated_at": now, "elapsed": elapsed, "eta": eta,
             "rungs": rungs if len(rungs) > 1 else [],
-            "metric": driver.target.metric, "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id,
+            "metric": driver.target.metric, "best_metric": driver.best.metric, "best_experiment": best_id(driver),
             "best_version": driver.best.version, "noise": driver.policy.noise(),
             "acceptance": driver.policy.config.acceptance, "deterministic": driver.policy.deterministic, "experiments": c.ran, "max_experiments": driver.max_experiments,
             "runs_done": c.runs - len(driver.running),
@@ -74,13 +74,26 @@ def fmt_seconds(s) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def best_id(driver) -> str | None:
+    """The experiment the best comes from; for the target as shipped (which the driver's best names by no
+    experiment, live or resumed) its first baseline run, e00000: status and summary name it the same way."""
+    return driver.best.experiment_id or driver.versions.get(driver.best.version)
+
+
+def best_label(experiment: str | None, version, short: bool = False) -> str:
+    """How the summary and the status line name the best: `e00003, version 2`, and for version 0 always
+    `the target as shipped, e00000, version 0`."""
+    where = f"{experiment or '-'}, {'v' if short else 'version '}{version}"
+    return f"the target as shipped, {where}" if version == 0 else where
+
+
 def render(snap: dict) -> Group:
     head = Text.assemble(
         ("best ", "bold"), (f"{snap['metric']} {fmt_metric(snap['best_metric'])}", "bold green"),
-        f" ({snap['best_experiment'] or 'baseline'}, v{snap['best_version']})   ",
+        f" ({best_label(snap['best_experiment'], snap['best_version'], short=True)})   ",
         f"candidates {snap['experiments']}" + (f"/{snap['max_experiments']}" if snap["max_experiments"] else ""),
         f"  runs done {snap['runs_done']}",
-        f"  running {len(snap['running'])}/{snap['trainers']}  queued {snap['queued']}+{snap['followups']}",
+        f"  running {len(snap['running'])}/{snap['trainers']}  queued {snap['queued']} new + {snap['followups']} follow-up",
         "  noise 0 (deterministic target)" if snap.get("deterministic") else f"  noise {fmt_metric(snap['noise'])}",
         f"  kept {snap['kept']}  failed {snap['failed']}" + (f"  pruned {snap['pruned']}" if snap.get("pruned") else "")
         + f"  skipped {snap['skipped']}  infra {snap['infra']}",

@@ -487,7 +487,7 @@ def summary(count: Counters, driver: Driver, interrupted: bool) -> dict:
         **({} if driver.meter is None else driver.meter.figures(count.cost_usd, count.kept, driver.best.metric)),
         "stopped_because": driver.why_stopped(),
         "alerts": driver.alerts.state() if driver.alerts is not None else None,
-        "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id,
+        "best_metric": driver.best.metric, "best_experiment": driver.best.experiment_id or driver.versions.get(driver.best.version),  # v0: e00000
         "best_version": driver.best.version, "metric": driver.target.metric,
         "in_flight_at_stop": len(driver.running),
     }

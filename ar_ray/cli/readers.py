@@ -264,10 +264,10 @@ def best(run_dir, export_dir, git_branch, repo, force):
     if path.empty or not isinstance(path["files"].iloc[-1], dict):
         raise click.ClickException(f"{run_dir}: the ledger holds no files for the best; nothing to show")
     top = path.iloc[-1]
-    click.echo(f"best {info['metric']} {_num(top.metric)} from {top.node} (version {top.version})")
+    click.echo(f"best {info['metric']} {_num(top.metric)} from {A.node_label(top.node, top.ran_as)} (version {top.version})")
     click.echo("lineage:")
     for r in path.itertuples():
-        click.echo(f"  {r.node}  {_num(r.metric)}  {r.description}")
+        click.echo(f"  {A.node_label(r.node, r.ran_as)}  {_num(r.metric)}  {r.description}")
     if export_dir:
         out = Path(export_dir)
         for rel, text in top.files.items():

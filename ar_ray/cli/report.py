@@ -337,7 +337,7 @@ def _lineage_html(lin: pd.DataFrame, metric: str) -> str:
         cls = "best" if r["on_best_path"] else "off"
         note = "" if r["on_best_path"] else ' <span class="small">(not part of the current best)</span>'
         gain = "" if pd.isna(r["improvement"]) else f" ({_signed(r['improvement'])})"
-        return (f'<li class="{cls}"><span class="node">{e(r["node"])}</span> v{e(r["version"])} {e(metric)} '
+        return (f'<li class="{cls}"><span class="node">{e(A.node_label(r["node"], r["ran_as"]))}</span> v{e(r["version"])} {e(metric)} '
                 f'{e(_f(r["metric"]))}{e(gain)} — <span class="desc">{e(_short(r["description"], 160))}</span>{note}')
 
     def line(i) -> str:

@@ -154,9 +154,11 @@ def lineage(df: pd.DataFrame, direction: str = "min") -> pd.DataFrame:
     Columns: node (the id later rows name as parent_id), parent, experiment_id (the row that decided it),
     version, time, metric (the best metric while it was the best, as last recorded: `best_metric`), parent_metric, improvement
     (positive = better), proposer, description, files, on_best_path (part of the current best's history;
-    False for a version a greedy stale accept left behind)."""
+    False for a version a greedy stale accept left behind), ran_as (for a change re-applied onto a newer best, a
+    rebase: the first run of the merged code that was kept, whose metric is the version's, not the candidate's own
+    run on the older best; else None)."""
     cols = ["node", "parent", "experiment_id", "version", "time", "metric", "parent_metric", "improvement",
-            "proposer", "description", "files", "on_best_path"]
+            "proposer", "description", "files", "on_best_path", "ran_as"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     t = when(df)
@@ -170,7 +172,8 @@ def lineage(df: pd.DataFrame, direction: str = "min") -> pd.DataFrame:
         parts.append(pd.DataFrame([{
             "node": root, "parent": None, "experiment_id": root, "version": 0, "time": t.loc[first.name],
             "metric": metric, "proposer": "baseline",
-            "description": "the target as shipped", "files": first["files"] if isinstance(first["files"], dict) else None}]))
+            "description": "the target as shipped", "files": first["files"] if isinstance(first["files"], dict) else None,
+            "ran_as": None}]))
         # every run of the unmodified target stands for version 0: a ladder's lower-rung groups (X-r0, ...), and
         # whichever of its runs a resumed driver took as version 0's id
         alias.update(dict.fromkeys([*base["experiment_id"].astype(object), *base["group_id"].dropna().astype(object)], root))
@@ -185,7 +188,7 @@ def lineage(df: pd.DataFrame, direction: str = "min") -> pd.DataFrame:
             "node": org["group"], "parent": keeps["parent_id"], "experiment_id": keeps["experiment_id"],
             "version": keeps["best_version"], "time": t.loc[keeps.index],
             "metric": keeps["best_metric"].fillna(keeps["metric"]), "proposer": org["proposer"],
-            "description": org["description"],
+            "description": org["description"], "ran_as": _ran_as(df, keep),
             "files": keeps["files"].map(lambda f: f if isinstance(f, dict) else None)}))
     if not parts:
         return pd.DataFrame(columns=cols)
@@ -200,6 +203,7 @@ def lineage(df: pd.DataFrame, direction: str = "min") -> pd.DataFrame:
         .astype(float).fillna(out["metric"].astype(float))
     out["parent"] = pd.Series([alias.get(p, p) if isinstance(p, str) else None for p in out["parent"]],
                               index=out.index, dtype=object)
+    out["ran_as"] = pd.Series([r if isinstance(r, str) else None for r in out["ran_as"]], index=out.index, dtype=object)
     metric_of = dict(zip(out["node"], out["metric"]))
     out["parent_metric"] = out["parent"].map(metric_of)
     out["improvement"] = _sign(direction) * (out["parent_metric"] - out["metric"])
@@ -211,6 +215,28 @@ def lineage(df: pd.DataFrame, direction: str = "min") -> pd.DataFrame:
         node = node if isinstance(node, str) else None
     out["on_best_path"] = out["node"].isin(on_path)
     return out[cols]
+
+
+def node_label(node, ran_as) -> str:
+    """A lineage node as `ar-ray best` and the report name it: `e00003`, or `e00003 (rebased as e00005)` when its
+    metric is the merged code's (e00005 and the runs after it), not e00003's own run on an older best."""
+    return f"{node} (rebased as {ran_as})" if isinstance(ran_as, str) else str(node)
+
+
+def _ran_as(df: pd.DataFrame, keep) -> list:
+    """Per kept row (of the mask `keep`): when it is a rebase run (the change re-applied onto a newer best), the id
+    of its group's first rebase run of the code it kept: the version's metric is that merged code's, measured from
+    that run on. None for a change that was not rebased."""
+    key = [c for c in ("group_id", "edit_hash") if c in df.columns]
+    if "role" not in df.columns or "group_id" not in key:
+        return [None] * int(keep.sum())
+    first: dict = {}
+    rebased = _rows(df, df["role"] == "rebase", key + ["experiment_id"])
+    for k, e in zip(rebased[key].astype(object).itertuples(index=False), rebased["experiment_id"]):
+        first.setdefault(tuple(k), e)
+    kept = _rows(df, keep, key + ["role"])
+    return [first.get(tuple(k)) if role == "rebase" else None
+            for role, k in zip(kept["role"], kept[key].astype(object).itertuples(index=False))]
 
 
 _RUNG_SUFFIX = re.compile(r"-r\d+$")  # a ladder's lower-rung baseline groups: X-r0, X-r1, ... (ar_ray.search.policy.start)
@@ -407,7 +433,7 @@ def summary(df: pd.DataFrame, info: dict | None = None) -> dict:
         "kept_on_best_path": max(len(path) - 1, 0),
         "failures": {str(k): int(v) for k, v in failed["status"].astype(object).value_counts().items()},
         "best_metric": None if best is None else _num(best["metric"]),
-        "best_experiment": None if best is None else best["node"],
+        "best_experiment": None if best is None else node_label(best["node"], best["ran_as"]),
         "best_version": None if best is None or pd.isna(best["version"]) else int(best["version"]),
         "best_description": None if best is None else best["description"],
         "baseline_metric": None if base is None else _num(base["metric"]),
@@ -430,6 +456,6 @@ def _num(v) -> float | None:
 
 
 __all__ = ["run_info", "when", "ran", "attempts", "group_of", "origin", "model_key", "running_best", "lineage",
-           "has_baseline", "baseline_problem", "best_path", "best_files", "frontier", "proposer_stats", "model_stats",
+           "node_label", "has_baseline", "baseline_problem", "best_path", "best_files", "frontier", "proposer_stats", "model_stats",
            "gpu_stats", "throughput", "summary"]
 

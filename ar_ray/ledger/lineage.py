@@ -70,7 +70,8 @@ def _message(r, prev_metric, metric_name: str, direction: str, run_id: str | Non
     body = [subject, "", line]
     if rest.strip() or len(first.strip()) > 200:
         body += ["", desc]
-    body += ["", f"ar-ray-run: {run_id or '-'}", f"ar-ray-experiment: {r['node']} (decided by {r['experiment_id']})",
+    body += ["", f"ar-ray-run: {run_id or '-'}",
+             f"ar-ray-experiment: {A.node_label(r['node'], r['ran_as'])} (decided by {r['experiment_id']})",
              f"ar-ray-version: {r['version']}", f"ar-ray-proposer: {r['proposer']}"]
     return subject, "\n".join(body) + "\n"
 

@@ -354,6 +354,10 @@ def load_target(path: str | os.PathLike, **overrides) -> Target:
         raise TargetError(f"editable is empty; list the file(s) proposers may change, e.g. {FIELDS['editable'][2]}")
     for rel in editable:
         if not (root / rel).is_file():
+            if not (root / CONFIG_NAME).exists():  # not a target yet: nothing says which file is the editable one
+                raise TargetError(f"target folder {root} has no {CONFIG_NAME} and no {rel} (the default editable file); "
+                                  f"run `ar-ray init {shlex.quote(str(path))}` to write an {CONFIG_NAME} for it from its "
+                                  f"files, edit what it could not detect, then `ar-ray check` it")
             raise TargetError(f"editable file {rel!r} is missing from target folder {root}; create it or list the right file under 'editable' in {CONFIG_NAME}")
     all_files = [f for f in _list_files(root) if f not in editable]
     readonly = decl.pop("readonly", tuple(all_files))

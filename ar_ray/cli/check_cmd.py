@@ -614,6 +614,17 @@ def render(report: Report, seconds: float | None = None) -> str:
     return "\n".join(out)
 
 
+def default_check_target(cwd: Path) -> tuple[str, str]:
+    """What `ar-ray check` without TARGET checks, and a phrase saying which: the folder it is run in when that is a
+    target (it holds an ar-ray.toml), else the bundled GPT target."""
+    if (cwd / CONFIG_NAME).is_file():
+        return str(cwd), f"the current folder {cwd} (it holds {CONFIG_NAME})"
+    from ar_ray.engine.config import default_target
+    bundled = default_target()
+    return str(bundled), (f"the bundled GPT target {bundled} (the current folder has no {CONFIG_NAME}; "
+                          "pass a folder to check another target)")
+
+
 @click.command("check")
 @click.argument("target", required=False, type=click.Path(file_okay=False))
 @click.option("--repeats", type=click.IntRange(1, 20), default=3, show_default=True,
@@ -628,8 +639,12 @@ def render(report: Report, seconds: float | None = None) -> str:
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               help="Where the logs of failing runs are kept (default: runs/check-<time>, made only if a run fails).")
 def check(target, repeats, sandbox, budget_check, budget, budget_tokens, timeout, seed, log_dir):
-    """Check a target before a run: its contract, noise floor, budget, knobs and throughput (no Ray)."""
-    from ar_ray.engine.config import default_target
+    """Check a target before a run: its contract, noise floor, budget, knobs and throughput (no Ray).
+
+    Without TARGET: the current folder when it holds an ar-ray.toml, else the bundled GPT target."""
+    if target is None:
+        target, why = default_check_target(Path.cwd())
+        click.echo(f"ar-ray check: no TARGET given; checking {why}", err=True)
     overrides = {"budget_seconds": budget, "cpu_budget_seconds": budget, "budget_tokens": budget_tokens,
                  "timeout_seconds": timeout}
     t0 = time.monotonic()
@@ -637,7 +652,7 @@ def check(target, repeats, sandbox, budget_check, budget, budget_tokens, timeout
     main = threading.current_thread() is threading.main_thread()
     saved = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS} if main else {}
     try:
-        report = check_target(target or str(default_target()), repeats=repeats, sandbox=sandbox,
+        report = check_target(target, repeats=repeats, sandbox=sandbox,
                               budget_check=budget_check, overrides=overrides, seed=seed, end_children=True,
                               log_dir=log_dir)
     except Interrupted as e:

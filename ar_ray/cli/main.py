@@ -215,12 +215,18 @@ def run(target, run_dir, resume_dir, address, proposer, proposers, model, base_u
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     console.print(f"run dir: {socket.gethostname()}:{Path(run_dir).resolve()}", soft_wrap=True)  # where it is, seen from a job's logs too
+    from ar_ray.cli.stop_status import StopSignal
     try:
-        with Progress(Path(run_dir), console) as progress:
+        with StopSignal() as stop, Progress(Path(run_dir), console) as progress:
             result = execute(config, on_event=progress)
     except USER_ERRORS + (SetupError,) as e:
         raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:  # Ctrl-C before the loop began (Ray starting): no summary to print
+        click.echo("ar-ray run: stopped before the run began", err=True)
+        raise SystemExit(130) from None
     print_summary(console, result)
+    if code := stop.exit_code(result["interrupted"]):  # 130 Ctrl-C, 143 SIGTERM: a stopped run is not a finished one
+        raise SystemExit(code)
 
 
 def _stored_run(run_dir: str) -> dict:
@@ -300,7 +306,8 @@ def ledger_cmd(run_dir, limit, status_filter):
                       str(r.base_version), str(r.best_version), str(r.proposer),
                       "-" if r.run_seconds != r.run_seconds else f"{r.run_seconds:.1f}",
                       (r.description or r.error or "")[:80].replace("\n", " "), style=style)
-    Console().print(table)
+    from ar_ray.cli.console_width import table_console
+    table_console().print(table)  # to a file or pipe: one line per row, not rich's 80 columns
 
 
 @main.command()
@@ -313,6 +320,13 @@ def status(run_dir, watch):
     console = Console()
     if sweep_note(run_dir):
         raise click.ClickException(sweep_note(run_dir))
+    try:
+        _show_status(run_dir, path, console, watch)
+    except KeyboardInterrupt:  # Ctrl-C of --watch: quietly, with a stopped command's status (not click's "Aborted!")
+        raise SystemExit(130) from None
+
+
+def _show_status(run_dir: str, path: Path, console: Console, watch: bool) -> None:
     while True:
         if not path.exists():
             raise click.ClickException(f"{run_dir} has no {STATUS_FILE}: not a run dir, or the run has not started yet")

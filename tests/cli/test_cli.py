@@ -25,6 +25,7 @@ def toy(tmp_path):
 def test_a_target_without_its_editable_file_is_refused(tmp_path):
     (tmp_path / "target").mkdir()
     (tmp_path / "target" / "prepare.py").write_text("X = 1\n")
+    (tmp_path / "target" / "ar-ray.toml").write_text("[target]\n")  # (without it: test_cli_edges, `ar-ray init`)
     r = invoke("run", "--target", tmp_path / "target", "--run-dir", tmp_path / "run")
     assert r.exit_code == 2  # refused before Ray starts, like the other config errors
     assert "editable file 'train.py' is missing" in r.output and "create it" in r.output

@@ -78,6 +78,7 @@ def test_a_stopped_run_leaves_no_process_even_a_sigterm_immune_grandchild(tmp_pa
         else:
             driver.send_signal(signal.SIGTERM)  # `kill <driver pid>`
         output = driver.communicate(timeout=120)[0]
+        assert driver.returncode == (130 if how == "ctrl-c" else 143), output[-3000:]  # 128 + the signal
         # bounded wait: the reaper's grace is 5 s
         wait_for(lambda: not marker_processes(mark), 30, f"no process of the run left (output:\n{output[-3000:]})")
     finally:

@@ -15,7 +15,11 @@ from typing import BinaryIO
 TAIL_BYTES = 1 << 20  # the metric and summary are searched in the last MiB of the log
 RESULT_MAX_BYTES = 1 << 20  # a result file is a small JSON object; past this it is not read
 SUMMARY_LINE = re.compile(r"^([A-Za-z_][\w.\-]*):\s+(\S.*?)\s*$")
-OOM = re.compile(r"out of memory|OutOfMemoryError|MemoryError|CUBLAS_STATUS_ALLOC_FAILED|Killed process", re.IGNORECASE)
+# the run asked for memory and got none: Python's MemoryError, ENOMEM's text, the dynamic loader's mapping errors (a
+# limit below what the interpreter itself needs), C++'s bad_alloc, a library's "memory allocation failed"
+ALLOC_FAILED = re.compile(r"MemoryError|Cannot allocate memory|cannot map zero-fill pages|failed to map segment|"
+                          r"std::bad_alloc|memory allocation (?:still )?failed|out of memory|not enough memory", re.IGNORECASE)
+OOM = re.compile(ALLOC_FAILED.pattern + r"|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|Killed process", re.IGNORECASE)
 DIVERGED = re.compile(r"diverg|\bnan\b|non-finite|not finite", re.IGNORECASE)
 
 
@@ -162,11 +166,33 @@ def read_integrity(path: Path) -> str | None:
     return str(why)[:2000] if why else None
 
 
+def _ending(text: str) -> str:
+    """The last 30 lines of the output: they say how the run ended."""
+    return "\n".join(text.rstrip().splitlines()[-30:])
+
+
+def memory_limit_hint(text: str, limit_bytes: int | None, flag_gb: float | None) -> str | None:
+    """When the output ends in a failed allocation (ALLOC_FAILED) and the run had a memory limit (`limit_bytes`, the
+    sandbox's RLIMIT_DATA of a CPU run; None: no limit), that limit as the likely cause and what to do. `flag_gb`:
+    the --max-memory-gb given (None: the default, the trainer's share of the node's RAM)."""
+    if limit_bytes is None or not (m := ALLOC_FAILED.search(_ending(text))):
+        return None
+    size = f"{limit_bytes / 2**30:.3g} GiB" if limit_bytes >= 2**30 else f"{limit_bytes / 2**20:.3g} MiB"
+    said = f"the run could not get memory (\"{m.group(0)}\")"
+    if flag_gb is not None:
+        return (f"{said} under --max-memory-gb {flag_gb:g} (the {size} of data memory a CPU run may use), the likely "
+                f"cause: raise --max-memory-gb (a Python process needs a few hundred MiB before it trains) or leave "
+                f"it out for the trainer's share of the node's RAM.")
+    return (f"{said} under the {size} of data memory a CPU run may use (the trainer's share of the node's RAM, as "
+            f"--max-memory-gb was not given), the likely cause: raise --max-memory-gb, or run fewer trainers per node "
+            f"(--trainers, --cpus-per-trainer) for a larger share.")
+
+
 def classify(returncode: int, timed_out: bool, text: str, metric: float | None) -> str:
     """One status per run: timeout, oom, diverged, crash, no_metric or ok."""
     if timed_out:
         return "timeout"
-    tail = "\n".join(text.rstrip().splitlines()[-30:])  # the end of the output says how it ended
+    tail = _ending(text)
     if returncode != 0:
         if OOM.search(tail) or returncode in (137, -9) and "Traceback" not in tail:
             return "oom"

@@ -371,6 +371,9 @@ class Trainer:
             error = outcome.error_tail(text, status=status, returncode=code, metric_pattern=self.target.metric_pattern)
         if status in ("crash", "tampered") and (hint := readonly_hint(self.target, text, error)):
             error = f"{error}\n{hint}"
+        if status in ("oom", "crash") and (hint := outcome.memory_limit_hint(
+                text, sandbox.rlimits(self.box, bool(self.gpu_ids), self.cpu_share).get("data"), self.box.max_memory_gb)):
+            error = f"{error}\n{hint}"  # (last: the driver keeps the end of a long error)
         if warm:  # what a trusted run compiled goes to the node's cache; the run dir gets the experiment's name
             run_dir = self._warm.settle(warm, cand.files, final_dir)
             log = run_dir / "log.txt"

@@ -134,6 +134,9 @@ def sweep(target, run_dir, resume_dir, rerun_failed, analyze_dir, variants, dept
     ar-ray sweep --resume runs/sweep-1 --repeats 5      # more repeats; finished runs are kept
     ar-ray sweep --analyze runs/sweep-1                 # fits and verdicts again, nothing run
     """
+    from ar_ray.cli.pipe_guard import guard_console
+    from ar_ray.cli.stop_status import StopSignal
+    guard_console()  # `ar-ray sweep ... | head`: a console that goes away silences the output, never ends the sweep
     console = Console(highlight=False, soft_wrap=True)
     if analyze_dir:
         given = [resume_dir, run_dir, rerun_failed or None, paired or None, depths, budget_tokens, budgets, repeats, timeout,
@@ -177,8 +180,10 @@ def sweep(target, run_dir, resume_dir, rerun_failed, analyze_dir, variants, dept
             console.print(f"{len(spec.variants)} variant(s) ({', '.join(spec.names)}) x {len(spec.grid)} scales x "
                           f"{spec.repeats} repeats = {len(spec.variants) * len(spec.grid) * spec.repeats} runs")
         t0 = time.time()
-        summary = S.run_sweep(config, spec, on_row=lambda row, done, total: _print_row(console, row, done, total),
-                              on_event=lambda kind, data: _print_event(console, kind, data), rerun_failed=rerun_failed)
+        with StopSignal() as stop:
+            summary = S.run_sweep(config, spec, on_row=lambda row, done, total: _print_row(console, row, done, total),
+                                  on_event=lambda kind, data: _print_event(console, kind, data),
+                                  rerun_failed=rerun_failed)
     except USER_ERRORS as e:
         raise click.ClickException(str(e)) from None
     except Exception as e:  # a target whose setup fails
@@ -195,6 +200,7 @@ def sweep(target, run_dir, resume_dir, rerun_failed, analyze_dir, variants, dept
     _print_analysis(console, result, Path(run_dir))
     if summary["interrupted"]:
         console.print(f"continue with: ar-ray sweep --resume {escape(run_dir)}")
+        raise SystemExit(stop.exit_code(True))  # 130 Ctrl-C, 143 SIGTERM, as `ar-ray run`
 
 
 def _spec(config: RunConfig, resume_dir, variants, knobs, seconds, repeats, paired=False) -> S.SweepSpec | None:

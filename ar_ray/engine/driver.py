@@ -455,6 +455,7 @@ class Driver:
         if job.role == "baseline" and job.proposal.base_version == 0 and r.status != "ok":
             self._record(self._row(flight, r, Verdict("baseline")))
             fix = ("If it only needs longer, raise --timeout." if r.status == "timeout" else
+                   "The memory limit above is what to change first." if "--max-memory-gb" in r.error_tail else
                    "Fix the target (command, metric_pattern, files) and run again.")
             raise RunAborted(f"the unmodified target failed ({r.status}): {r.error_tail.strip()[-1500:]}\n"
                              f"log: {r.log_path}. {fix}")

@@ -77,6 +77,16 @@ def test_a_metric_pattern_that_never_matches_stops_the_run_with_the_log(ray_loca
     assert rows[rows.decision == "baseline"].status.tolist() == ["no_metric"]
 
 
+def test_a_baseline_out_of_memory_under_max_memory_gb_points_at_the_flag_not_the_target(ray_local, tmp_path, toy):
+    """The unmodified target cannot even load its interpreter under --max-memory-gb 0.001: the stop names the flag
+    as the thing to change, not "Fix the target", which would send the user to the wrong place."""
+    r = invoke("run", "--target", toy, "--run-dir", tmp_path / "run", "--max-memory-gb", "0.001", "--sandbox", "none",
+               "--max-experiments", "1", "--trainers", "1", "--gpus-per-trainer", "0", "--cpus-per-trainer", "1")
+    assert r.exit_code == 1 and "the unmodified target failed (oom)" in r.output, r.output
+    assert "raise --max-memory-gb" in r.output and "memory limit above is what to change" in r.output, r.output
+    assert "Fix the target" not in r.output
+
+
 def test_a_run_command_that_does_not_exist_is_reported(ray_local, tmp_path, toy):
     r = invoke("run", "--target", toy, "--run-dir", tmp_path / "run", "--command", "no-such-program-xyz train.py",
                "--trainers", "1")

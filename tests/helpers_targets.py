@@ -173,3 +173,24 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def with_console_closed(tmp_path, args: list[str]) -> tuple[str, int, str]:
+    """`ar-ray ARGS | head -1`: a real ar-ray process whose stdout reader goes away after the first line.
+    Returns (that line, its exit status, its stderr). Its own embedded Ray (RAY_ADDRESS unset)."""
+    import signal
+    import subprocess
+    import sys
+    read, write = os.pipe()
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "ar_ray.cli.main", *args], stdout=write, stderr=err,
+                                start_new_session=True, env={**os.environ, "RAY_ADDRESS": ""})
+    os.close(write)
+    try:
+        with os.fdopen(read) as out:
+            first = out.readline()  # said before Ray starts; then the reader is gone, as `| head -1` leaves
+        returncode = proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return first, returncode, (tmp_path / "stderr.txt").read_text()

@@ -5,11 +5,8 @@ status.json are its record."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
+from helpers_targets import with_console_closed
 from toys import make_toy
 
 from ar_ray.ledger import store as ledger
@@ -18,22 +15,9 @@ from ar_ray.ledger import store as ledger
 def test_a_run_whose_console_goes_away_runs_to_its_end(tmp_path):
     target = make_toy(tmp_path / "target", "[target]\nenv = { TOY_SLEEP = '0.05' }\n")
     run_dir = tmp_path / "run"
-    read, write = os.pipe()
-    with open(tmp_path / "stderr.txt", "w") as err:
-        driver = subprocess.Popen([sys.executable, "-m", "ar_ray.cli.main", "run", "--target", str(target),
-                                   "--run-dir", str(run_dir), "--max-experiments", "3", "--trainers", "1",
-                                   "--cpus-per-trainer", "1", "--proposers", "1", "--acceptance", "greedy",
-                                   "--baseline-repeats", "1"],
-                                  stdout=write, stderr=err, start_new_session=True, env={**os.environ, "RAY_ADDRESS": ""})
-    os.close(write)
-    try:
-        with os.fdopen(read) as out:
-            first = out.readline()  # said before Ray starts; then the reader is gone, as `| head -1` leaves
-        returncode = driver.wait(timeout=240)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    errors = (tmp_path / "stderr.txt").read_text()
+    first, returncode, errors = with_console_closed(tmp_path, [
+        "run", "--target", str(target), "--run-dir", str(run_dir), "--max-experiments", "3", "--trainers", "1",
+        "--cpus-per-trainer", "1", "--proposers", "1", "--acceptance", "greedy", "--baseline-repeats", "1"])
     assert first.startswith("run dir: "), first
     assert returncode == 0, errors
     assert "BrokenPipeError" not in errors

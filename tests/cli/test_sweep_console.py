@@ -10,7 +10,7 @@ import subprocess
 import sys
 import uuid
 
-from helpers_targets import wait_for
+from helpers_targets import wait_for, with_console_closed
 from toys import make_toy, marker_processes
 
 from ar_ray.ledger import store as ledger
@@ -19,21 +19,9 @@ from ar_ray.ledger import store as ledger
 def test_a_sweep_whose_console_goes_away_runs_to_its_end(tmp_path):
     target = make_toy(tmp_path / "target", "[target]\nenv = { TOY_SLEEP = '0.05' }\n")
     run_dir = tmp_path / "sweep"
-    read, write = os.pipe()
-    with open(tmp_path / "stderr.txt", "w") as err:
-        sweep = subprocess.Popen([sys.executable, "-m", "ar_ray.cli.main", "sweep", "--target", str(target),
-                                  "--run-dir", str(run_dir), "--knob", "width=8,12", "--repeats", "1", "--trainers", "1",
-                                  "--cpus-per-trainer", "1", "--bootstrap", "10"],
-                                 stdout=write, stderr=err, start_new_session=True, env={**os.environ, "RAY_ADDRESS": ""})
-    os.close(write)
-    try:
-        with os.fdopen(read) as out:
-            first = out.readline()  # said before Ray starts; then the reader is gone, as `| head -1` leaves
-        returncode = sweep.wait(timeout=240)
-    finally:
-        if sweep.poll() is None:
-            os.killpg(sweep.pid, signal.SIGKILL)
-    errors = (tmp_path / "stderr.txt").read_text()
+    first, returncode, errors = with_console_closed(tmp_path, [
+        "sweep", "--target", str(target), "--run-dir", str(run_dir), "--knob", "width=8,12", "--repeats", "1",
+        "--trainers", "1", "--cpus-per-trainer", "1", "--bootstrap", "10"])
     assert first.startswith("sweep dir: "), first
     assert returncode == 0, errors
     assert "BrokenPipeError" not in errors

@@ -256,7 +256,7 @@ def test_no_metric_when_the_line_is_missing(tmp_path):
 
 
 def test_no_metric_when_the_pattern_never_matches(tmp_path):
-    res = run_toy(tmp_path, OK_TRAIN, metric="score", metric_pattern=r"^score=(\S+)")
+    res = run_toy(tmp_path, OK_TRAIN, metric="result", metric_pattern=r"^result=(\S+)")  # (a name that says no direction)
     assert res.status == "no_metric" and res.metric is None
     assert res.metrics["val_bpb"] == "1.25"  # the summary is still parsed
 

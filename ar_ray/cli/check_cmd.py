@@ -17,7 +17,6 @@ first to `runs/check-<time>/<run>.log` in the current folder (--log-dir), which 
 
 from __future__ import annotations
 
-import ast
 import math
 import os
 import random
@@ -26,15 +25,15 @@ import shutil
 import signal
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
+from ar_ray.cli.check_scratch import GRACE_SECONDS, STOP_SIGNALS, Interrupted, _interrupt, scratch_folder
+from ar_ray.code.names import names_in_code
 from ar_ray.target import CONFIG_NAME, Target, TargetError, load_target
 
 LARGE_BYTES = 2**20  # a read-only file above this is copied into every run: it is data
@@ -44,11 +43,7 @@ OUTPUT_DIRS = re.compile(r"^(out|outs|output|outputs|checkpoints?|ckpts?|wandb|l
 # defaults of `ar-ray run` the estimates use (its --k-confirm, --confirm-runs, --baseline-repeats)
 K_CONFIRM, CONFIRM_RUNS, BASELINE_REPEATS = 2.0, 2, 3
 LEVELS = ("ok", "info", "warn", "fix")
-SCRATCH_PREFIX = "ar-ray-check-"  # the check's temporary folder, in the temp dir
-GRACE_SECONDS = 5.0  # a run's children get this long after SIGTERM before SIGKILL (the trainer's default)
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LOGS_HOME = "runs"  # failing runs' logs are kept under ./runs/check-<time>/ (as `ar-ray run` writes under ./runs/)
-NOT_CODE = (".md", ".rst", ".txt", ".html", ".csv")  # prose and data: naming a variable there reads nothing
 
 
 @dataclass
@@ -320,43 +315,6 @@ def budget_kind(target: Target) -> str:
     return "tokens" if target.budget_tokens else "seconds"
 
 
-def _strip_hash_comments(text: str) -> str:
-    """Text without its '#' comments: from a '#' that starts a line or follows a blank to the end of the line (shell,
-    YAML, TOML, INI; a '#' inside a quoted string that follows a blank is taken for a comment too: rare, and it can
-    only make a file look as if it did not name something)."""
-    return "\n".join(re.sub(r"(^|\s)#.*", r"\1", line) for line in text.splitlines())
-
-
-def _python_names(text: str, name: str) -> bool | None:
-    """Whether Python source names `name` in its code: in a string constant (an environment variable is read by
-    its name as a string) that is not a docstring or another string statement on its own, which reads nothing;
-    comments are not in the syntax tree. None if the source does not parse."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return None
-    inert = {id(node.value) for node in ast.walk(tree)
-             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
-    for node in ast.walk(tree):
-        if id(node) in inert:
-            continue
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and name in node.value:
-            return True
-    return False
-
-
-def names_in_code(rel: str, data: bytes, name: str) -> bool:
-    """Whether a target file names `name` where a program reads it. The target's own ar-ray.toml, prose and data
-    (.md, .txt, ...) never count, nor do comments: Python is read through its syntax tree (string constants,
-    docstrings excluded), other files (shell, YAML, ...) with their '#' comments dropped."""
-    if Path(rel).name == CONFIG_NAME or rel.lower().endswith(NOT_CODE) or name.encode() not in data:
-        return False
-    text = data.decode(errors="replace")
-    if rel.endswith(".py") and (found := _python_names(text, name)) is not None:
-        return found
-    return name in _strip_hash_comments(text)
-
-
 def reads_budget(target: Target) -> list[str]:
     """Where the target reads its budget: code that names AR_BUDGET_<KIND> (names_in_code), or the command's
     {budget_<kind>}."""
@@ -502,47 +460,6 @@ def estimates_section(report: Report, hardware: str) -> None:
 
 
 # ---- the whole check ----
-
-class Interrupted(KeyboardInterrupt):
-    """The `ar-ray check` process got one of STOP_SIGNALS (a KeyboardInterrupt: no `except Exception` stops it)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _interrupt(signum, _frame):
-    _defer_signals()  # a second Ctrl-C must not cut the cleanup short
-    raise Interrupted(signum)
-
-
-def _defer_signals() -> None:
-    for s in STOP_SIGNALS:  # (a handler, not SIG_IGN: children started meanwhile get the default again at exec)
-        signal.signal(s, lambda *_: None)
-
-
-@contextmanager
-def scratch_folder(end_children: bool = False):
-    """A new temporary folder for the check's runs, named after this process; removed when the block ends,
-    however it ends. `end_children` (the `ar-ray check` process, where every descendant is the check's): when
-    the block ends by an exception (Interrupted), every descendant process is ended first (SIGTERM, SIGKILL after
-    GRACE_SECONDS), so that nothing writes in the folder while it goes. Folders of checks that were SIGKILLed
-    (their process is gone) are removed first."""
-    from trainers.cleanup import owned_prefix, remove_tree, sweep_orphans
-    sweep_orphans(tempfile.gettempdir(), SCRATCH_PREFIX)
-    path = Path(tempfile.mkdtemp(prefix=owned_prefix(SCRATCH_PREFIX)))
-    try:
-        yield path
-    except Interrupted:  # (only ever raised by a signal to the `ar-ray check` process)
-        if end_children:
-            from trainers.reaper import kill_tree
-            _defer_signals()
-            kill_tree(GRACE_SECONDS)
-        raise
-    finally:
-        if stuck := remove_tree(str(path)):
-            click.echo(f"ar-ray check: could not remove {', '.join(stuck[:3])}", err=True)
-
 
 def check_target(target_dir: str, repeats: int = 3, sandbox: str = "auto", budget_check: bool = False,
                  overrides: dict | None = None, gpus: list[int] | None = None, seed: int = 0,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from ar_ray.code.names import names_in_code  # (what `ar-ray check` counts as reading a variable)
 from ar_ray.metric_names import HIGHER_METRICS, LOWER_METRICS, direction_of
 from ar_ray.target import CONFIG_NAME, _list_files
 
@@ -146,11 +147,6 @@ def seed_flag(entry_source: str) -> str:
     """The entry script's own seed option (`parser.add_argument('--seed', ...)`, click's `option`), or ""."""
     m = SEED_FLAG.search(entry_source)
     return m.group("flag") if m else ""
-
-
-def names_in_code(rel: str, data: bytes, name: str) -> bool:
-    from ar_ray.cli.check_cmd import names_in_code as in_code  # (what `ar-ray check` counts as reading it)
-    return in_code(rel, data, name)
 
 
 def leftover(rel: str) -> bool:

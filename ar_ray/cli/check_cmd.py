@@ -33,7 +33,7 @@ from pathlib import Path
 import click
 
 from ar_ray.cli.check_scratch import GRACE_SECONDS, STOP_SIGNALS, Interrupted, _interrupt, scratch_folder
-from ar_ray.code.names import names_in_code
+from ar_ray.cli.names_read import names_in_code
 from ar_ray.target import CONFIG_NAME, Target, TargetError, load_target
 
 LARGE_BYTES = 2**20  # a read-only file above this is copied into every run: it is data

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from ar_ray.code.names import names_in_code  # (what `ar-ray check` counts as reading a variable)
+from ar_ray.cli.names_read import names_in_code  # (what `ar-ray check` counts as reading a variable)
 from ar_ray.metric_names import HIGHER_METRICS, LOWER_METRICS, direction_of
 from ar_ray.target import CONFIG_NAME, _list_files
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from ar_ray.cli.check_cmd import check_target, reads_budget, render
 from ar_ray.cli.check_scratch import SCRATCH_PREFIX
-from ar_ray.code.names import names_in_code
+from ar_ray.cli.names_read import names_in_code
 from ar_ray.cli.main import main
 from ar_ray.target import load_target
 from helpers_targets import marked_pids, new_mark, wait_for
